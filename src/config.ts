@@ -1,0 +1,111 @@
+/**
+ * Mnemo's configuration: the only module that reads the environment. Every setting is
+ * validated with zod; a bad value is an `invalid_config` error naming the variable.
+ */
+import { z } from 'zod';
+
+import { ErrorCode, MnemoError } from './core/errors.ts';
+
+const intFrom = (min: number, max: number) =>
+  z
+    .string()
+    .trim()
+    .regex(/^\d+$/, 'must be a whole number')
+    .transform(Number)
+    .pipe(z.number().int().min(min).max(max));
+
+const postgresUrl = z
+  .string()
+  .trim()
+  .refine((v) => /^postgres(ql)?:\/\//.test(v) && URL.canParse(v), {
+    message: 'must be a postgres:// or postgresql:// URL',
+  });
+
+/** Each setting: its variable, its schema (parsing the raw string) and its default. */
+const settings = {
+  databaseUrl: { env: 'MNEMO_DATABASE_URL', schema: postgresUrl.optional() },
+  dataDir: { env: 'MNEMO_DATA_DIR', schema: z.string().trim().min(1).default('./.mnemo') },
+  databaseSchema: {
+    env: 'MNEMO_DATABASE_SCHEMA',
+    schema: z
+      .string()
+      .regex(/^[a-z_][a-z0-9_]{0,62}$/, 'must be a lower-case SQL identifier')
+      .default('mnemo'),
+  },
+  databasePoolSize: { env: 'MNEMO_DATABASE_POOL_SIZE', schema: intFrom(1, 1000).default(10) },
+  host: { env: 'MNEMO_HOST', schema: z.string().trim().min(1).default('127.0.0.1') },
+  port: { env: 'MNEMO_PORT', schema: intFrom(0, 65535).default(8787) },
+  logLevel: {
+    env: 'MNEMO_LOG_LEVEL',
+    schema: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  },
+} as const;
+
+type Settings = typeof settings;
+
+/** The validated, frozen configuration. */
+export type Config = {
+  readonly [K in keyof Settings]: z.output<Settings[K]['schema']>;
+};
+
+/** Settings given on the command line; they override the environment. */
+export type ConfigOverrides = { [K in keyof Settings]?: string | undefined };
+
+/**
+ * Builds the configuration from `env` (default `process.env`) and flag `overrides`.
+ * Empty variables count as unset.
+ * @throws MnemoError `invalid_config` naming the first bad variable
+ */
+export function loadConfig(
+  env: Readonly<Record<string, string | undefined>> = process.env,
+  overrides: ConfigOverrides = {},
+): Config {
+  const out: Record<string, unknown> = {};
+  for (const [key, setting] of Object.entries(settings)) {
+    const flag = overrides[key as keyof Settings];
+    const fromEnv = env[setting.env];
+    const raw = flag ?? (fromEnv === '' ? undefined : fromEnv);
+    const parsed = (setting.schema as z.ZodType).safeParse(raw);
+    if (!parsed.success) {
+      const reason = parsed.error.issues[0]?.message ?? 'invalid value';
+      const source = flag === undefined ? setting.env : `--${kebab(key)} (${setting.env})`;
+      throw new MnemoError(
+        ErrorCode.InvalidConfig,
+        `${source}: ${reason} (got ${JSON.stringify(raw)})`,
+        {
+          details: { variable: setting.env },
+        },
+      );
+    }
+    out[key] = parsed.data;
+  }
+  return Object.freeze(out) as Config;
+}
+
+/** The configuration as `mnemo doctor` prints it: every variable, secrets redacted. */
+export function describeConfig(config: Config): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [key, setting] of Object.entries(settings)) {
+    const value = config[key as keyof Config];
+    out[setting.env] =
+      key === 'databaseUrl' && typeof value === 'string' ? redactUrl(value) : value;
+  }
+  return out;
+}
+
+/** Hides the password of a connection URL. */
+export function redactUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.password !== '') {
+      parsed.password = '***';
+    }
+    return parsed.toString();
+  } catch {
+    return '***';
+  }
+}
+
+function kebab(key: string): string {
+  return key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+}

@@ -1,0 +1,166 @@
+import pg from 'pg';
+
+import { translateDatabaseError } from './errors.ts';
+import { quoteIdent } from './quote.ts';
+import { assertSchemaName, backoffDelay, runTransactionWithRetries } from './retry.ts';
+import type { NotificationHandler, Queryable, Store, TransactionOptions } from './types.ts';
+
+/** Options of {@link createPostgresStore}. */
+export interface PostgresStoreOptions {
+  /** A `postgres://` connection string. */
+  url: string;
+  /** The schema Mnemo's tables live in. @defaultValue 'mnemo' */
+  schema?: string;
+  /** Pool size. @defaultValue 10 */
+  maxConnections?: number;
+  /** How long to wait for a new connection before failing with `unavailable`. @defaultValue 5000 */
+  connectTimeoutMs?: number;
+  /** Name shown in `pg_stat_activity`. @defaultValue 'mnemo' */
+  applicationName?: string;
+}
+
+const INT8_OID = 20;
+
+// int8 as a JavaScript number, like PGlite: Mnemo's ids and counters stay far below 2^53.
+const typeParsers = {
+  getTypeParser(oid: number, format?: 'text' | 'binary') {
+    if (oid === INT8_OID) {
+      return (value: string) => Number(value);
+    }
+    return pg.types.getTypeParser(oid, format ?? 'text') as (value: string) => unknown;
+  },
+};
+
+function wrap(client: pg.Pool | pg.PoolClient): Queryable {
+  return {
+    async query<Row extends object>(sql: string, params: readonly unknown[] = []) {
+      try {
+        const result = await client.query<Row>(sql, params as unknown[]);
+        return result.rows;
+      } catch (err) {
+        throw translateDatabaseError(err);
+      }
+    },
+    async exec(sql: string) {
+      try {
+        await client.query(sql);
+      } catch (err) {
+        throw translateDatabaseError(err);
+      }
+    },
+  };
+}
+
+/** Opens a pool on a PostgreSQL server. Connections are made lazily. */
+export function createPostgresStore(options: PostgresStoreOptions): Store {
+  const schema = options.schema ?? 'mnemo';
+  assertSchemaName(schema);
+  const connectionConfig: pg.PoolConfig = {
+    connectionString: options.url,
+    max: options.maxConnections ?? 10,
+    connectionTimeoutMillis: options.connectTimeoutMs ?? 5000,
+    application_name: options.applicationName ?? 'mnemo',
+    options: `-c search_path=${schema}`,
+    types: typeParsers,
+  };
+  const pool = new pg.Pool(connectionConfig);
+  // An idle client losing its connection must not crash the process; the next query
+  // gets a fresh connection or an `unavailable` error.
+  pool.on('error', () => undefined);
+  const base = wrap(pool);
+  const listeners = new Set<pg.Client>();
+  let closed = false;
+
+  return {
+    kind: 'postgres',
+    schema,
+    ...base,
+    transaction<T>(fn: (tx: Queryable) => Promise<T>, txOptions: TransactionOptions = {}) {
+      return runTransactionWithRetries(async () => {
+        let client: pg.PoolClient;
+        try {
+          client = await pool.connect();
+          await client.query('begin');
+        } catch (err) {
+          throw translateDatabaseError(err);
+        }
+        let broken = false;
+        try {
+          const result = await fn(wrap(client));
+          await client.query('commit').catch((err: unknown) => {
+            throw translateDatabaseError(err);
+          });
+          return result;
+        } catch (err) {
+          try {
+            await client.query('rollback');
+          } catch {
+            broken = true;
+          }
+          throw err;
+        } finally {
+          client.release(broken);
+        }
+      }, txOptions.maxAttempts ?? 5);
+    },
+    async listen(channel: string, handler: NotificationHandler) {
+      const subscription = { active: true, client: undefined as pg.Client | undefined };
+      // Opens a dedicated connection; when it drops, reconnects with backoff until
+      // unsubscribed. Callers must not rely on notifications alone (they poll too).
+      const connect = async (): Promise<void> => {
+        const client = new pg.Client({ ...connectionConfig });
+        client.on('notification', (msg) => {
+          if (msg.channel === channel) {
+            handler(msg.payload ?? '');
+          }
+        });
+        client.on('error', () => undefined);
+        client.on('end', () => {
+          listeners.delete(client);
+          // Only a connection that was up reconnects; a failed connect is retried below.
+          if (subscription.client === client && subscription.active && !closed) {
+            subscription.client = undefined;
+            setTimeout(() => void reconnect(1), backoffDelay(3, 100, 2000)).unref();
+          }
+        });
+        try {
+          await client.connect();
+          await client.query(`listen ${quoteIdent(channel)}`);
+        } catch (err) {
+          await client.end().catch(() => undefined);
+          throw translateDatabaseError(err);
+        }
+        subscription.client = client;
+        listeners.add(client);
+      };
+      const reconnect = async (attempt: number): Promise<void> => {
+        if (!subscription.active || closed) {
+          return;
+        }
+        try {
+          await connect();
+        } catch {
+          setTimeout(() => void reconnect(attempt + 1), backoffDelay(attempt, 100, 5000)).unref();
+        }
+      };
+      await connect();
+      return async () => {
+        subscription.active = false;
+        const client = subscription.client;
+        if (client !== undefined) {
+          listeners.delete(client);
+          await client.end().catch(() => undefined);
+        }
+      };
+    },
+    async close() {
+      if (closed) {
+        return;
+      }
+      closed = true;
+      await Promise.all([...listeners].map((c) => c.end().catch(() => undefined)));
+      listeners.clear();
+      await pool.end();
+    },
+  };
+}

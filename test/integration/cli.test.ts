@@ -1,0 +1,54 @@
+import { describe, expect, it } from 'vitest';
+
+import { runMnemo } from '../helpers/cli.ts';
+
+describe('mnemo CLI', () => {
+  it('prints help with the commands and exit codes', async () => {
+    const r = await runMnemo(['--help']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/migrate \[--print\]/);
+    expect(r.stdout).toMatch(/doctor/);
+    expect(r.stdout).toMatch(/Exit codes/);
+  });
+
+  it('reports an unreachable database in one line and exits 3', async () => {
+    const r = await runMnemo(['doctor'], { MNEMO_DATABASE_URL: 'postgres://nobody@127.0.0.1:1/x' });
+    expect(r.code).toBe(3);
+    const lines = r.stderr.trim().split('\n');
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(/^mnemo: database unavailable: .*ECONNREFUSED/);
+    expect(r.stderr).not.toMatch(/\bat .*\.(ts|js):\d+/);
+  });
+
+  it('exits 2 naming the variable when a setting is invalid', async () => {
+    const port = await runMnemo(['doctor'], { MNEMO_PORT: 'abc' });
+    expect(port.code).toBe(2);
+    expect(port.stderr).toMatch(/MNEMO_PORT/);
+    const url = await runMnemo(['migrate'], { MNEMO_DATABASE_URL: 'mysql://x' });
+    expect(url.code).toBe(2);
+    expect(url.stderr).toMatch(/MNEMO_DATABASE_URL: must be a postgres/);
+    const flag = await runMnemo(['doctor', '--schema', 'Bad-Name']);
+    expect(flag.code).toBe(2);
+    expect(flag.stderr).toMatch(/--database-schema \(MNEMO_DATABASE_SCHEMA\)/);
+  });
+
+  it('rejects an unknown command or flag with exit 2', async () => {
+    expect((await runMnemo(['frobnicate'])).code).toBe(2);
+    expect((await runMnemo(['doctor', '--no-such-flag'])).code).toBe(2);
+  });
+
+  it('doctor on the embedded database prints the redacted config and pending migrations, applying nothing', async () => {
+    const r = await runMnemo(['doctor', '--data-dir', 'memory://']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/MNEMO_DATA_DIR="memory:\/\/"/);
+    expect(r.stdout).toMatch(/reachable: PostgreSQL/);
+    expect(r.stdout).toMatch(/migrations applied: 0, pending: \d+/);
+  });
+
+  it('migrate --print shows the SQL of every migration', async () => {
+    const r = await runMnemo(['migrate', '--print']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/-- 0001_init\.sql \(sha256 [0-9a-f]{64}\)/);
+    expect(r.stdout).toMatch(/create table tenants/);
+  });
+});

@@ -1,0 +1,50 @@
+import { describe, expect, it } from 'vitest';
+
+import { describeConfig, loadConfig, redactUrl } from '../../src/config.ts';
+import { ErrorCode } from '../../src/core/errors.ts';
+
+describe('loadConfig', () => {
+  it('uses the documented defaults on an empty environment', () => {
+    const config = loadConfig({});
+    expect(config).toMatchObject({
+      databaseUrl: undefined,
+      dataDir: './.mnemo',
+      databaseSchema: 'mnemo',
+      host: '127.0.0.1',
+      port: 8787,
+    });
+    expect(Object.isFrozen(config)).toBe(true);
+  });
+
+  it('lets flags override the environment', () => {
+    const config = loadConfig({ MNEMO_PORT: '1000' }, { port: '2000' });
+    expect(config.port).toBe(2000);
+  });
+
+  it('treats an empty variable as unset', () => {
+    expect(loadConfig({ MNEMO_DATABASE_URL: '' }).databaseUrl).toBeUndefined();
+  });
+
+  it.each([
+    ['MNEMO_PORT', 'abc'],
+    ['MNEMO_PORT', '70000'],
+    ['MNEMO_PORT', '-1'],
+    ['MNEMO_DATABASE_URL', 'http://example'],
+    ['MNEMO_DATABASE_SCHEMA', 'drop table'],
+    ['MNEMO_DATABASE_POOL_SIZE', '0'],
+    ['MNEMO_LOG_LEVEL', 'loud'],
+  ])('rejects %s=%s naming the variable', (name, value) => {
+    expect(() => loadConfig({ [name]: value })).toThrow(
+      expect.objectContaining({
+        code: ErrorCode.InvalidConfig,
+        message: expect.stringContaining(name),
+      }),
+    );
+  });
+
+  it('redacts the database password when described', () => {
+    const config = loadConfig({ MNEMO_DATABASE_URL: 'postgres://u:secret@db:5432/x' });
+    expect(JSON.stringify(describeConfig(config))).not.toContain('secret');
+    expect(redactUrl('postgres://u:secret@db/x')).toBe('postgres://u:***@db/x');
+  });
+});
