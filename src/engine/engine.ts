@@ -1,0 +1,253 @@
+import { ErrorCode, MnemoError } from '../core/errors.ts';
+import { type Logger, silentLogger } from '../core/logger.ts';
+import type { Queryable, Store } from '../store/types.ts';
+import {
+  childrenOf,
+  enqueueBatchJobs,
+  type EnqueueContext,
+  enqueueJob,
+  enqueueJobs,
+} from './enqueue.ts';
+import { createEngineMetrics, type EngineMetrics } from './metrics.ts';
+import { JOB_COLUMNS, type JobRow, toJob } from './sql/rows.ts';
+import { applyTransitions, lockLanesOf, type Transition } from './sql/transition.ts';
+import {
+  type BatchParentSpec,
+  type Enqueued,
+  type EnqueuedBatch,
+  type Job,
+  type JobHandler,
+  type JobSpec,
+  TERMINAL_STATUSES,
+} from './types.ts';
+import { CompletionWaiter } from './waiter.ts';
+import { Worker, type WorkerOptions } from './worker.ts';
+
+/** Engine-wide settings. */
+export interface EngineOptions {
+  /** Run time limit of one attempt when neither the job nor its kind sets one. @defaultValue 60000 */
+  defaultTimeoutMs?: number;
+  /** Attempts when neither the job nor its kind sets them. @defaultValue 3 */
+  defaultMaxAttempts?: number;
+  /** Unfinished jobs per lane past which enqueue fails with `queue_full`. @defaultValue 10000 */
+  maxPendingPerLane?: number;
+  /** Pending jobs overall past which enqueue fails with `queue_full`. @defaultValue 1000000 */
+  maxPendingTotal?: number;
+  /** `Retry-After` suggested with `queue_full`. @defaultValue 1000 */
+  queueFullRetryAfterMs?: number;
+  /** How long a count of pending jobs is reused by admission control. @defaultValue 1000 */
+  pendingCountTtlMs?: number;
+  /** How often `waitFor` re-reads a job if no notification arrives. @defaultValue 1000 */
+  waitPollIntervalMs?: number;
+}
+
+/** Options of {@link Engine.waitFor}. */
+export interface WaitOptions {
+  /** Give up after this long and return the job as it stands. */
+  timeoutMs: number;
+  signal?: AbortSignal;
+}
+
+/** The durable job engine: lanes, leases, fencing, batches. Knows nothing of memory. */
+export interface Engine {
+  readonly store: Store;
+  readonly metrics: EngineMetrics;
+  /** Registers the handler of a job kind. Register before starting workers. */
+  register<P, C>(kind: string, handler: JobHandler<P, C>): void;
+  /**
+   * Writes a job inside the caller's transaction (wake-ups go out when it commits).
+   * @throws MnemoError `invalid_request`, `idempotency_conflict`, `queue_full`
+   */
+  enqueue(tx: Queryable, spec: JobSpec): Promise<Enqueued>;
+  /** Writes many independent jobs of one tenant in one statement. */
+  enqueueMany(tx: Queryable, tenantId: string, specs: readonly JobSpec[]): Promise<Job[]>;
+  /**
+   * Writes a parent and its children inside the caller's transaction: all or nothing.
+   * @throws MnemoError `invalid_request`, `idempotency_conflict`, `queue_full`
+   */
+  enqueueBatch(
+    tx: Queryable,
+    parent: BatchParentSpec,
+    children: readonly JobSpec[],
+  ): Promise<EnqueuedBatch>;
+  /** A job of `tenantId`, or undefined. */
+  getJob(tenantId: string, id: number, q?: Queryable): Promise<Job | undefined>;
+  /** A batch parent's children, in order. */
+  getChildren(tenantId: string, id: number): Promise<Job[]>;
+  /**
+   * Cancels pending work: the job if it is pending, or a parent's pending children.
+   * Running and finished jobs are left alone. Returns the job as it stands after.
+   * @throws MnemoError `not_found`
+   */
+  cancel(tenantId: string, id: number): Promise<Job>;
+  /** Waits until the job is finished or the timeout passes; returns it as it stands then. */
+  waitFor(tenantId: string, id: number, options: WaitOptions): Promise<Job>;
+  /** Starts a worker in this process. */
+  startWorker(options?: WorkerOptions): Promise<Worker>;
+  /** Stops every worker (graceful) and the waiter. */
+  stop(): Promise<void>;
+}
+
+/** Creates an engine over `store` (migrated). */
+export function createEngine(deps: {
+  store: Store;
+  logger?: Logger;
+  options?: EngineOptions;
+}): Engine {
+  const { store } = deps;
+  const logger = deps.logger ?? silentLogger;
+  const options = deps.options ?? {};
+  const defaultTimeoutMs = options.defaultTimeoutMs ?? 60_000;
+  const defaultMaxAttempts = options.defaultMaxAttempts ?? 3;
+  const handlers = new Map<string, JobHandler>();
+  const metrics = createEngineMetrics(store);
+  const channels = { jobs: `${store.schema}_jobs`, done: `${store.schema}_done` };
+  const waiter = new CompletionWaiter(store, channels.done, logger);
+  const workers = new Set<Worker>();
+  const pendingCount = { value: 0, at: -Infinity };
+  const ttl = options.pendingCountTtlMs ?? 1000;
+
+  const enqueueContext: EnqueueContext = {
+    defaultsFor(kind) {
+      const handler = handlers.get(kind);
+      return {
+        maxAttempts: handler?.maxAttempts ?? defaultMaxAttempts,
+        timeoutMs: null,
+      };
+    },
+    maxPendingPerLane: options.maxPendingPerLane ?? 10_000,
+    maxPendingTotal: options.maxPendingTotal ?? 1_000_000,
+    retryAfterMs: options.queueFullRetryAfterMs ?? 1000,
+    async pendingTotal(q) {
+      const now = performance.now();
+      if (now - pendingCount.at > ttl) {
+        const [row] = await q.query<{ n: number }>(
+          `select count(*)::int as n from jobs where status = 'pending'`,
+        );
+        pendingCount.value = row?.n ?? 0;
+        pendingCount.at = now;
+      }
+      return pendingCount.value;
+    },
+  };
+
+  async function readJob(q: Queryable, tenantId: string, id: number): Promise<Job | undefined> {
+    const [row] = await q.query<
+      JobRow & { child_pending: number | null; child_running: number | null }
+    >(
+      `select ${JOB_COLUMNS},
+         case when j.is_parent then (select count(*) from jobs c where c.parent_id = j.id and c.status = 'pending') end::int as child_pending,
+         case when j.is_parent then (select count(*) from jobs c where c.parent_id = j.id and c.status = 'running') end::int as child_running
+       from jobs j where j.id = $1 and j.tenant_id = $2`,
+      [id, tenantId],
+    );
+    if (row === undefined) {
+      return undefined;
+    }
+    return toJob(row, { pending: row.child_pending ?? 0, running: row.child_running ?? 0 });
+  }
+
+  const engine: Engine = {
+    store,
+    metrics,
+    register(kind, handler) {
+      if (handlers.has(kind)) {
+        throw new MnemoError(ErrorCode.Internal, `job kind ${kind} is already registered`);
+      }
+      handlers.set(kind, handler as JobHandler);
+    },
+    async enqueue(tx, spec) {
+      const out = await enqueueJob(tx, enqueueContext, spec);
+      if (out.created) {
+        metrics.enqueued.inc({ kind: spec.kind });
+      }
+      return out;
+    },
+    async enqueueMany(tx, tenantId, specs) {
+      const jobs = await enqueueJobs(tx, enqueueContext, tenantId, specs);
+      for (const job of jobs) {
+        metrics.enqueued.inc({ kind: job.kind });
+      }
+      return jobs;
+    },
+    async enqueueBatch(tx, parent, children) {
+      const out = await enqueueBatchJobs(tx, enqueueContext, parent, children);
+      if (out.created) {
+        for (const child of out.children) {
+          metrics.enqueued.inc({ kind: child.kind });
+        }
+      }
+      return out;
+    },
+    getJob(tenantId, id, q = store) {
+      return readJob(q, tenantId, id);
+    },
+    async getChildren(tenantId, id) {
+      const parent = await readJob(store, tenantId, id);
+      return parent === undefined ? [] : childrenOf(store, id);
+    },
+    async cancel(tenantId, id) {
+      const job = await store.transaction(async (tx) => {
+        const current = await readJob(tx, tenantId, id);
+        if (current === undefined) {
+          throw new MnemoError(ErrorCode.NotFound, `operation ${id} not found`);
+        }
+        const targets = current.isParent
+          ? (await childrenOf(tx, id)).filter((c) => c.status === 'pending')
+          : current.status === 'pending'
+            ? [current]
+            : [];
+        const transitions: Transition[] = targets.map((t) => ({
+          id: t.id,
+          tenantId,
+          lane: t.lane,
+          from: 'pending',
+          to: 'cancelled',
+          error: {
+            code: 'cancelled',
+            message: 'cancelled on request',
+            retryable: false,
+            attempt: t.attempts,
+          },
+        }));
+        await lockLanesOf(tx, transitions);
+        await applyTransitions(tx, channels, transitions);
+        return readJob(tx, tenantId, id);
+      });
+      if (job === undefined) {
+        throw new MnemoError(ErrorCode.NotFound, `operation ${id} not found`);
+      }
+      return job;
+    },
+    async waitFor(tenantId, id, { timeoutMs, signal }) {
+      const deadline = performance.now() + timeoutMs;
+      const poll = options.waitPollIntervalMs ?? 1000;
+      for (;;) {
+        const job = await readJob(store, tenantId, id);
+        if (job === undefined) {
+          throw new MnemoError(ErrorCode.NotFound, `operation ${id} not found`);
+        }
+        const left = deadline - performance.now();
+        if (TERMINAL_STATUSES.includes(job.status) || left <= 0 || signal?.aborted === true) {
+          return job;
+        }
+        await waiter.next(id, Math.min(left, poll), signal);
+      }
+    },
+    async startWorker(workerOptions) {
+      const worker = new Worker(
+        { store, handlers, metrics, logger, channels, defaultTimeoutMs },
+        workerOptions,
+      );
+      workers.add(worker);
+      await worker.start();
+      return worker;
+    },
+    async stop() {
+      await Promise.all([...workers].map((w) => w.stop()));
+      workers.clear();
+      await waiter.close();
+    },
+  };
+  return engine;
+}

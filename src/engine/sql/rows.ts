@@ -1,0 +1,87 @@
+import type { ChildCounts, Job, JobError, JobStatus } from '../types.ts';
+
+/** The columns every job read selects (as `j`). */
+export const JOB_COLUMNS = `j.id, j.tenant_id, j.kind, j.payload, j.lane, j.status, j.is_parent, j.parent_id,
+  j.attempts, j.max_attempts, j.run_at, j.lease_token, j.lease_expires_at, j.result, j.error,
+  j.children_total, j.children_succeeded, j.children_failed, j.children_cancelled,
+  j.created_at, j.started_at, j.finished_at`;
+
+/** A row of {@link JOB_COLUMNS}. */
+export interface JobRow {
+  id: number;
+  tenant_id: string;
+  kind: string;
+  payload: unknown;
+  lane: string | null;
+  status: JobStatus;
+  is_parent: boolean;
+  parent_id: number | null;
+  attempts: number;
+  max_attempts: number;
+  run_at: Date;
+  lease_token: number;
+  lease_expires_at: Date | null;
+  result: unknown;
+  error: JobError | null;
+  children_total: number;
+  children_succeeded: number;
+  children_failed: number;
+  children_cancelled: number;
+  created_at: Date;
+  started_at: Date | null;
+  finished_at: Date | null;
+}
+
+/** Maps a row to a {@link Job}; `active` are a parent's pending/running child counts. */
+export function toJob(row: JobRow, active?: { pending: number; running: number }): Job {
+  let children: ChildCounts | null = null;
+  if (row.is_parent) {
+    const terminal = row.children_succeeded + row.children_failed + row.children_cancelled;
+    const running = active?.running ?? 0;
+    children = {
+      total: row.children_total,
+      pending: active?.pending ?? row.children_total - terminal - running,
+      running,
+      succeeded: row.children_succeeded,
+      failed: row.children_failed,
+      cancelled: row.children_cancelled,
+    };
+  }
+  return {
+    id: row.id,
+    tenantId: row.tenant_id,
+    kind: row.kind,
+    payload: row.payload,
+    lane: row.lane,
+    status: row.status,
+    isParent: row.is_parent,
+    parentId: row.parent_id,
+    attempts: row.attempts,
+    maxAttempts: row.max_attempts,
+    runAt: row.run_at,
+    leaseToken: row.lease_token,
+    leaseExpiresAt: row.lease_expires_at,
+    result: row.result,
+    error: row.error,
+    children,
+    createdAt: row.created_at,
+    startedAt: row.started_at,
+    finishedAt: row.finished_at,
+  };
+}
+
+/**
+ * The advisory-lock key text of a lane. The tenant's length prefix keeps
+ * ("a", "b:c") and ("a:b", "c") apart.
+ */
+export function laneLockKey(tenantId: string, lane: string): string {
+  return `lane:${tenantId.length}:${tenantId}:${lane}`;
+}
+
+/**
+ * Takes the advisory locks of `keys` for the rest of the transaction, in one order for
+ * every caller (sorted by hash) so that two transactions locking several lanes cannot
+ * deadlock on each other.
+ */
+export const LOCK_LANES_SQL = `select count(pg_advisory_xact_lock(k))::int as locked
+  from (select distinct hashtextextended(key, 0) as k from unnest($1::text[]) as key order by 1) as keys`;

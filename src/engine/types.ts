@@ -1,0 +1,132 @@
+import type { Queryable } from '../store/types.ts';
+
+/** A job's state. `succeeded`, `failed` and `cancelled` are terminal. */
+export type JobStatus = 'pending' | 'running' | 'succeeded' | 'failed' | 'cancelled';
+
+/** The terminal states. */
+export const TERMINAL_STATUSES: readonly JobStatus[] = ['succeeded', 'failed', 'cancelled'];
+
+/** What a caller asks the engine to run. */
+export interface JobSpec {
+  /** The handler that runs it (registered with {@link Engine.register}). */
+  kind: string;
+  /** JSON-serialisable input of the handler. @defaultValue {} */
+  payload?: unknown;
+  /** The tenant the job belongs to. @defaultValue 'default' */
+  tenantId?: string;
+  /**
+   * Jobs of one lane (per tenant) run one at a time, in enqueue order, across every
+   * process. `null`/absent: no lane, runs in parallel with everything.
+   */
+  lane?: string | null;
+  /** Not before this time. @defaultValue now */
+  runAt?: Date;
+  /** Attempts before the job fails for good. @defaultValue the kind's, else 3 */
+  maxAttempts?: number;
+  /** Run time limit of one attempt. @defaultValue the kind's, else the engine's */
+  timeoutMs?: number;
+  /**
+   * Unique per tenant: enqueueing the same key again with the same kind, lane and payload
+   * returns the existing job; with anything different it fails with `idempotency_conflict`.
+   */
+  idempotencyKey?: string;
+}
+
+/** The parent of a batch: it has no handler; its status is derived from its children. */
+export interface BatchParentSpec {
+  kind: string;
+  payload?: unknown;
+  tenantId?: string;
+  idempotencyKey?: string;
+}
+
+/** A job as stored. */
+export interface Job {
+  id: number;
+  tenantId: string;
+  kind: string;
+  payload: unknown;
+  lane: string | null;
+  status: JobStatus;
+  isParent: boolean;
+  parentId: number | null;
+  attempts: number;
+  maxAttempts: number;
+  runAt: Date;
+  leaseToken: number;
+  leaseExpiresAt: Date | null;
+  result: unknown;
+  error: JobError | null;
+  children: ChildCounts | null;
+  createdAt: Date;
+  startedAt: Date | null;
+  finishedAt: Date | null;
+}
+
+/** Counts of a batch parent's children by state. */
+export interface ChildCounts {
+  total: number;
+  pending: number;
+  running: number;
+  succeeded: number;
+  failed: number;
+  cancelled: number;
+}
+
+/** What is recorded of a failed attempt. */
+export interface JobError {
+  code: string;
+  message: string;
+  retryable: boolean;
+  attempt: number;
+}
+
+/** Result of an enqueue: the job, and whether this call created it (false: idempotent replay). */
+export interface Enqueued {
+  job: Job;
+  created: boolean;
+}
+
+/** Result of a batch enqueue. */
+export interface EnqueuedBatch {
+  parent: Job;
+  children: Job[];
+  created: boolean;
+}
+
+/** What a handler sees of its job. */
+export interface JobContext<P = unknown> {
+  id: number;
+  tenantId: string;
+  kind: string;
+  lane: string | null;
+  payload: P;
+  /** 1 for the first attempt. */
+  attempt: number;
+  maxAttempts: number;
+  parentId: number | null;
+  leaseToken: number;
+  /** Aborted on run timeout, lease loss and shutdown; `signal.reason` is a MnemoError. */
+  signal: AbortSignal;
+}
+
+/**
+ * A job kind's code, in two phases. `compute` may be slow and holds no transaction;
+ * `apply` runs in the transaction that completes the job, after the lease was checked,
+ * so its writes commit exactly when the job succeeds and never from a stale worker.
+ */
+export interface JobHandler<P = unknown, C = unknown> {
+  /** Slow work (LLM, transcription). No database transaction may be held across it. */
+  compute?: (ctx: JobContext<P>) => Promise<C>;
+  /**
+   * Short, transactional: re-read what it needs and write. Its return value is the job's
+   * result (JSON). Without `apply` the result is what `compute` returned.
+   */
+  apply?: (tx: Queryable, computed: C, ctx: JobContext<P>) => Promise<unknown>;
+  /** Run time limit of one attempt (compute + apply). @defaultValue the engine's `defaultTimeoutMs` */
+  timeoutMs?: number;
+  /** @defaultValue 3 */
+  maxAttempts?: number;
+  /** Backoff between attempts. @defaultValue { baseMs: 1000, maxMs: 300000 } */
+  backoff?: { baseMs: number; maxMs: number };
+}

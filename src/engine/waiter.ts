@@ -1,0 +1,76 @@
+import type { Logger } from '../core/logger.ts';
+import type { Store } from '../store/types.ts';
+import { sleep } from './signal.ts';
+
+/**
+ * Wakes callers waiting for jobs to finish. Transitions announce finished job ids on the
+ * `done` channel after commit; one LISTEN per engine serves every waiter, and waiters also
+ * re-check on a slow poll, so a lost notification delays but never strands them.
+ */
+export class CompletionWaiter {
+  readonly #store: Store;
+  readonly #channel: string;
+  readonly #logger: Logger;
+  readonly #waiters = new Map<number, Set<() => void>>();
+  #listening: Promise<void> | undefined;
+  #unlisten: (() => Promise<void>) | undefined;
+
+  constructor(store: Store, channel: string, logger: Logger) {
+    this.#store = store;
+    this.#channel = channel;
+    this.#logger = logger;
+  }
+
+  #ensureListening(): Promise<void> {
+    this.#listening ??= this.#store
+      .listen(this.#channel, (payload) => {
+        for (const part of payload.split(',')) {
+          const waiters = this.#waiters.get(Number(part));
+          if (waiters !== undefined) {
+            for (const wake of waiters) {
+              wake();
+            }
+          }
+        }
+      })
+      .then((unlisten) => {
+        this.#unlisten = unlisten;
+      })
+      .catch((err: unknown) => {
+        this.#listening = undefined;
+        this.#logger.warn({ err }, 'cannot listen for finished jobs; waiters poll');
+      });
+    return this.#listening;
+  }
+
+  /** Resolves when job `id` is announced as finished, or after `ms`, or when `signal` aborts. */
+  async next(id: number, ms: number, signal?: AbortSignal): Promise<void> {
+    await this.#ensureListening();
+    const controller = new AbortController();
+    const onAbort = () => controller.abort();
+    signal?.addEventListener('abort', onAbort, { once: true });
+    const wake = () => controller.abort();
+    let set = this.#waiters.get(id);
+    if (set === undefined) {
+      set = new Set();
+      this.#waiters.set(id, set);
+    }
+    set.add(wake);
+    try {
+      await sleep(ms, controller.signal);
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+      set.delete(wake);
+      if (set.size === 0) {
+        this.#waiters.delete(id);
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.#listening;
+    await this.#unlisten?.();
+    this.#unlisten = undefined;
+    this.#listening = undefined;
+  }
+}

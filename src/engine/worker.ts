@@ -1,0 +1,526 @@
+import { hostname } from 'node:os';
+
+import { coerceError, ErrorCode, isMnemoError, MnemoError } from '../core/errors.ts';
+import { createId } from '../core/ids.ts';
+import type { Logger } from '../core/logger.ts';
+import type { Queryable, Store } from '../store/types.ts';
+import { DEFAULT_BACKOFF, retryDelayMs } from './backoff.ts';
+import type { EngineMetrics } from './metrics.ts';
+import { WakeSignal } from './signal.ts';
+import { type ClaimedRow, claimJobs, extendLeases, findExpired } from './sql/claim.ts';
+import { applyTransitions, lockLanesOf, type Transition } from './sql/transition.ts';
+import type { JobContext, JobError, JobHandler } from './types.ts';
+
+/** How a worker runs. */
+export interface WorkerOptions {
+  /** Jobs this worker runs at once (its slots). @defaultValue 10 */
+  concurrency?: number;
+  /** Poll for due jobs this often when no notification arrives. @defaultValue 1000 */
+  pollIntervalMs?: number;
+  /** Lease length; a job whose worker stops heartbeating is re-run after it. @defaultValue 30000 */
+  leaseMs?: number;
+  /** Heartbeat period. @defaultValue leaseMs / 3 */
+  heartbeatMs?: number;
+  /** Reaper period (0 disables this worker's reaper). @defaultValue min(leaseMs / 2, 5000) */
+  reapIntervalMs?: number;
+  /** On stop, how long running jobs may take to finish before they are released. @defaultValue 10000 */
+  shutdownGraceMs?: number;
+  /** Completions per transaction at most. @defaultValue 200 */
+  maxBatch?: number;
+  /** Shown in `locked_by`. @defaultValue host:pid:random */
+  workerId?: string;
+}
+
+/** What the worker needs from its engine. */
+export interface WorkerDeps {
+  store: Store;
+  handlers: ReadonlyMap<string, JobHandler>;
+  metrics: EngineMetrics;
+  logger: Logger;
+  channels: { jobs: string; done: string };
+  defaultTimeoutMs: number;
+}
+
+type Outcome = { ok: true; computed: unknown } | { ok: false; error: Error; release?: boolean };
+
+interface Completed {
+  outcomes: Map<number, Outcome>;
+  lost: Set<number>;
+  moved: Map<number, string>;
+  retryDelays: number[];
+}
+
+interface Running {
+  row: ClaimedRow;
+  handler: JobHandler;
+  controller: AbortController;
+  ctx: JobContext;
+  startedAt: number;
+  outcome?: Outcome;
+}
+
+/** Runs jobs: claims into free slots, computes, completes in batched fenced transactions. */
+export class Worker {
+  readonly id: string;
+  readonly #deps: WorkerDeps;
+  readonly #concurrency: number;
+  readonly #pollMs: number;
+  readonly #leaseMs: number;
+  readonly #heartbeatMs: number;
+  readonly #reapMs: number;
+  readonly #graceMs: number;
+  readonly #maxBatch: number;
+  readonly #slots = new Map<number, Running>();
+  readonly #toComplete: Running[] = [];
+  readonly #wake = new WakeSignal();
+  readonly #stopController = new AbortController();
+  #flushing: Promise<void> | undefined;
+  #loop: Promise<void> | undefined;
+  #timers: NodeJS.Timeout[] = [];
+  #unlisten: (() => Promise<void>) | undefined;
+  #stopping: Promise<void> | undefined;
+
+  constructor(deps: WorkerDeps, options: WorkerOptions = {}) {
+    this.#deps = deps;
+    this.#concurrency = options.concurrency ?? 10;
+    this.#pollMs = options.pollIntervalMs ?? 1000;
+    this.#leaseMs = options.leaseMs ?? 30_000;
+    this.#heartbeatMs = options.heartbeatMs ?? Math.max(10, Math.floor(this.#leaseMs / 3));
+    this.#reapMs = options.reapIntervalMs ?? Math.min(Math.floor(this.#leaseMs / 2), 5000);
+    this.#graceMs = options.shutdownGraceMs ?? 10_000;
+    this.#maxBatch = options.maxBatch ?? 200;
+    this.id = options.workerId ?? `${hostname()}:${process.pid}:${createId('w').slice(2, 10)}`;
+    if (!Number.isInteger(this.#concurrency) || this.#concurrency < 1) {
+      throw new MnemoError(ErrorCode.InvalidConfig, 'worker concurrency must be at least 1');
+    }
+  }
+
+  /** Starts listening, claiming, heartbeating and reaping. */
+  async start(): Promise<void> {
+    try {
+      this.#unlisten = await this.#deps.store.listen(this.#deps.channels.jobs, () =>
+        this.#wake.notify(),
+      );
+    } catch (err) {
+      // Without notifications the worker still polls.
+      this.#deps.logger.warn({ err }, 'worker could not listen for new jobs; polling only');
+    }
+    this.#timers.push(setInterval(() => void this.#heartbeat(), this.#heartbeatMs));
+    if (this.#reapMs > 0) {
+      this.#timers.push(setInterval(() => void this.#reap(), this.#reapMs));
+    }
+    this.#loop = this.#claimLoop();
+  }
+
+  /** Jobs currently held by this worker. */
+  get activeCount(): number {
+    return this.#slots.size;
+  }
+
+  /**
+   * Stops claiming; waits up to the grace period for running jobs to finish, then aborts
+   * the rest and returns them to `pending` (their attempt is not counted). Idempotent.
+   */
+  stop(): Promise<void> {
+    this.#stopping ??= this.#shutdown();
+    return this.#stopping;
+  }
+
+  async #shutdown(): Promise<void> {
+    this.#stopController.abort();
+    this.#wake.notify();
+    await this.#loop;
+    const deadline = Date.now() + this.#graceMs;
+    while (this.#slots.size > 0 && Date.now() < deadline) {
+      await this.#waitForSlot(Math.min(50, deadline - Date.now()));
+    }
+    const release = new MnemoError(ErrorCode.Unavailable, 'worker shutting down; job released');
+    for (const running of this.#slots.values()) {
+      if (running.outcome === undefined) {
+        running.controller.abort(release);
+      }
+    }
+    while (this.#slots.size > 0) {
+      await this.#waitForSlot(50);
+    }
+    for (const timer of this.#timers) {
+      clearInterval(timer); // also clears timeouts
+    }
+    this.#timers = [];
+    await this.#unlisten?.();
+  }
+
+  readonly #slotFreed = new WakeSignal();
+
+  #waitForSlot(timeoutMs: number): Promise<void> {
+    return this.#slotFreed.wait(Math.max(1, timeoutMs));
+  }
+
+  async #claimLoop(): Promise<void> {
+    const stopSignal = this.#stopController.signal;
+    const kinds = [...this.#deps.handlers.keys()];
+    let drained = false;
+    while (!stopSignal.aborted) {
+      const free = this.#concurrency - this.#slots.size;
+      if (free <= 0) {
+        await this.#wake.wait(this.#pollMs);
+        continue;
+      }
+      if (drained) {
+        await this.#wake.wait(this.#pollMs);
+        if (stopSignal.aborted) {
+          break;
+        }
+      }
+      let claimed: ClaimedRow[];
+      try {
+        claimed = await claimJobs(this.#deps.store, free, this.#leaseMs, this.id, kinds);
+      } catch (err) {
+        this.#deps.logger.error({ err }, 'claiming jobs failed; retrying');
+        drained = true;
+        continue;
+      }
+      drained = claimed.length < free;
+      for (const row of claimed) {
+        this.#run(row);
+      }
+    }
+  }
+
+  #run(row: ClaimedRow): void {
+    const handler = this.#deps.handlers.get(row.kind);
+    if (handler === undefined) {
+      return; // cannot happen: only registered kinds are claimed
+    }
+    const controller = new AbortController();
+    const ctx: JobContext = {
+      id: row.id,
+      tenantId: row.tenant_id,
+      kind: row.kind,
+      lane: row.lane,
+      payload: row.payload,
+      attempt: row.attempts,
+      maxAttempts: row.max_attempts,
+      parentId: row.parent_id,
+      leaseToken: row.lease_token,
+      signal: controller.signal,
+    };
+    const running: Running = { row, handler, controller, ctx, startedAt: performance.now() };
+    this.#slots.set(row.id, running);
+    this.#deps.metrics.waitSeconds.observe({ kind: row.kind }, row.waited_s);
+    void this.#compute(running).then((outcome) => {
+      running.outcome = outcome;
+      this.#deps.metrics.runSeconds.observe(
+        { kind: row.kind },
+        (performance.now() - running.startedAt) / 1000,
+      );
+      this.#toComplete.push(running);
+      this.#flushSoon();
+    });
+  }
+
+  async #compute(running: Running): Promise<Outcome> {
+    const { handler, controller, row } = running;
+    const timeoutMs = row.timeout_ms ?? handler.timeoutMs ?? this.#deps.defaultTimeoutMs;
+    const timer = setTimeout(
+      () =>
+        controller.abort(
+          new MnemoError(ErrorCode.Timeout, `job ran longer than its ${timeoutMs} ms limit`),
+        ),
+      timeoutMs,
+    );
+    try {
+      const work =
+        handler.compute === undefined ? Promise.resolve(undefined) : handler.compute(running.ctx);
+      const computed = await raceAbort(work, controller.signal);
+      return { ok: true, computed };
+    } catch (err) {
+      const error = controller.signal.aborted
+        ? coerceError(controller.signal.reason)
+        : coerceError(err);
+      return {
+        ok: false,
+        error,
+        release: isMnemoError(error, ErrorCode.Unavailable) && this.#stopController.signal.aborted,
+      };
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  #flushSoon(): void {
+    if (this.#flushing !== undefined) {
+      return; // the running flush picks up what was queued meanwhile
+    }
+    this.#flushing = this.#flushAll().finally(() => {
+      this.#flushing = undefined;
+      if (this.#toComplete.length > 0) {
+        this.#flushSoon();
+      }
+    });
+  }
+
+  async #flushAll(): Promise<void> {
+    while (this.#toComplete.length > 0) {
+      const batch = this.#toComplete.splice(0, this.#maxBatch);
+      try {
+        const done = await this.#deps.store.transaction((tx) => this.#complete(tx, batch));
+        this.#record(batch, done.outcomes, done.lost, done.moved);
+        this.#wakeAfter(done.retryDelays);
+      } catch (err) {
+        // The database refused the whole batch (e.g. it is unreachable). The jobs stay
+        // `running`; their leases expire and the reaper re-runs them. Nothing was applied.
+        this.#deps.logger.error(
+          { err, jobs: batch.map((r) => r.row.id) },
+          'completing jobs failed',
+        );
+      }
+      for (const running of batch) {
+        this.#slots.delete(running.row.id);
+      }
+      this.#slotFreed.notify();
+      this.#wake.notify();
+    }
+  }
+
+  /** One fenced transaction: lane locks, lease checks, applies, then every transition at once. */
+  async #complete(tx: Queryable, batch: readonly Running[]): Promise<Completed> {
+    const lanes: Transition[] = batch.map((r) => ({
+      id: r.row.id,
+      tenantId: r.row.tenant_id,
+      lane: r.row.lane,
+      from: 'running',
+      to: 'failed',
+    }));
+    // Lock before reading: a terminal move hands the lane on, which must see every
+    // enqueue that committed before it (enqueue holds the same lock).
+    await lockLanesOf(tx, lanes);
+    const outcomes = new Map<number, Outcome>(
+      batch.map((r) => [r.row.id, r.outcome ?? failedUnknown()]),
+    );
+    const applying = batch.filter((r) => r.outcome?.ok === true && r.handler.apply !== undefined);
+    const lost = new Set<number>();
+    if (applying.length > 0) {
+      const held = await tx.query<{ id: number; lease_token: number }>(
+        `select id, lease_token from jobs where id = any($1::bigint[]) and status = 'running'
+          order by id for update`,
+        [applying.map((r) => r.row.id)],
+      );
+      const tokens = new Map(held.map((h) => [h.id, h.lease_token]));
+      for (const running of applying) {
+        if (tokens.get(running.row.id) !== running.row.lease_token) {
+          lost.add(running.row.id);
+          continue;
+        }
+        outcomes.set(running.row.id, await this.#applyOne(tx, running));
+      }
+    }
+    const transitions = batch
+      .filter((r) => !lost.has(r.row.id))
+      .map((r) => this.#transitionFor(r, outcomes.get(r.row.id) ?? failedUnknown()));
+    const result = await applyTransitions(tx, this.#deps.channels, transitions);
+    for (const running of batch) {
+      const moved = result.moved.get(running.row.id);
+      if (moved === undefined) {
+        lost.add(running.row.id);
+      }
+    }
+    const retryDelays = transitions
+      .filter((t) => t.to === 'pending' && result.moved.get(t.id) === 'pending')
+      .map((t) => t.delayMs ?? 0);
+    return { outcomes, lost, moved: result.moved, retryDelays };
+  }
+
+  /** Retries become due without a notification: wake the claim loop when the first one is. */
+  #wakeAfter(delays: readonly number[]): void {
+    if (delays.length === 0 || this.#stopController.signal.aborted) {
+      return;
+    }
+    const timer = setTimeout(() => {
+      this.#timers = this.#timers.filter((t) => t !== timer);
+      this.#wake.notify();
+    }, Math.min(...delays) + 1);
+    timer.unref();
+    this.#timers.push(timer);
+  }
+
+  async #applyOne(tx: Queryable, running: Running): Promise<Outcome> {
+    const { handler, ctx, controller } = running;
+    if (controller.signal.aborted) {
+      return { ok: false, error: coerceError(controller.signal.reason) };
+    }
+    const computed = running.outcome?.ok === true ? running.outcome.computed : undefined;
+    await tx.query('savepoint job_apply');
+    try {
+      const result = await handler.apply?.(tx, computed, ctx);
+      await tx.query('release savepoint job_apply');
+      return { ok: true, computed: result };
+    } catch (err) {
+      await tx.query('rollback to savepoint job_apply');
+      return { ok: false, error: coerceError(err) };
+    }
+  }
+
+  #transitionFor(running: Running, outcome: Outcome): Transition {
+    const { row, handler } = running;
+    const base = {
+      id: row.id,
+      tenantId: row.tenant_id,
+      lane: row.lane,
+      from: 'running' as const,
+      token: row.lease_token,
+    };
+    if (outcome.ok) {
+      return { ...base, to: 'succeeded', result: outcome.computed ?? null };
+    }
+    if (outcome.release === true) {
+      return { ...base, to: 'pending', delayMs: 0, refund: true };
+    }
+    const error = describeError(outcome.error, row.attempts);
+    if (error.retryable && row.attempts < row.max_attempts) {
+      return {
+        ...base,
+        to: 'pending',
+        error,
+        delayMs: retryDelayMs(row.attempts, handler.backoff ?? DEFAULT_BACKOFF),
+      };
+    }
+    return { ...base, to: 'failed', error };
+  }
+
+  #record(
+    batch: readonly Running[],
+    outcomes: ReadonlyMap<number, Outcome>,
+    lost: ReadonlySet<number>,
+    moved: ReadonlyMap<number, string>,
+  ): void {
+    const { metrics, logger } = this.#deps;
+    for (const running of batch) {
+      const { id, kind } = running.row;
+      if (lost.has(id)) {
+        metrics.leaseLost.inc({ kind });
+        logger.warn(
+          { job: id, kind },
+          'lease lost: another worker owns this job now; result discarded',
+        );
+        continue;
+      }
+      const status = moved.get(id);
+      const outcome = outcomes.get(id);
+      if (status === 'pending') {
+        const released = outcome?.ok === false && outcome.release === true;
+        metrics.completed.inc({ kind, status: released ? 'released' : 'retried' });
+        if (!released) {
+          metrics.retried.inc({ kind });
+        }
+      } else if (status !== undefined) {
+        metrics.completed.inc({ kind, status });
+      }
+      if (outcome?.ok === false && outcome.release !== true) {
+        logger.warn({ job: id, kind, err: outcome.error, status }, 'job attempt failed');
+      }
+    }
+  }
+
+  async #heartbeat(): Promise<void> {
+    const held = [...this.#slots.values()]
+      .filter((r) => r.outcome === undefined)
+      .map((r) => ({ id: r.row.id, token: r.row.lease_token }));
+    try {
+      const lost = await extendLeases(this.#deps.store, held, this.#leaseMs);
+      for (const id of lost) {
+        this.#slots
+          .get(id)
+          ?.controller.abort(
+            new MnemoError(ErrorCode.LeaseLost, 'lease lost: another worker owns this job'),
+          );
+      }
+    } catch (err) {
+      this.#deps.logger.warn({ err }, 'heartbeat failed');
+    }
+  }
+
+  async #reap(): Promise<void> {
+    try {
+      const expired = await findExpired(this.#deps.store, 100);
+      if (expired.length === 0) {
+        return;
+      }
+      const transitions: Transition[] = expired.map((row) => {
+        const error: JobError = {
+          code: 'lease_expired',
+          message:
+            'the worker running this job stopped heartbeating (crashed, stalled or lost its connection)',
+          retryable: true,
+          attempt: row.attempts,
+        };
+        const retry = row.attempts < row.max_attempts;
+        return {
+          id: row.id,
+          tenantId: row.tenant_id,
+          lane: row.lane,
+          from: 'running',
+          to: retry ? 'pending' : 'failed',
+          token: row.lease_token,
+          error,
+          expiredOnly: true,
+        };
+      });
+      const result = await this.#deps.store.transaction(async (tx) => {
+        await lockLanesOf(tx, transitions);
+        return applyTransitions(tx, this.#deps.channels, transitions);
+      });
+      for (const row of expired) {
+        if (result.moved.has(row.id)) {
+          this.#deps.metrics.reaped.inc({ kind: row.kind });
+          this.#deps.logger.warn(
+            { job: row.id, kind: row.kind, status: result.moved.get(row.id) },
+            'reaped a job whose lease expired',
+          );
+        }
+      }
+      if (result.moved.size > 0) {
+        this.#wake.notify();
+      }
+    } catch (err) {
+      this.#deps.logger.warn({ err }, 'reaping expired jobs failed');
+    }
+  }
+}
+
+function failedUnknown(): Outcome {
+  return {
+    ok: false,
+    error: new MnemoError(ErrorCode.Internal, 'job finished without an outcome'),
+  };
+}
+
+/** What is recorded of an error: its code and message; unknown errors count as retryable. */
+function describeError(error: Error, attempt: number): JobError {
+  if (error instanceof MnemoError) {
+    return { code: error.code, message: error.message, retryable: error.retryable, attempt };
+  }
+  return { code: ErrorCode.Internal, message: error.message, retryable: true, attempt };
+}
+
+/** Settles with `work`, or rejects with the signal's reason as soon as it aborts. */
+function raceAbort<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) {
+    work.catch(() => undefined);
+    return Promise.reject(signal.reason as Error);
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason as Error);
+    signal.addEventListener('abort', onAbort, { once: true });
+    work.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(value);
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(coerceError(err));
+      },
+    );
+  });
+}

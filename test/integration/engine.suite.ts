@@ -1,0 +1,344 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+
+import { ErrorCode, MnemoError } from '../../src/core/errors.ts';
+import type { Engine, Job } from '../../src/engine/index.ts';
+import type { Store } from '../../src/store/types.ts';
+import { eventually, openEngine } from '../helpers/engine.ts';
+
+const fast = { baseMs: 5, maxMs: 20 };
+
+/** Engine behaviour that must hold on both stores (single process). */
+export function engineSuite(kind: 'pglite' | 'postgres'): void {
+  describe(`engine (${kind})`, () => {
+    let engine: Engine;
+    let store: Store;
+    let dispose: () => Promise<void>;
+
+    beforeEach(async (ctx) => {
+      ({ engine, store, dispose } = await openEngine(kind, `engine:${ctx.task.name}`));
+      await store.exec('create table effects (job_id bigint, lane text, n int, at timestamptz default clock_timestamp())');
+    });
+
+    afterEach(async () => {
+      await dispose();
+    });
+
+    const enqueue = (spec: Parameters<Engine['enqueue']>[1]) =>
+      store.transaction((tx) => engine.enqueue(tx, spec));
+    const waitDone = (id: number, timeoutMs = 20_000) => engine.waitFor('default', id, { timeoutMs });
+
+    it('runs a job through compute and apply and records the result', async () => {
+      engine.register<{ x: number }, number>('double', {
+        compute: (ctx) => Promise.resolve(ctx.payload.x * 2),
+        apply: async (tx, computed, ctx) => {
+          await tx.query('insert into effects (job_id, n) values ($1, $2)', [ctx.id, computed]);
+          return { doubled: computed };
+        },
+      });
+      await engine.startWorker({ concurrency: 2 });
+      const { job } = await enqueue({ kind: 'double', payload: { x: 21 } });
+      const done = await waitDone(job.id);
+      expect(done).toMatchObject({ status: 'succeeded', attempts: 1, result: { doubled: 42 }, error: null });
+      expect(done.startedAt).toBeInstanceOf(Date);
+      expect(done.finishedAt).toBeInstanceOf(Date);
+      expect(await store.query('select job_id::int as job_id, n from effects')).toEqual([{ job_id: job.id, n: 42 }]);
+    });
+
+    it('runs the jobs of a lane one at a time in enqueue order while lanes run in parallel', async () => {
+      const open = new Map<string, number>();
+      let overlapInLane = false;
+      let concurrent = 0;
+      let maxConcurrent = 0;
+      engine.register<{ lane: string; n: number }, number>('step', {
+        async compute(ctx) {
+          const lane = ctx.payload.lane;
+          if ((open.get(lane) ?? 0) > 0) {
+            overlapInLane = true;
+          }
+          open.set(lane, (open.get(lane) ?? 0) + 1);
+          concurrent += 1;
+          maxConcurrent = Math.max(maxConcurrent, concurrent);
+          await new Promise((r) => setTimeout(r, 2));
+          concurrent -= 1;
+          open.set(lane, (open.get(lane) ?? 0) - 1);
+          return ctx.payload.n;
+        },
+        apply: async (tx, n, ctx) => {
+          await tx.query('insert into effects (job_id, lane, n) values ($1, $2, $3)', [ctx.id, ctx.lane, n]);
+        },
+      });
+      const lanes = ['a', 'b', 'c', 'd'];
+      await store.transaction(async (tx) => {
+        for (let n = 0; n < 15; n++) {
+          for (const lane of lanes) {
+            await engine.enqueue(tx, { kind: 'step', lane, payload: { lane, n } });
+          }
+        }
+      });
+      await engine.startWorker({ concurrency: 4 });
+      await eventually(async () => {
+        const [row] = await store.query<{ n: number }>('select count(*)::int as n from effects');
+        return row?.n === 60;
+      });
+      const rows = await store.query<{ lane: string; n: number }>('select lane, n from effects order by at, job_id');
+      for (const lane of lanes) {
+        expect(rows.filter((r) => r.lane === lane).map((r) => r.n)).toEqual([...Array(15).keys()]);
+      }
+      expect(overlapInLane).toBe(false);
+      expect(maxConcurrent).toBeGreaterThan(1);
+    });
+
+    it('keeps a lane blocked while its head waits to retry, then retries with backoff until it succeeds', async () => {
+      let calls = 0;
+      engine.register<{ n: number }, number>('flaky', {
+        backoff: fast,
+        maxAttempts: 5,
+        compute(ctx) {
+          if (ctx.payload.n === 0) {
+            calls += 1;
+            if (calls < 3) {
+              return Promise.reject(new MnemoError(ErrorCode.Unavailable, `transient ${calls}`));
+            }
+          }
+          return Promise.resolve(ctx.payload.n);
+        },
+        apply: async (tx, n, ctx) => {
+          await tx.query('insert into effects (job_id, lane, n) values ($1, $2, $3)', [ctx.id, ctx.lane, n]);
+        },
+      });
+      const first = await enqueue({ kind: 'flaky', lane: 'L', payload: { n: 0 } });
+      const second = await enqueue({ kind: 'flaky', lane: 'L', payload: { n: 1 } });
+      await engine.startWorker({ concurrency: 4 });
+      const done = await waitDone(second.job.id);
+      expect(done.status).toBe('succeeded');
+      const head = await engine.getJob('default', first.job.id);
+      expect(head).toMatchObject({ status: 'succeeded', attempts: 3, error: null });
+      const order = await store.query<{ n: number }>('select n from effects order by at, job_id');
+      expect(order.map((r) => r.n)).toEqual([0, 1]);
+    });
+
+    it('fails a job after max_attempts with the last error recorded, and fails non-retryable errors at once', async () => {
+      engine.register('always-down', {
+        backoff: fast,
+        maxAttempts: 3,
+        compute: () => Promise.reject(new MnemoError(ErrorCode.Unavailable, 'still down')),
+      });
+      engine.register('bad-input', {
+        maxAttempts: 5,
+        compute: () => Promise.reject(new MnemoError(ErrorCode.InvalidRequest, 'cannot parse')),
+      });
+      await engine.startWorker({ concurrency: 2 });
+      const down = await enqueue({ kind: 'always-down' });
+      const bad = await enqueue({ kind: 'bad-input' });
+      expect(await waitDone(down.job.id)).toMatchObject({
+        status: 'failed',
+        attempts: 3,
+        error: { code: 'unavailable', message: 'still down', retryable: true, attempt: 3 },
+      });
+      expect(await waitDone(bad.job.id)).toMatchObject({
+        status: 'failed',
+        attempts: 1,
+        error: { code: 'invalid_request', retryable: false },
+      });
+    });
+
+    it('aborts a run past its timeout, writes nothing from it, and retries or fails as configured', async () => {
+      let attempts = 0;
+      engine.register('slow', {
+        timeoutMs: 50,
+        maxAttempts: 2,
+        backoff: fast,
+        async compute(ctx) {
+          attempts += 1;
+          await new Promise((resolve) => setTimeout(resolve, 5_000).unref());
+          return ctx.attempt;
+        },
+        apply: async (tx, attempt, ctx) => {
+          await tx.query('insert into effects (job_id, n) values ($1, $2)', [ctx.id, attempt]);
+        },
+      });
+      await engine.startWorker({ concurrency: 1 });
+      const { job } = await enqueue({ kind: 'slow' });
+      const done = await waitDone(job.id);
+      expect(done).toMatchObject({ status: 'failed', attempts: 2, error: { code: 'timeout' } });
+      expect(attempts).toBe(2);
+      expect(await store.query('select * from effects')).toEqual([]);
+    });
+
+    it('does not run a job before its run_at', async () => {
+      engine.register('later', { compute: () => Promise.resolve(Date.now()) });
+      await engine.startWorker({ concurrency: 1, pollIntervalMs: 50 });
+      const runAt = new Date(Date.now() + 400);
+      const { job } = await enqueue({ kind: 'later', runAt });
+      const done = await waitDone(job.id);
+      expect(done.status).toBe('succeeded');
+      expect(done.result as number).toBeGreaterThanOrEqual(runAt.getTime() - 5);
+    });
+
+    it('cancels pending jobs only, and a cancelled lane head hands the lane to the next job', async () => {
+      engine.register('noop', { compute: () => Promise.resolve('ok') });
+      const head = await enqueue({ kind: 'noop', lane: 'L' });
+      const next = await enqueue({ kind: 'noop', lane: 'L' });
+      const cancelled = await engine.cancel('default', head.job.id);
+      expect(cancelled).toMatchObject({ status: 'cancelled', error: { code: 'cancelled' } });
+      await engine.startWorker({ concurrency: 1 });
+      expect((await waitDone(next.job.id)).status).toBe('succeeded');
+      // Finished work stays as it is.
+      expect((await engine.cancel('default', next.job.id)).status).toBe('succeeded');
+      await expect(engine.cancel('default', 999_999)).rejects.toMatchObject({ code: 'not_found' });
+      await expect(engine.cancel('other-tenant', next.job.id)).rejects.toMatchObject({ code: 'not_found' });
+    });
+
+    it('releases running jobs on shutdown without counting the attempt', async () => {
+      let started = false;
+      engine.register('long', {
+        compute: async (ctx) => {
+          started = true;
+          await new Promise((resolve, reject) => {
+            const t = setTimeout(resolve, 10_000);
+            ctx.signal.addEventListener('abort', () => {
+              clearTimeout(t);
+              reject(ctx.signal.reason as Error);
+            });
+          });
+        },
+      });
+      const worker = await engine.startWorker({ concurrency: 1, shutdownGraceMs: 50 });
+      const { job } = await enqueue({ kind: 'long' });
+      await eventually(() => started);
+      await worker.stop();
+      const after = await engine.getJob('default', job.id);
+      expect(after).toMatchObject({ status: 'pending', attempts: 0 });
+      expect(worker.activeCount).toBe(0);
+    });
+
+    it('refuses work past the per-lane and overall pending limits with queue_full', async () => {
+      await dispose();
+      ({ engine, store, dispose } = await openEngine(kind, 'engine:limits', {
+        maxPendingPerLane: 3,
+        maxPendingTotal: 5,
+        pendingCountTtlMs: 0,
+      }));
+      engine.register('noop', {});
+      for (let i = 0; i < 3; i++) {
+        await enqueue({ kind: 'noop', lane: 'L' });
+      }
+      const laneFull = await enqueue({ kind: 'noop', lane: 'L' }).catch((e: unknown) => e);
+      expect(laneFull).toMatchObject({ code: 'queue_full', retryable: true, retryAfterMs: 1000 });
+      await enqueue({ kind: 'noop', lane: 'M' });
+      await enqueue({ kind: 'noop' });
+      const totalFull = await enqueue({ kind: 'noop' }).catch((e: unknown) => e);
+      expect(totalFull).toMatchObject({ code: 'queue_full' });
+      const [row] = await store.query<{ n: number }>('select count(*)::int as n from jobs');
+      expect(row?.n).toBe(5);
+    });
+
+    it('returns the existing job for a replayed idempotency key and refuses a different payload', async () => {
+      engine.register('noop', {});
+      const a = await enqueue({ kind: 'noop', payload: { b: 1, a: [1, 2] }, idempotencyKey: 'k1' });
+      const b = await enqueue({ kind: 'noop', payload: { a: [1, 2], b: 1 }, idempotencyKey: 'k1' });
+      expect(a.created).toBe(true);
+      expect(b).toMatchObject({ created: false, job: { id: a.job.id } });
+      const other = await enqueue({ kind: 'noop', payload: { b: 2 }, idempotencyKey: 'k1' }).catch((e: unknown) => e);
+      expect(other).toMatchObject({ code: 'idempotency_conflict' });
+      const otherTenant = await store.transaction(async (tx) => {
+        await tx.query(`insert into tenants (id) values ('t2')`);
+        return engine.enqueue(tx, { kind: 'noop', tenantId: 't2', payload: { b: 2 }, idempotencyKey: 'k1' });
+      });
+      expect(otherTenant.created).toBe(true);
+      expect(otherTenant.job.id).not.toBe(a.job.id);
+    });
+
+    it('writes no row at all when a batch fails after its parent and some children were written', async () => {
+      engine.register('noop', {});
+      const err = await store
+        .transaction(async (tx) => {
+          await engine.enqueueBatch(tx, { kind: 'batch' }, [
+            { kind: 'noop', lane: 'u1' },
+            { kind: 'noop', lane: 'u1' },
+          ]);
+          // The failure comes after the parent and its children are in the transaction.
+          await tx.query('select 1/0');
+        })
+        .catch((e: unknown) => e);
+      expect(err).toMatchObject({ code: 'internal' });
+      const bad = await store
+        .transaction((tx) =>
+          engine.enqueueBatch(tx, { kind: 'batch' }, [{ kind: 'noop' }, { kind: 'x'.repeat(300) }]),
+        )
+        .catch((e: unknown) => e);
+      expect(bad).toMatchObject({ code: 'invalid_request' });
+      expect(await store.query('select id from jobs')).toEqual([]);
+    });
+
+    it('derives a batch parent status and counts from mixed child outcomes', async () => {
+      engine.register<{ outcome: string }, string>('child', {
+        maxAttempts: 1,
+        compute: (ctx) =>
+          ctx.payload.outcome === 'fail'
+            ? Promise.reject(new MnemoError(ErrorCode.InvalidRequest, 'no'))
+            : Promise.resolve('ok'),
+      });
+      const ok = await store.transaction((tx) =>
+        engine.enqueueBatch(tx, { kind: 'batch' }, [
+          { kind: 'child', lane: 'u', payload: { outcome: 'ok' } },
+          { kind: 'child', lane: 'u', payload: { outcome: 'ok' } },
+        ]),
+      );
+      const mixed = await store.transaction((tx) =>
+        engine.enqueueBatch(tx, { kind: 'batch' }, [
+          { kind: 'child', lane: 'v', payload: { outcome: 'ok' } },
+          { kind: 'child', lane: 'v', payload: { outcome: 'fail' } },
+          { kind: 'child', lane: 'v', payload: { outcome: 'ok' } },
+          { kind: 'child', lane: 'v', payload: { outcome: 'ok' } },
+        ]),
+      );
+      expect(mixed.parent.children).toEqual({ total: 4, pending: 4, running: 0, succeeded: 0, failed: 0, cancelled: 0 });
+      // Cancel the last child before any worker runs.
+      await engine.cancel('default', mixed.children[3]?.id ?? 0);
+      await engine.startWorker({ concurrency: 3 });
+      const okDone = await waitDone(ok.parent.id);
+      expect(okDone).toMatchObject({
+        status: 'succeeded',
+        children: { total: 2, pending: 0, running: 0, succeeded: 2, failed: 0, cancelled: 0 },
+      });
+      const mixedDone = await waitDone(mixed.parent.id);
+      expect(mixedDone).toMatchObject({
+        status: 'failed',
+        children: { total: 4, pending: 0, running: 0, succeeded: 2, failed: 1, cancelled: 1 },
+      });
+      const children = await engine.getChildren('default', mixed.parent.id);
+      expect(children.map((c: Job) => c.status)).toEqual(['succeeded', 'failed', 'succeeded', 'cancelled']);
+    });
+
+    it('cancels a whole pending batch through its parent', async () => {
+      engine.register('noop', {});
+      const batch = await store.transaction((tx) =>
+        engine.enqueueBatch(tx, { kind: 'batch' }, [{ kind: 'noop', lane: 'z' }, { kind: 'noop' }]),
+      );
+      const parent = await engine.cancel('default', batch.parent.id);
+      expect(parent).toMatchObject({ status: 'cancelled', children: { cancelled: 2, total: 2 } });
+    });
+
+    it('waitFor returns the job as it stands when the timeout passes first', async () => {
+      engine.register('noop', {});
+      const { job } = await enqueue({ kind: 'noop' });
+      const started = performance.now();
+      const waited = await engine.waitFor('default', job.id, { timeoutMs: 100 });
+      expect(waited.status).toBe('pending');
+      expect(performance.now() - started).toBeGreaterThanOrEqual(90);
+    });
+
+    it('exposes Prometheus metrics for jobs by state and outcome', async () => {
+      engine.register('noop', {});
+      await engine.startWorker({ concurrency: 1 });
+      const { job } = await enqueue({ kind: 'noop' });
+      await waitDone(job.id);
+      const text = await engine.metrics.registry.metrics();
+      expect(text).toMatch(/mnemo_jobs_enqueued_total\{kind="noop"\} 1/);
+      expect(text).toMatch(/mnemo_jobs_completed_total\{kind="noop",status="succeeded"\} 1/);
+      expect(text).toMatch(/mnemo_jobs\{kind="noop",status="succeeded"\} 1/);
+      expect(text).toMatch(/mnemo_job_wait_seconds_count\{kind="noop"\} 1/);
+    });
+  });
+}
