@@ -1,5 +1,226 @@
 CREATE SCHEMA mnemo;
 
+CREATE FUNCTION mnemo.claim_jobs(lim integer, lease_ms integer, worker text, kinds text[]) RETURNS TABLE(id bigint, tenant_id text, kind text, payload jsonb, lane text, attempts integer, max_attempts integer, lease_token bigint, timeout_ms integer, parent_id bigint, waited_s double precision)
+    LANGUAGE plpgsql
+    SET enable_bitmapscan TO 'off'
+    SET enable_sort TO 'off'
+    AS $$
+begin
+  -- PL/pgSQL keeps this statement's plan for the session: it is parsed and planned once.
+  return query
+  with picked as (
+    select j.id from jobs j
+    where j.status = 'pending' and j.ready and j.run_at <= now() and j.kind = any(kinds)
+    order by j.run_at, j.id
+    limit lim
+    for update skip locked
+  ),
+  claimed as (
+    update jobs j set status = 'running', attempts = j.attempts + 1,
+      lease_token = j.lease_token + 1,
+      lease_expires_at = now() + make_interval(secs => lease_ms / 1000.0),
+      locked_by = worker, started_at = now(), updated_at = now()
+    from picked where j.id = picked.id
+    returning j.id, j.tenant_id, j.kind, j.payload, j.lane, j.attempts, j.max_attempts,
+      j.lease_token, j.timeout_ms, j.parent_id,
+      greatest(0, extract(epoch from now() - j.run_at))::float8 as waited_s
+  ),
+  parents as (
+    update jobs p set status = 'running', started_at = now(), updated_at = now()
+    where p.id in (select c.parent_id from claimed c where c.parent_id is not null)
+      and p.status = 'pending'
+    returning p.id
+  )
+  select c.id, c.tenant_id, c.kind, c.payload, c.lane, c.attempts, c.max_attempts, c.lease_token,
+    c.timeout_ms, c.parent_id, c.waited_s
+  from claimed c;
+end
+$$;
+
+CREATE FUNCTION mnemo.finish_jobs(transitions jsonb, ids bigint[], jobs_channel text, done_channel text, claim_limit integer, lease_ms integer, worker text, kinds text[]) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $$
+declare
+  result jsonb;
+  claimed jsonb := '[]';
+begin
+  -- Lane locks of every terminal move, in one global order (no deadlock between lockers).
+  perform pg_advisory_xact_lock(k) from (
+    -- lane_lock_key(), written out: a function call per row costs more than the rest.
+    select distinct hashtextextended('lane:' || length(t.tenant_id) || ':' || t.tenant_id || ':' || t.lane, 0) as k
+    from jsonb_to_recordset(transitions) as t(tenant_id text, lane text, to_status text)
+    where t.lane is not null and t.to_status in ('succeeded', 'failed', 'cancelled')
+    order by 1) as keys;
+
+  with o as (
+    select * from jsonb_to_recordset(transitions) as o(id bigint, token bigint, from_status text,
+      to_status text, result jsonb, error jsonb, delay_ms int, expired_only boolean, refund boolean)
+  ),
+  done as (
+    update jobs j set
+      status = o.to_status,
+      result = case when o.to_status = 'succeeded' then o.result else j.result end,
+      error = case when o.to_status = 'succeeded' then null else coalesce(o.error, j.error) end,
+      run_at = case when o.to_status = 'pending'
+        then now() + make_interval(secs => coalesce(o.delay_ms, 0) / 1000.0) else j.run_at end,
+      attempts = j.attempts - case when coalesce(o.refund, false) then 1 else 0 end,
+      finished_at = case when o.to_status in ('succeeded', 'failed', 'cancelled') then now() else null end,
+      lease_expires_at = null,
+      locked_by = null,
+      updated_at = now()
+    from o
+    -- id = any(ids) gives the planner primary-key lookups; a join on the record set alone
+    -- is planned as a sequential scan of jobs.
+    where j.id = any(ids) and j.id = o.id and j.status = o.from_status and not j.is_parent
+      and (o.token is null or j.lease_token = o.token)
+      and (not coalesce(o.expired_only, false) or j.lease_expires_at < now())
+    returning j.id, j.tenant_id, j.lane, j.parent_id, j.status
+  ),
+  terminal as (select * from done where status in ('succeeded', 'failed', 'cancelled')),
+  lanes as (select distinct t.tenant_id, t.lane from terminal t where t.lane is not null),
+  -- The lane's next job is its lowest-id unfinished job once the finished ones are gone;
+  -- it becomes claimable unless it already is (or runs).
+  heads as (
+    select n.id from lanes l cross join lateral (
+      select a.id, a.status, a.ready from jobs a
+      where a.tenant_id = l.tenant_id and a.lane = l.lane and a.status in ('pending', 'running')
+        and a.id not in (select t.id from terminal t)
+      order by a.id limit 1) as n
+    where n.status = 'pending' and not n.ready
+  ),
+  promoted as (
+    update jobs p set ready = true, updated_at = now() from heads where p.id = heads.id
+    returning p.id
+  ),
+  counts as (
+    select t.parent_id,
+      count(*) filter (where t.status = 'succeeded')::int as s,
+      count(*) filter (where t.status = 'failed')::int as f,
+      count(*) filter (where t.status = 'cancelled')::int as c
+    from terminal t where t.parent_id is not null group by t.parent_id
+  ),
+  parents as (
+    update jobs p set
+      children_succeeded = p.children_succeeded + c.s,
+      children_failed = p.children_failed + c.f,
+      children_cancelled = p.children_cancelled + c.c,
+      status = case
+        when p.children_succeeded + p.children_failed + p.children_cancelled + c.s + c.f + c.c
+          < p.children_total then p.status
+        when p.children_failed + c.f > 0 then 'failed'
+        when p.children_cancelled + c.c > 0 then 'cancelled'
+        else 'succeeded' end,
+      finished_at = case
+        when p.children_succeeded + p.children_failed + p.children_cancelled + c.s + c.f + c.c
+          >= p.children_total then now() else null end,
+      updated_at = now()
+    from counts c where p.id = c.parent_id
+    returning p.id, p.status
+  ),
+  finished as (
+    select t.id from terminal t
+    union all select p.id from parents p where p.status in ('succeeded', 'failed', 'cancelled')
+  )
+  select jsonb_build_object(
+    'moved', (select coalesce(jsonb_agg(jsonb_build_array(d.id, d.status)), '[]') from done d),
+    'promoted', (select count(*) from promoted),
+    'parents', (select coalesce(jsonb_agg(jsonb_build_array(p.id, p.status)), '[]') from parents p),
+    'woke', (select count(pg_notify(jobs_channel, '')) from promoted limit 1),
+    'announced', (select count(pg_notify(done_channel, f.ids))
+      from (select string_agg(x.id::text, ',') as ids from finished x) f where f.ids is not null))
+  into result;
+
+  if claim_limit > 0 then
+    -- The claim's planner settings (see claim_jobs) for the rest of this transaction, which
+    -- ends with this statement in the worker's paths. Inlined: a nested call costs more.
+    perform set_config('enable_bitmapscan', 'off', true), set_config('enable_sort', 'off', true);
+    with picked as (
+      select j.id from jobs j
+      where j.status = 'pending' and j.ready and j.run_at <= now() and j.kind = any(kinds)
+      order by j.run_at, j.id
+      limit claim_limit
+      for update skip locked
+    ),
+    claimed_rows as (
+      update jobs j set status = 'running', attempts = j.attempts + 1,
+        lease_token = j.lease_token + 1,
+        lease_expires_at = now() + make_interval(secs => lease_ms / 1000.0),
+        locked_by = worker, started_at = now(), updated_at = now()
+      from picked where j.id = picked.id
+      returning j.id, j.tenant_id, j.kind, j.payload, j.lane, j.attempts, j.max_attempts,
+        j.lease_token, j.timeout_ms, j.parent_id,
+        greatest(0, extract(epoch from now() - j.run_at))::float8 as waited_s
+    ),
+    parents as (
+      update jobs p set status = 'running', started_at = now(), updated_at = now()
+      where p.id in (select c.parent_id from claimed_rows c where c.parent_id is not null)
+        and p.status = 'pending'
+      returning p.id
+    )
+    select coalesce(jsonb_agg(to_jsonb(c)), '[]') into claimed from claimed_rows c;
+  end if;
+  return result || jsonb_build_object('claimed', claimed);
+end
+$$;
+
+CREATE FUNCTION mnemo.jobs_notify_insert() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+begin
+  perform pg_notify(tg_table_schema || '_jobs', '');
+  return null;
+end
+$$;
+
+CREATE FUNCTION mnemo.lane_lock_key(tenant text, lane text) RETURNS bigint
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$ select hashtextextended('lane:' || length(tenant) || ':' || tenant || ':' || lane, 0) $$;
+
+CREATE TABLE mnemo.jobs (
+    id bigint NOT NULL,
+    tenant_id text NOT NULL,
+    kind text NOT NULL,
+    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
+    lane text,
+    status text DEFAULT 'pending'::text NOT NULL,
+    ready boolean DEFAULT false NOT NULL,
+    is_parent boolean DEFAULT false NOT NULL,
+    parent_id bigint,
+    attempts integer DEFAULT 0 NOT NULL,
+    max_attempts integer DEFAULT 3 NOT NULL,
+    run_at timestamp with time zone DEFAULT now() NOT NULL,
+    timeout_ms integer,
+    lease_token bigint DEFAULT 0 NOT NULL,
+    lease_expires_at timestamp with time zone,
+    locked_by text,
+    idempotency_key text,
+    payload_hash text,
+    result jsonb,
+    error jsonb,
+    children_total integer DEFAULT 0 NOT NULL,
+    children_succeeded integer DEFAULT 0 NOT NULL,
+    children_failed integer DEFAULT 0 NOT NULL,
+    children_cancelled integer DEFAULT 0 NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    started_at timestamp with time zone,
+    finished_at timestamp with time zone,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT jobs_kind_length_chk CHECK (((length(kind) >= 1) AND (length(kind) <= 200))),
+    CONSTRAINT jobs_lane_length_chk CHECK (((lane IS NULL) OR ((length(lane) >= 1) AND (length(lane) <= 600)))),
+    CONSTRAINT jobs_max_attempts_chk CHECK (((max_attempts >= 1) AND (max_attempts <= 1000))),
+    CONSTRAINT jobs_parent_has_no_lane_chk CHECK (((NOT is_parent) OR ((lane IS NULL) AND (NOT ready)))),
+    CONSTRAINT jobs_status_chk CHECK ((status = ANY (ARRAY['pending'::text, 'running'::text, 'succeeded'::text, 'failed'::text, 'cancelled'::text])))
+);
+
+ALTER TABLE mnemo.jobs ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME mnemo.jobs_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
 CREATE TABLE mnemo.migrations (
     id integer NOT NULL,
     name text NOT NULL,
@@ -13,8 +234,35 @@ CREATE TABLE mnemo.tenants (
     CONSTRAINT tenants_id_length_chk CHECK (((length(id) >= 1) AND (length(id) <= 256)))
 );
 
+ALTER TABLE ONLY mnemo.jobs
+    ADD CONSTRAINT jobs_pkey PRIMARY KEY (id);
+
 ALTER TABLE ONLY mnemo.migrations
     ADD CONSTRAINT migrations_pkey PRIMARY KEY (id);
 
 ALTER TABLE ONLY mnemo.tenants
     ADD CONSTRAINT tenants_pkey PRIMARY KEY (id);
+
+CREATE INDEX jobs_claim_idx ON mnemo.jobs USING btree (run_at, id) WHERE ((status = 'pending'::text) AND ready);
+
+CREATE UNIQUE INDEX jobs_idempotency_key_uniq ON mnemo.jobs USING btree (tenant_id, idempotency_key) WHERE (idempotency_key IS NOT NULL);
+
+CREATE INDEX jobs_lane_active_idx ON mnemo.jobs USING btree (tenant_id, lane, id) WHERE ((lane IS NOT NULL) AND (status = ANY (ARRAY['pending'::text, 'running'::text])));
+
+CREATE UNIQUE INDEX jobs_lane_running_uniq ON mnemo.jobs USING btree (tenant_id, lane) WHERE ((lane IS NOT NULL) AND (status = 'running'::text));
+
+CREATE INDEX jobs_lease_expiry_idx ON mnemo.jobs USING btree (lease_expires_at) WHERE (status = 'running'::text);
+
+CREATE INDEX jobs_parent_idx ON mnemo.jobs USING btree (parent_id, id) WHERE (parent_id IS NOT NULL);
+
+CREATE INDEX jobs_pending_idx ON mnemo.jobs USING btree (id) WHERE (status = 'pending'::text);
+
+CREATE INDEX jobs_tenant_created_idx ON mnemo.jobs USING btree (tenant_id, id);
+
+CREATE TRIGGER jobs_notify_insert_trg AFTER INSERT ON mnemo.jobs FOR EACH STATEMENT EXECUTE FUNCTION mnemo.jobs_notify_insert();
+
+ALTER TABLE ONLY mnemo.jobs
+    ADD CONSTRAINT jobs_parent_id_fkey FOREIGN KEY (parent_id) REFERENCES mnemo.jobs(id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY mnemo.jobs
+    ADD CONSTRAINT jobs_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES mnemo.tenants(id);

@@ -10,7 +10,7 @@ import {
 } from './enqueue.ts';
 import { createEngineMetrics, type EngineMetrics } from './metrics.ts';
 import { JOB_COLUMNS, type JobRow, toJob } from './sql/rows.ts';
-import { applyTransitions, lockLanesOf, type Transition } from './sql/transition.ts';
+import { applyTransitions, type Transition } from './sql/transition.ts';
 import {
   type BatchParentSpec,
   type Enqueued,
@@ -210,7 +210,6 @@ export function createEngine(deps: {
             attempt: t.attempts,
           },
         }));
-        await lockLanesOf(tx, transitions);
         await applyTransitions(tx, channels, transitions);
         return readJob(tx, tenantId, id);
       });

@@ -3,7 +3,7 @@ import { createHash } from 'node:crypto';
 import { ErrorCode, MnemoError } from '../core/errors.ts';
 import { canonicalJson } from '../core/json.ts';
 import type { Queryable } from '../store/types.ts';
-import { JOB_COLUMNS, type JobRow, laneLockKey, LOCK_LANES_SQL, toJob } from './sql/rows.ts';
+import { JOB_COLUMNS, type JobRow, toJob } from './sql/rows.ts';
 import type { BatchParentSpec, Enqueued, EnqueuedBatch, Job, JobSpec } from './types.ts';
 
 /** What enqueueing needs from the engine: per-kind defaults and admission control. */
@@ -134,7 +134,12 @@ async function admit(
     return;
   }
   const names = [...lanes.keys()];
-  await tx.query(LOCK_LANES_SQL, [names.map((lane) => laneLockKey(tenantId, lane))]);
+  // One global order (by key) so that two enqueuers of several lanes cannot deadlock.
+  await tx.query(
+    `select count(pg_advisory_xact_lock(k))::int as locked from (
+       select distinct lane_lock_key($1, l) as k from unnest($2::text[]) as l order by 1) as keys`,
+    [tenantId, names],
+  );
   const counts = await tx.query<{ lane: string; n: number }>(
     `select l.lane, (select count(*) from (select 1 from jobs j
         where j.tenant_id = $1 and j.lane = l.lane and j.status in ('pending', 'running')

@@ -48,6 +48,7 @@ interface Completed {
   lost: Set<number>;
   moved: Map<number, string>;
   retryDelays: number[];
+  claimed: ClaimedRow[];
 }
 
 interface Running {
@@ -75,6 +76,8 @@ export class Worker {
   readonly #wake = new WakeSignal();
   readonly #stopController = new AbortController();
   #flushing: Promise<void> | undefined;
+  #claiming = 0;
+  readonly #kinds: string[];
   #loop: Promise<void> | undefined;
   #timers: NodeJS.Timeout[] = [];
   #unlisten: (() => Promise<void>) | undefined;
@@ -90,6 +93,7 @@ export class Worker {
     this.#graceMs = options.shutdownGraceMs ?? 10_000;
     this.#maxBatch = options.maxBatch ?? 200;
     this.id = options.workerId ?? `${hostname()}:${process.pid}:${createId('w').slice(2, 10)}`;
+    this.#kinds = [...deps.handlers.keys()];
     if (!Number.isInteger(this.#concurrency) || this.#concurrency < 1) {
       throw new MnemoError(ErrorCode.InvalidConfig, 'worker concurrency must be at least 1');
     }
@@ -156,35 +160,43 @@ export class Worker {
     return this.#slotFreed.wait(Math.max(1, timeoutMs));
   }
 
+  /** Slots neither occupied nor reserved by a claim in flight. */
+  #freeSlots(): number {
+    return this.#concurrency - this.#slots.size - this.#claiming;
+  }
+
+  /**
+   * Claims into free slots when the worker is idle or woken (a notification, the poll, a
+   * retry coming due). Under load, claims ride along with completions instead (#flushAll).
+   */
   async #claimLoop(): Promise<void> {
     const stopSignal = this.#stopController.signal;
-    const kinds = [...this.#deps.handlers.keys()];
     let drained = false;
     while (!stopSignal.aborted) {
-      const free = this.#concurrency - this.#slots.size;
-      if (free <= 0) {
+      const free = this.#freeSlots();
+      if (free <= 0 || drained) {
         await this.#wake.wait(this.#pollMs);
+        drained = false;
         continue;
       }
-      if (drained) {
-        await this.#wake.wait(this.#pollMs);
-        if (stopSignal.aborted) {
-          break;
-        }
-      }
-      let claimed: ClaimedRow[];
+      this.#claiming += free;
+      let claimed: ClaimedRow[] = [];
       try {
-        claimed = await claimJobs(this.#deps.store, free, this.#leaseMs, this.id, kinds);
+        claimed = await this.#claim(this.#deps.store, free);
       } catch (err) {
         this.#deps.logger.error({ err }, 'claiming jobs failed; retrying');
-        drained = true;
-        continue;
+      } finally {
+        this.#claiming -= free;
       }
       drained = claimed.length < free;
       for (const row of claimed) {
         this.#run(row);
       }
     }
+  }
+
+  #claim(q: Queryable, limit: number): Promise<ClaimedRow[]> {
+    return claimJobs(q, limit, this.#leaseMs, this.id, this.#kinds);
   }
 
   #run(row: ClaimedRow): void {
@@ -252,19 +264,36 @@ export class Worker {
     if (this.#flushing !== undefined) {
       return; // the running flush picks up what was queued meanwhile
     }
-    this.#flushing = this.#flushAll().finally(() => {
-      this.#flushing = undefined;
-      if (this.#toComplete.length > 0) {
-        this.#flushSoon();
-      }
-    });
+    // Start on the next turn of the event loop, so that every compute finishing in this
+    // turn rides in the same transaction.
+    this.#flushing = new Promise<void>((resolve) => setImmediate(resolve))
+      .then(() => this.#flushAll())
+      .finally(() => {
+        this.#flushing = undefined;
+        if (this.#toComplete.length > 0) {
+          this.#flushSoon();
+        }
+      });
   }
 
   async #flushAll(): Promise<void> {
     while (this.#toComplete.length > 0) {
       const batch = this.#toComplete.splice(0, this.#maxBatch);
+      // The slots this batch frees are refilled in the same transaction: one commit per
+      // cycle instead of two, and lane heads promoted by the batch are claimed at once.
+      const refill = this.#stopController.signal.aborted
+        ? 0
+        : Math.max(0, this.#freeSlots() + batch.length);
+      this.#claiming += refill;
+      let claimed: ClaimedRow[] = [];
       try {
-        const done = await this.#deps.store.transaction((tx) => this.#complete(tx, batch));
+        const applies = batch.some((r) => r.outcome?.ok === true && r.handler.apply !== undefined);
+        // Without applies the whole completion is one autocommit statement; with them, the
+        // applies and the completion share one fenced transaction.
+        const done = applies
+          ? await this.#deps.store.transaction((tx) => this.#complete(tx, batch, refill))
+          : await this.#complete(this.#deps.store, batch, refill);
+        claimed = done.claimed;
         this.#record(batch, done.outcomes, done.lost, done.moved);
         this.#wakeAfter(done.retryDelays);
       } catch (err) {
@@ -274,34 +303,43 @@ export class Worker {
           { err, jobs: batch.map((r) => r.row.id) },
           'completing jobs failed',
         );
+        this.#wake.notify();
+      } finally {
+        this.#claiming -= refill;
       }
       for (const running of batch) {
         this.#slots.delete(running.row.id);
       }
+      for (const row of claimed) {
+        this.#run(row);
+      }
       this.#slotFreed.notify();
-      this.#wake.notify();
     }
   }
 
-  /** One fenced transaction: lane locks, lease checks, applies, then every transition at once. */
-  async #complete(tx: Queryable, batch: readonly Running[]): Promise<Completed> {
-    const lanes: Transition[] = batch.map((r) => ({
-      id: r.row.id,
-      tenantId: r.row.tenant_id,
-      lane: r.row.lane,
-      from: 'running',
-      to: 'failed',
-    }));
-    // Lock before reading: a terminal move hands the lane on, which must see every
-    // enqueue that committed before it (enqueue holds the same lock).
-    await lockLanesOf(tx, lanes);
+  /**
+   * Completes a batch: with applies, lane locks, lease checks (row locks) and each apply in a
+   * savepoint first; then every transition and the refill claim in one statement.
+   */
+  async #complete(q: Queryable, batch: readonly Running[], refill: number): Promise<Completed> {
     const outcomes = new Map<number, Outcome>(
       batch.map((r) => [r.row.id, r.outcome ?? failedUnknown()]),
     );
     const applying = batch.filter((r) => r.outcome?.ok === true && r.handler.apply !== undefined);
     const lost = new Set<number>();
     if (applying.length > 0) {
-      const held = await tx.query<{ id: number; lease_token: number }>(
+      // Lock order everywhere: lanes, then job rows.
+      await lockLanesOf(
+        q,
+        batch.map((r) => ({
+          id: r.row.id,
+          tenantId: r.row.tenant_id,
+          lane: r.row.lane,
+          from: 'running',
+          to: 'failed',
+        })),
+      );
+      const held = await q.query<{ id: number; lease_token: number }>(
         `select id, lease_token from jobs where id = any($1::bigint[]) and status = 'running'
           order by id for update`,
         [applying.map((r) => r.row.id)],
@@ -312,23 +350,27 @@ export class Worker {
           lost.add(running.row.id);
           continue;
         }
-        outcomes.set(running.row.id, await this.#applyOne(tx, running));
+        outcomes.set(running.row.id, await this.#applyOne(q, running));
       }
     }
     const transitions = batch
       .filter((r) => !lost.has(r.row.id))
       .map((r) => this.#transitionFor(r, outcomes.get(r.row.id) ?? failedUnknown()));
-    const result = await applyTransitions(tx, this.#deps.channels, transitions);
+    const result = await applyTransitions(q, this.#deps.channels, transitions, {
+      limit: refill,
+      leaseMs: this.#leaseMs,
+      workerId: this.id,
+      kinds: this.#kinds,
+    });
     for (const running of batch) {
-      const moved = result.moved.get(running.row.id);
-      if (moved === undefined) {
+      if (!result.moved.has(running.row.id)) {
         lost.add(running.row.id);
       }
     }
     const retryDelays = transitions
       .filter((t) => t.to === 'pending' && result.moved.get(t.id) === 'pending')
       .map((t) => t.delayMs ?? 0);
-    return { outcomes, lost, moved: result.moved, retryDelays };
+    return { outcomes, lost, moved: result.moved, retryDelays, claimed: result.claimed };
   }
 
   /** Retries become due without a notification: wake the claim loop when the first one is. */
@@ -336,10 +378,13 @@ export class Worker {
     if (delays.length === 0 || this.#stopController.signal.aborted) {
       return;
     }
-    const timer = setTimeout(() => {
-      this.#timers = this.#timers.filter((t) => t !== timer);
-      this.#wake.notify();
-    }, Math.min(...delays) + 1);
+    const timer = setTimeout(
+      () => {
+        this.#timers = this.#timers.filter((t) => t !== timer);
+        this.#wake.notify();
+      },
+      Math.min(...delays) + 1,
+    );
     timer.unref();
     this.#timers.push(timer);
   }
@@ -466,10 +511,7 @@ export class Worker {
           expiredOnly: true,
         };
       });
-      const result = await this.#deps.store.transaction(async (tx) => {
-        await lockLanesOf(tx, transitions);
-        return applyTransitions(tx, this.#deps.channels, transitions);
-      });
+      const result = await applyTransitions(this.#deps.store, this.#deps.channels, transitions);
       for (const row of expired) {
         if (result.moved.has(row.id)) {
           this.#deps.metrics.reaped.inc({ kind: row.kind });

@@ -1,3 +1,5 @@
+import { createHash } from 'node:crypto';
+
 import pg from 'pg';
 
 import { translateDatabaseError } from './errors.ts';
@@ -31,11 +33,33 @@ const typeParsers = {
   },
 };
 
+/**
+ * Parameterised statements are sent as named prepared statements: each connection parses
+ * and plans them once and reuses the plan (PostgreSQL's plan cache), which matters for the
+ * engine's few, large, hot statements. The name is derived from the text, so it is stable.
+ */
+const statementNames = new Map<string, string>();
+function statementName(sql: string): string {
+  let name = statementNames.get(sql);
+  if (name === undefined) {
+    name = `mnemo_${createHash('sha1').update(sql).digest('hex').slice(0, 20)}`;
+    statementNames.set(sql, name);
+  }
+  return name;
+}
+
 function wrap(client: pg.Pool | pg.PoolClient): Queryable {
   return {
     async query<Row extends object>(sql: string, params: readonly unknown[] = []) {
       try {
-        const result = await client.query<Row>(sql, params as unknown[]);
+        const result =
+          params.length === 0
+            ? await client.query<Row>(sql)
+            : await client.query<Row>({
+                name: statementName(sql),
+                text: sql,
+                values: params as unknown[],
+              });
         return result.rows;
       } catch (err) {
         throw translateDatabaseError(err);

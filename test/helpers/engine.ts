@@ -29,7 +29,10 @@ export async function openEngine(
   options: EngineOptions = {},
 ): Promise<{ engine: Engine; store: Store; dispose: () => Promise<void> }> {
   const harness = await openStore(kind, label);
-  const engine = createEngine({ store: harness.store, options: { waitPollIntervalMs: 200, ...options } });
+  const engine = createEngine({
+    store: harness.store,
+    options: { waitPollIntervalMs: 200, ...options },
+  });
   return {
     engine,
     store: harness.store,
@@ -41,7 +44,10 @@ export async function openEngine(
 }
 
 /** Polls `check` until it returns true (no fixed sleeps for correctness). */
-export async function eventually(check: () => Promise<boolean> | boolean, timeoutMs = 20_000): Promise<void> {
+export async function eventually(
+  check: () => Promise<boolean> | boolean,
+  timeoutMs = 20_000,
+): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (await check()) {

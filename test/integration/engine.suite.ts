@@ -16,7 +16,9 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
 
     beforeEach(async (ctx) => {
       ({ engine, store, dispose } = await openEngine(kind, `engine:${ctx.task.name}`));
-      await store.exec('create table effects (job_id bigint, lane text, n int, at timestamptz default clock_timestamp())');
+      await store.exec(
+        'create table effects (job_id bigint, lane text, n int, at timestamptz default clock_timestamp())',
+      );
     });
 
     afterEach(async () => {
@@ -25,7 +27,8 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
 
     const enqueue = (spec: Parameters<Engine['enqueue']>[1]) =>
       store.transaction((tx) => engine.enqueue(tx, spec));
-    const waitDone = (id: number, timeoutMs = 20_000) => engine.waitFor('default', id, { timeoutMs });
+    const waitDone = (id: number, timeoutMs = 20_000) =>
+      engine.waitFor('default', id, { timeoutMs });
 
     it('runs a job through compute and apply and records the result', async () => {
       engine.register<{ x: number }, number>('double', {
@@ -38,10 +41,17 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       await engine.startWorker({ concurrency: 2 });
       const { job } = await enqueue({ kind: 'double', payload: { x: 21 } });
       const done = await waitDone(job.id);
-      expect(done).toMatchObject({ status: 'succeeded', attempts: 1, result: { doubled: 42 }, error: null });
+      expect(done).toMatchObject({
+        status: 'succeeded',
+        attempts: 1,
+        result: { doubled: 42 },
+        error: null,
+      });
       expect(done.startedAt).toBeInstanceOf(Date);
       expect(done.finishedAt).toBeInstanceOf(Date);
-      expect(await store.query('select job_id::int as job_id, n from effects')).toEqual([{ job_id: job.id, n: 42 }]);
+      expect(await store.query('select job_id::int as job_id, n from effects')).toEqual([
+        { job_id: job.id, n: 42 },
+      ]);
     });
 
     it('runs the jobs of a lane one at a time in enqueue order while lanes run in parallel', async () => {
@@ -64,7 +74,11 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
           return ctx.payload.n;
         },
         apply: async (tx, n, ctx) => {
-          await tx.query('insert into effects (job_id, lane, n) values ($1, $2, $3)', [ctx.id, ctx.lane, n]);
+          await tx.query('insert into effects (job_id, lane, n) values ($1, $2, $3)', [
+            ctx.id,
+            ctx.lane,
+            n,
+          ]);
         },
       });
       const lanes = ['a', 'b', 'c', 'd'];
@@ -80,7 +94,9 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
         const [row] = await store.query<{ n: number }>('select count(*)::int as n from effects');
         return row?.n === 60;
       });
-      const rows = await store.query<{ lane: string; n: number }>('select lane, n from effects order by at, job_id');
+      const rows = await store.query<{ lane: string; n: number }>(
+        'select lane, n from effects order by at, job_id',
+      );
       for (const lane of lanes) {
         expect(rows.filter((r) => r.lane === lane).map((r) => r.n)).toEqual([...Array(15).keys()]);
       }
@@ -103,7 +119,11 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
           return Promise.resolve(ctx.payload.n);
         },
         apply: async (tx, n, ctx) => {
-          await tx.query('insert into effects (job_id, lane, n) values ($1, $2, $3)', [ctx.id, ctx.lane, n]);
+          await tx.query('insert into effects (job_id, lane, n) values ($1, $2, $3)', [
+            ctx.id,
+            ctx.lane,
+            n,
+          ]);
         },
       });
       const first = await enqueue({ kind: 'flaky', lane: 'L', payload: { n: 0 } });
@@ -186,7 +206,9 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       // Finished work stays as it is.
       expect((await engine.cancel('default', next.job.id)).status).toBe('succeeded');
       await expect(engine.cancel('default', 999_999)).rejects.toMatchObject({ code: 'not_found' });
-      await expect(engine.cancel('other-tenant', next.job.id)).rejects.toMatchObject({ code: 'not_found' });
+      await expect(engine.cancel('other-tenant', next.job.id)).rejects.toMatchObject({
+        code: 'not_found',
+      });
     });
 
     it('releases running jobs on shutdown without counting the attempt', async () => {
@@ -239,11 +261,18 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       const b = await enqueue({ kind: 'noop', payload: { a: [1, 2], b: 1 }, idempotencyKey: 'k1' });
       expect(a.created).toBe(true);
       expect(b).toMatchObject({ created: false, job: { id: a.job.id } });
-      const other = await enqueue({ kind: 'noop', payload: { b: 2 }, idempotencyKey: 'k1' }).catch((e: unknown) => e);
+      const other = await enqueue({ kind: 'noop', payload: { b: 2 }, idempotencyKey: 'k1' }).catch(
+        (e: unknown) => e,
+      );
       expect(other).toMatchObject({ code: 'idempotency_conflict' });
       const otherTenant = await store.transaction(async (tx) => {
         await tx.query(`insert into tenants (id) values ('t2')`);
-        return engine.enqueue(tx, { kind: 'noop', tenantId: 't2', payload: { b: 2 }, idempotencyKey: 'k1' });
+        return engine.enqueue(tx, {
+          kind: 'noop',
+          tenantId: 't2',
+          payload: { b: 2 },
+          idempotencyKey: 'k1',
+        });
       });
       expect(otherTenant.created).toBe(true);
       expect(otherTenant.job.id).not.toBe(a.job.id);
@@ -293,7 +322,14 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
           { kind: 'child', lane: 'v', payload: { outcome: 'ok' } },
         ]),
       );
-      expect(mixed.parent.children).toEqual({ total: 4, pending: 4, running: 0, succeeded: 0, failed: 0, cancelled: 0 });
+      expect(mixed.parent.children).toEqual({
+        total: 4,
+        pending: 4,
+        running: 0,
+        succeeded: 0,
+        failed: 0,
+        cancelled: 0,
+      });
       // Cancel the last child before any worker runs.
       await engine.cancel('default', mixed.children[3]?.id ?? 0);
       await engine.startWorker({ concurrency: 3 });
@@ -308,7 +344,12 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
         children: { total: 4, pending: 0, running: 0, succeeded: 2, failed: 1, cancelled: 1 },
       });
       const children = await engine.getChildren('default', mixed.parent.id);
-      expect(children.map((c: Job) => c.status)).toEqual(['succeeded', 'failed', 'succeeded', 'cancelled']);
+      expect(children.map((c: Job) => c.status)).toEqual([
+        'succeeded',
+        'failed',
+        'succeeded',
+        'cancelled',
+      ]);
     });
 
     it('cancels a whole pending batch through its parent', async () => {

@@ -15,34 +15,6 @@ export interface ClaimedRow {
   waited_s: number;
 }
 
-// Set-based: up to $1 claimable jobs in one statement, oldest due first. Only `ready` jobs
-// are candidates (laneless jobs and lane heads), so a lane never yields two jobs, and the
-// unique index jobs_lane_running_uniq backs that up. A batch parent turns `running` when its
-// first child starts.
-const CLAIM_SQL = `with picked as (
-    select id from jobs
-    where status = 'pending' and ready and run_at <= now() and kind = any($4::text[])
-    order by run_at, id
-    limit $1
-    for update skip locked
-  ),
-  claimed as (
-    update jobs j set status = 'running', attempts = j.attempts + 1,
-      lease_token = j.lease_token + 1,
-      lease_expires_at = now() + make_interval(secs => $2 / 1000.0),
-      locked_by = $3, started_at = now(), updated_at = now()
-    from picked where j.id = picked.id
-    returning j.id, j.tenant_id, j.kind, j.payload, j.lane, j.attempts, j.max_attempts,
-      j.lease_token, j.timeout_ms, j.parent_id,
-      greatest(0, extract(epoch from now() - j.run_at))::float8 as waited_s
-  ),
-  parents as (
-    update jobs p set status = 'running', started_at = now(), updated_at = now()
-    where p.id in (select parent_id from claimed where parent_id is not null) and p.status = 'pending'
-    returning p.id
-  )
-  select * from claimed order by id`;
-
 /** Claims up to `limit` jobs of `kinds` for `workerId` with a lease of `leaseMs`. */
 export function claimJobs(
   q: Queryable,
@@ -51,7 +23,13 @@ export function claimJobs(
   workerId: string,
   kinds: readonly string[],
 ): Promise<ClaimedRow[]> {
-  return q.query<ClaimedRow>(CLAIM_SQL, [limit, leaseMs, workerId, kinds]);
+  // claim_jobs (migration 0002) holds the statement and the planner settings it needs.
+  return q.query<ClaimedRow>('select * from claim_jobs($1, $2, $3, $4) order by id', [
+    limit,
+    leaseMs,
+    workerId,
+    kinds,
+  ]);
 }
 
 /** Extends the leases still held; returns the ids whose lease was lost. */
@@ -66,7 +44,8 @@ export async function extendLeases(
   const rows = await q.query<{ id: number }>(
     `update jobs j set lease_expires_at = now() + make_interval(secs => $3 / 1000.0)
        from unnest($1::bigint[], $2::bigint[]) as h(id, token)
-      where j.id = h.id and j.lease_token = h.token and j.status = 'running'
+      where j.id = any($1::bigint[]) and j.id = h.id and j.lease_token = h.token
+        and j.status = 'running'
       returning j.id`,
     [held.map((h) => h.id), held.map((h) => h.token), leaseMs],
   );

@@ -69,19 +69,3 @@ export function toJob(row: JobRow, active?: { pending: number; running: number }
     finishedAt: row.finished_at,
   };
 }
-
-/**
- * The advisory-lock key text of a lane. The tenant's length prefix keeps
- * ("a", "b:c") and ("a:b", "c") apart.
- */
-export function laneLockKey(tenantId: string, lane: string): string {
-  return `lane:${tenantId.length}:${tenantId}:${lane}`;
-}
-
-/**
- * Takes the advisory locks of `keys` for the rest of the transaction, in one order for
- * every caller (sorted by hash) so that two transactions locking several lanes cannot
- * deadlock on each other.
- */
-export const LOCK_LANES_SQL = `select count(pg_advisory_xact_lock(k))::int as locked
-  from (select distinct hashtextextended(key, 0) as k from unnest($1::text[]) as key order by 1) as keys`;

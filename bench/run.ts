@@ -1,0 +1,15 @@
+/**
+ * Benchmarks: `npm run bench -- <name> [parts]`. Each prints JSON lines to stdout and writes
+ * them to bench/results/. Bounded in count and time; loopback services only.
+ */
+import { runEngineBench } from './engine.ts';
+
+const [name, parts] = process.argv.slice(2);
+switch (name) {
+  case 'engine':
+    await runEngineBench(parts);
+    break;
+  default:
+    process.stderr.write('usage: npm run bench -- engine [throughput,latency,memory]\n');
+    process.exitCode = 2;
+}
