@@ -310,21 +310,27 @@ export async function runEngineBench(only?: string): Promise<void> {
   const parts = new Set((only ?? 'throughput,latency,memory').split(','));
   const { report, save } = createReporter('engine');
   if (parts.has('throughput')) {
-    const byScenario: Record<string, { mnemo?: number; graphile?: number }> = {};
+    const byScenario: Record<string, { mnemo1: number; mnemo2: number; graphile: number }> = {};
     for (const scenario of ['lanes', 'laneless'] as const) {
       const gw = await graphile(scenario);
       report(gw);
       const pg1 = await mnemoPostgres(scenario, 1);
       report(pg1);
-      report(await mnemoPostgres(scenario, 2));
+      const pg2 = await mnemoPostgres(scenario, 2);
+      report(pg2);
       report(await mnemoPglite(scenario));
-      byScenario[scenario] = { mnemo: pg1.jobs_per_s, graphile: gw.jobs_per_s };
+      byScenario[scenario] = {
+        mnemo1: pg1.jobs_per_s,
+        mnemo2: pg2.jobs_per_s,
+        graphile: gw.jobs_per_s,
+      };
     }
     for (const [scenario, r] of Object.entries(byScenario)) {
       report({
-        comparison: 'mnemo_postgres_1_process / graphile_worker',
+        comparison: 'mnemo_postgres / graphile_worker',
         scenario,
-        ratio: Number(((r.mnemo ?? 0) / (r.graphile ?? 1)).toFixed(2)),
+        ratio_1_process: Number((r.mnemo1 / r.graphile).toFixed(2)),
+        ratio_2_processes: Number((r.mnemo2 / r.graphile).toFixed(2)),
       });
     }
   }

@@ -73,15 +73,17 @@ create trigger jobs_notify_insert_trg after insert on jobs
 -- jobs; jobs_lane_running_uniq backs that up. A batch parent turns `running` when its first
 -- child starts. The planner settings force the ordered scan of jobs_claim_idx that LIMIT
 -- wants: with stale statistics (a fresh backlog) PostgreSQL would otherwise read and sort
--- every ready row on each claim.
+-- every ready row on each claim. They last until the end of the caller's transaction, so
+-- the claim must be the last statement of it (it is, in the worker).
 create function claim_jobs(lim integer, lease_ms integer, worker text, kinds text[])
 returns table (id bigint, tenant_id text, kind text, payload jsonb, lane text, attempts integer,
   max_attempts integer, lease_token bigint, timeout_ms integer, parent_id bigint, waited_s float8)
 language plpgsql
-set enable_bitmapscan = off
-set enable_sort = off
 as $$
 begin
+  -- For the rest of the calling transaction, which the worker ends right after the claim.
+  -- (A SET clause on the function would be undone on exit but costs more per call.)
+  perform set_config('enable_bitmapscan', 'off', true), set_config('enable_sort', 'off', true);
   -- PL/pgSQL keeps this statement's plan for the session: it is parsed and planned once.
   return query
   with picked as (
@@ -222,33 +224,8 @@ begin
   into result;
 
   if claim_limit > 0 then
-    -- The claim's planner settings (see claim_jobs) for the rest of this transaction, which
-    -- ends with this statement in the worker's paths. Inlined: a nested call costs more.
-    perform set_config('enable_bitmapscan', 'off', true), set_config('enable_sort', 'off', true);
-    with picked as (
-      select j.id from jobs j
-      where j.status = 'pending' and j.ready and j.run_at <= now() and j.kind = any(kinds)
-      order by j.run_at, j.id
-      limit claim_limit
-      for update skip locked
-    ),
-    claimed_rows as (
-      update jobs j set status = 'running', attempts = j.attempts + 1,
-        lease_token = j.lease_token + 1,
-        lease_expires_at = now() + make_interval(secs => lease_ms / 1000.0),
-        locked_by = worker, started_at = now(), updated_at = now()
-      from picked where j.id = picked.id
-      returning j.id, j.tenant_id, j.kind, j.payload, j.lane, j.attempts, j.max_attempts,
-        j.lease_token, j.timeout_ms, j.parent_id,
-        greatest(0, extract(epoch from now() - j.run_at))::float8 as waited_s
-    ),
-    parents as (
-      update jobs p set status = 'running', started_at = now(), updated_at = now()
-      where p.id in (select c.parent_id from claimed_rows c where c.parent_id is not null)
-        and p.status = 'pending'
-      returning p.id
-    )
-    select coalesce(jsonb_agg(to_jsonb(c)), '[]') into claimed from claimed_rows c;
+    select coalesce(jsonb_agg(to_jsonb(c)), '[]') into claimed
+    from claim_jobs(claim_limit, lease_ms, worker, kinds) c;
   end if;
   return result || jsonb_build_object('claimed', claimed);
 end
