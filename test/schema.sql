@@ -53,6 +53,12 @@ begin
     where t.lane is not null and t.to_status in ('succeeded', 'failed', 'cancelled')
     order by 1) as keys;
 
+  -- Batch parents in id order, so two completions of children of the same parents queue
+  -- instead of deadlocking.
+  perform 1 from jobs p
+  where p.id in (select c.parent_id from jobs c where c.id = any(ids) and c.parent_id is not null)
+  order by p.id for update;
+
   with o as (
     select * from jsonb_to_recordset(transitions) as o(id bigint, token bigint, from_status text,
       to_status text, result jsonb, error jsonb, delay_ms int, expired_only boolean, refund boolean)
@@ -127,8 +133,11 @@ begin
     'promoted', (select count(*) from promoted),
     'parents', (select coalesce(jsonb_agg(jsonb_build_array(p.id, p.status)), '[]') from parents p),
     'woke', (select count(pg_notify(jobs_channel, '')) from promoted limit 1),
-    'announced', (select count(pg_notify(done_channel, f.ids))
-      from (select string_agg(x.id::text, ',') as ids from finished x) f where f.ids is not null))
+    -- NOTIFY payloads stop at 8000 bytes: 300 ids a notification.
+    'announced', (select count(pg_notify(done_channel, f.ids)) from (
+      select string_agg(x.id::text, ',') as ids
+      from (select fin.id, (row_number() over ()) / 300 as chunk from finished fin) x
+      group by x.chunk) f))
   into result;
 
   if claim_limit > 0 then

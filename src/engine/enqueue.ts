@@ -120,6 +120,11 @@ async function admit(
   tenantId: string,
   jobs: readonly Prepared[],
 ): Promise<void> {
+  if (!tx.inTransaction) {
+    // Outside a transaction the lane lock would end with its own statement, before the
+    // insert: the lane protocol needs both in one READ COMMITTED transaction.
+    throw new MnemoError(ErrorCode.Internal, 'enqueue must run inside store.transaction()');
+  }
   const lanes = new Map<string, number>();
   for (const job of jobs) {
     if (job.lane !== null) {

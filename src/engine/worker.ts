@@ -3,6 +3,7 @@ import { hostname } from 'node:os';
 import { coerceError, ErrorCode, isMnemoError, MnemoError } from '../core/errors.ts';
 import { createId } from '../core/ids.ts';
 import type { Logger } from '../core/logger.ts';
+import { runTransactionWithRetries } from '../store/retry.ts';
 import type { Queryable, Store } from '../store/types.ts';
 import { DEFAULT_BACKOFF, retryDelayMs } from './backoff.ts';
 import type { EngineMetrics } from './metrics.ts';
@@ -77,6 +78,8 @@ export class Worker {
   readonly #stopController = new AbortController();
   #flushing: Promise<void> | undefined;
   #claiming = 0;
+  #heartbeating: Promise<void> | undefined;
+  #reaping: Promise<void> | undefined;
   readonly #kinds: string[];
   #loop: Promise<void> | undefined;
   #timers: NodeJS.Timeout[] = [];
@@ -109,9 +112,18 @@ export class Worker {
       // Without notifications the worker still polls.
       this.#deps.logger.warn({ err }, 'worker could not listen for new jobs; polling only');
     }
-    this.#timers.push(setInterval(() => void this.#heartbeat(), this.#heartbeatMs));
+    // At most one heartbeat and one reap in flight: a slow database must not pile them up.
+    this.#timers.push(
+      setInterval(() => {
+        this.#heartbeating ??= this.#heartbeat().finally(() => (this.#heartbeating = undefined));
+      }, this.#heartbeatMs),
+    );
     if (this.#reapMs > 0) {
-      this.#timers.push(setInterval(() => void this.#reap(), this.#reapMs));
+      this.#timers.push(
+        setInterval(() => {
+          this.#reaping ??= this.#reap().finally(() => (this.#reaping = undefined));
+        }, this.#reapMs),
+      );
     }
     this.#loop = this.#claimLoop();
   }
@@ -139,18 +151,20 @@ export class Worker {
       await this.#waitForSlot(Math.min(50, deadline - Date.now()));
     }
     const release = new MnemoError(ErrorCode.Unavailable, 'worker shutting down; job released');
-    for (const running of this.#slots.values()) {
-      if (running.outcome === undefined) {
-        running.controller.abort(release);
-      }
-    }
     while (this.#slots.size > 0) {
+      // Again on every pass: a completion in flight may have claimed jobs meanwhile.
+      for (const running of this.#slots.values()) {
+        if (running.outcome === undefined && !running.controller.signal.aborted) {
+          running.controller.abort(release);
+        }
+      }
       await this.#waitForSlot(50);
     }
     for (const timer of this.#timers) {
       clearInterval(timer); // also clears timeouts
     }
     this.#timers = [];
+    await Promise.all([this.#heartbeating, this.#reaping]);
     await this.#unlisten?.();
   }
 
@@ -292,7 +306,10 @@ export class Worker {
         // applies and the completion share one fenced transaction.
         const done = applies
           ? await this.#deps.store.transaction((tx) => this.#complete(tx, batch, refill))
-          : await this.#complete(this.#deps.store, batch, refill);
+          : await runTransactionWithRetries(
+              () => this.#complete(this.#deps.store, batch, refill),
+              5,
+            );
         claimed = done.claimed;
         this.#record(batch, done.outcomes, done.lost, done.moved);
         this.#wakeAfter(done.retryDelays);
@@ -308,7 +325,10 @@ export class Worker {
         this.#claiming -= refill;
       }
       for (const running of batch) {
-        this.#slots.delete(running.row.id);
+        // The same job may hold a slot again by now (reaped and re-claimed by this worker).
+        if (this.#slots.get(running.row.id) === running) {
+          this.#slots.delete(running.row.id);
+        }
       }
       for (const row of claimed) {
         this.#run(row);
@@ -468,17 +488,18 @@ export class Worker {
   }
 
   async #heartbeat(): Promise<void> {
-    const held = [...this.#slots.values()]
-      .filter((r) => r.outcome === undefined)
-      .map((r) => ({ id: r.row.id, token: r.row.lease_token }));
+    // Every job this worker holds, finished or not: a finished job keeps its lease until its
+    // completion commits, or another worker's reaper would run it again.
+    const held = [...this.#slots.values()].map((r) => ({ id: r.row.id, token: r.row.lease_token }));
     try {
-      const lost = await extendLeases(this.#deps.store, held, this.#leaseMs);
-      for (const id of lost) {
-        this.#slots
-          .get(id)
-          ?.controller.abort(
+      const lost = new Set(await extendLeases(this.#deps.store, held, this.#leaseMs));
+      for (const { id, token } of held) {
+        const running = this.#slots.get(id);
+        if (lost.has(id) && running?.row.lease_token === token && running.outcome === undefined) {
+          running.controller.abort(
             new MnemoError(ErrorCode.LeaseLost, 'lease lost: another worker owns this job'),
           );
+        }
       }
     } catch (err) {
       this.#deps.logger.warn({ err }, 'heartbeat failed');

@@ -23,8 +23,9 @@ interface PgliteQueryable {
   exec(sql: string): Promise<unknown>;
 }
 
-function wrap(db: PgliteQueryable): Queryable {
+function wrap(db: PgliteQueryable, inTransaction = false): Queryable {
   return {
+    inTransaction,
     async query<Row extends object>(sql: string, params: readonly unknown[] = []) {
       try {
         const result = await db.query<Row>(sql, params as unknown[]);
@@ -68,7 +69,7 @@ export async function createPgliteStore(options: PgliteStoreOptions): Promise<St
       // PGlite's transaction() issues BEGIN/COMMIT and ROLLBACK on failure, so a failed
       // statement never leaves the single connection in an aborted transaction.
       return runTransactionWithRetries(
-        () => db.transaction((tx) => fn(wrap(tx))),
+        () => db.transaction((tx) => fn(wrap(tx, true))),
         txOptions.maxAttempts ?? 5,
       );
     },

@@ -48,8 +48,9 @@ function statementName(sql: string): string {
   return name;
 }
 
-function wrap(client: pg.Pool | pg.PoolClient): Queryable {
+function wrap(client: pg.Pool | pg.PoolClient, inTransaction = false): Queryable {
   return {
+    inTransaction,
     async query<Row extends object>(sql: string, params: readonly unknown[] = []) {
       try {
         const result =
@@ -101,16 +102,19 @@ export function createPostgresStore(options: PostgresStoreOptions): Store {
     ...base,
     transaction<T>(fn: (tx: Queryable) => Promise<T>, txOptions: TransactionOptions = {}) {
       return runTransactionWithRetries(async () => {
-        let client: pg.PoolClient;
+        let client: pg.PoolClient | undefined;
         try {
           client = await pool.connect();
-          await client.query('begin');
+          // Explicit: the lane protocol of the engine relies on READ COMMITTED snapshots,
+          // whatever the server's default_transaction_isolation says.
+          await client.query('begin isolation level read committed');
         } catch (err) {
+          client?.release(true);
           throw translateDatabaseError(err);
         }
         let broken = false;
         try {
-          const result = await fn(wrap(client));
+          const result = await fn(wrap(client, true));
           await client.query('commit').catch((err: unknown) => {
             throw translateDatabaseError(err);
           });

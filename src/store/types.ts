@@ -3,6 +3,8 @@
  * functions take a `Queryable` first so the same code runs inside and outside a transaction.
  */
 export interface Queryable {
+  /** True for the handle `Store.transaction` passes to its callback. */
+  readonly inTransaction: boolean;
   /**
    * Runs one statement with bind parameters (`$1`, `$2`, …) and returns its rows.
    * Values are never interpolated into `sql`. `int8` columns come back as numbers,

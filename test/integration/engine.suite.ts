@@ -361,6 +361,29 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       expect(parent).toMatchObject({ status: 'cancelled', children: { cancelled: 2, total: 2 } });
     });
 
+    it('refuses to enqueue outside a transaction, where the lane lock would not cover the insert', async () => {
+      engine.register('noop', {});
+      await expect(engine.enqueue(store, { kind: 'noop', lane: 'L' })).rejects.toMatchObject({
+        code: 'internal',
+        message: expect.stringContaining('inside store.transaction'),
+      });
+      expect(await store.query('select id from jobs')).toEqual([]);
+    });
+
+    it('cancels a batch of 2,000 children and announces every one of them', async () => {
+      engine.register('noop', {});
+      const children = Array.from({ length: 2000 }, () => ({ kind: 'noop' }));
+      const batch = await store.transaction((tx) =>
+        engine.enqueueBatch(tx, { kind: 'batch' }, children),
+      );
+      const parent = await engine.cancel('default', batch.parent.id);
+      expect(parent).toMatchObject({ status: 'cancelled', children: { cancelled: 2000 } });
+      const waited = await engine.waitFor('default', batch.children[1999]?.id ?? 0, {
+        timeoutMs: 1000,
+      });
+      expect(waited.status).toBe('cancelled');
+    });
+
     it('waitFor returns the job as it stands when the timeout passes first', async () => {
       engine.register('noop', {});
       const { job } = await enqueue({ kind: 'noop' });
