@@ -35,6 +35,25 @@ const settings = {
   databasePoolSize: { env: 'MNEMO_DATABASE_POOL_SIZE', schema: intFrom(1, 1000).default(10) },
   host: { env: 'MNEMO_HOST', schema: z.string().trim().min(1).default('127.0.0.1') },
   port: { env: 'MNEMO_PORT', schema: intFrom(0, 65535).default(8787) },
+  extractor: { env: 'MNEMO_EXTRACTOR', schema: z.enum(['rules', 'openai']).default('rules') },
+  llmBaseUrl: {
+    env: 'MNEMO_LLM_BASE_URL',
+    schema: z
+      .string()
+      .trim()
+      .refine((v) => /^https?:\/\//.test(v) && URL.canParse(v), {
+        message: 'must be an http(s) URL',
+      })
+      .optional(),
+  },
+  llmModel: { env: 'MNEMO_LLM_MODEL', schema: z.string().trim().min(1).optional() },
+  llmApiKey: { env: 'MNEMO_LLM_API_KEY', schema: z.string().min(1).optional() },
+  llmTimeoutMs: { env: 'MNEMO_LLM_TIMEOUT_MS', schema: intFrom(100, 600_000).default(30_000) },
+  workerConcurrency: { env: 'MNEMO_WORKER_CONCURRENCY', schema: intFrom(1, 1000).default(10) },
+  maxBodyBytes: {
+    env: 'MNEMO_MAX_BODY_BYTES',
+    schema: intFrom(1024, 100 * 1024 * 1024).default(1024 * 1024),
+  },
   logLevel: {
     env: 'MNEMO_LOG_LEVEL',
     schema: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
@@ -78,6 +97,16 @@ export function loadConfig(
       );
     }
     out[key] = parsed.data;
+  }
+  if (
+    out['extractor'] === 'openai' &&
+    (out['llmBaseUrl'] === undefined || out['llmModel'] === undefined)
+  ) {
+    throw new MnemoError(
+      ErrorCode.InvalidConfig,
+      'MNEMO_EXTRACTOR=openai needs MNEMO_LLM_BASE_URL and MNEMO_LLM_MODEL',
+      { details: { variable: 'MNEMO_EXTRACTOR' } },
+    );
   }
   return Object.freeze(out) as Config;
 }

@@ -161,6 +161,27 @@ CREATE FUNCTION mnemo.lane_lock_key(tenant text, lane text) RETURNS bigint
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$ select hashtextextended('lane:' || length(tenant) || ':' || tenant || ':' || lane, 0) $$;
 
+CREATE TABLE mnemo.events (
+    id bigint NOT NULL,
+    tenant_id text NOT NULL,
+    user_id text NOT NULL,
+    date date NOT NULL,
+    description text NOT NULL,
+    norm text NOT NULL,
+    operation_id bigint,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    search tsvector GENERATED ALWAYS AS (to_tsvector('english'::regconfig, description)) STORED
+);
+
+ALTER TABLE mnemo.events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME mnemo.events_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
 CREATE TABLE mnemo.jobs (
     id bigint NOT NULL,
     tenant_id text NOT NULL,
@@ -206,11 +227,42 @@ ALTER TABLE mnemo.jobs ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     CACHE 1
 );
 
+CREATE TABLE mnemo.memories (
+    id bigint NOT NULL,
+    tenant_id text NOT NULL,
+    user_id text NOT NULL,
+    text text NOT NULL,
+    norm text NOT NULL,
+    source text,
+    operation_id bigint,
+    occurred_at timestamp with time zone,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    search tsvector GENERATED ALWAYS AS (to_tsvector('english'::regconfig, text)) STORED
+);
+
+ALTER TABLE mnemo.memories ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME mnemo.memories_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
 CREATE TABLE mnemo.migrations (
     id integer NOT NULL,
     name text NOT NULL,
     checksum text NOT NULL,
     applied_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+CREATE TABLE mnemo.profile_attributes (
+    tenant_id text NOT NULL,
+    user_id text NOT NULL,
+    key text NOT NULL,
+    value text NOT NULL,
+    operation_id bigint,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
 CREATE TABLE mnemo.tenants (
@@ -219,14 +271,69 @@ CREATE TABLE mnemo.tenants (
     CONSTRAINT tenants_id_length_chk CHECK (((length(id) >= 1) AND (length(id) <= 256)))
 );
 
+CREATE TABLE mnemo.turns (
+    id bigint NOT NULL,
+    tenant_id text NOT NULL,
+    user_id text NOT NULL,
+    user_query text NOT NULL,
+    agent_response text,
+    source text,
+    session_id text,
+    operation_id bigint,
+    occurred_at timestamp with time zone DEFAULT now() NOT NULL,
+    search tsvector GENERATED ALWAYS AS (to_tsvector('english'::regconfig, ((user_query || ' '::text) || COALESCE(agent_response, ''::text)))) STORED
+);
+
+ALTER TABLE mnemo.turns ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME mnemo.turns_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+CREATE TABLE mnemo.user_summaries (
+    tenant_id text NOT NULL,
+    user_id text NOT NULL,
+    turn_count integer DEFAULT 0 NOT NULL,
+    last_ingested_at timestamp with time zone,
+    text text DEFAULT ''::text NOT NULL
+);
+
+ALTER TABLE ONLY mnemo.events
+    ADD CONSTRAINT events_dedup_uniq UNIQUE (tenant_id, user_id, date, norm);
+
+ALTER TABLE ONLY mnemo.events
+    ADD CONSTRAINT events_pkey PRIMARY KEY (id);
+
 ALTER TABLE ONLY mnemo.jobs
     ADD CONSTRAINT jobs_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY mnemo.memories
+    ADD CONSTRAINT memories_dedup_uniq UNIQUE (tenant_id, user_id, norm);
+
+ALTER TABLE ONLY mnemo.memories
+    ADD CONSTRAINT memories_pkey PRIMARY KEY (id);
 
 ALTER TABLE ONLY mnemo.migrations
     ADD CONSTRAINT migrations_pkey PRIMARY KEY (id);
 
+ALTER TABLE ONLY mnemo.profile_attributes
+    ADD CONSTRAINT profile_attributes_pkey PRIMARY KEY (tenant_id, user_id, key);
+
 ALTER TABLE ONLY mnemo.tenants
     ADD CONSTRAINT tenants_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY mnemo.turns
+    ADD CONSTRAINT turns_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY mnemo.user_summaries
+    ADD CONSTRAINT user_summaries_pkey PRIMARY KEY (tenant_id, user_id);
+
+CREATE INDEX events_search_idx ON mnemo.events USING gin (search);
+
+CREATE INDEX events_user_date_idx ON mnemo.events USING btree (tenant_id, user_id, date);
 
 CREATE INDEX jobs_claim_idx ON mnemo.jobs USING btree (run_at, id) WHERE ((status = 'pending'::text) AND ready);
 
@@ -244,10 +351,33 @@ CREATE INDEX jobs_pending_idx ON mnemo.jobs USING btree (id) WHERE (status = 'pe
 
 CREATE INDEX jobs_tenant_created_idx ON mnemo.jobs USING btree (tenant_id, id);
 
+CREATE INDEX memories_search_idx ON mnemo.memories USING gin (search);
+
+CREATE INDEX memories_user_idx ON mnemo.memories USING btree (tenant_id, user_id, id);
+
+CREATE INDEX turns_search_idx ON mnemo.turns USING gin (search);
+
+CREATE INDEX turns_user_idx ON mnemo.turns USING btree (tenant_id, user_id, id);
+
 CREATE TRIGGER jobs_notify_insert_trg AFTER INSERT ON mnemo.jobs FOR EACH STATEMENT EXECUTE FUNCTION mnemo.jobs_notify_insert();
+
+ALTER TABLE ONLY mnemo.events
+    ADD CONSTRAINT events_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES mnemo.tenants(id);
 
 ALTER TABLE ONLY mnemo.jobs
     ADD CONSTRAINT jobs_parent_id_fkey FOREIGN KEY (parent_id) REFERENCES mnemo.jobs(id) ON DELETE CASCADE;
 
 ALTER TABLE ONLY mnemo.jobs
     ADD CONSTRAINT jobs_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES mnemo.tenants(id);
+
+ALTER TABLE ONLY mnemo.memories
+    ADD CONSTRAINT memories_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES mnemo.tenants(id);
+
+ALTER TABLE ONLY mnemo.profile_attributes
+    ADD CONSTRAINT profile_attributes_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES mnemo.tenants(id);
+
+ALTER TABLE ONLY mnemo.turns
+    ADD CONSTRAINT turns_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES mnemo.tenants(id);
+
+ALTER TABLE ONLY mnemo.user_summaries
+    ADD CONSTRAINT user_summaries_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES mnemo.tenants(id);

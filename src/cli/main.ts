@@ -6,8 +6,13 @@ import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
+import pino from 'pino';
+
+import { createMnemo } from '../app.ts';
 import { type Config, type ConfigOverrides, describeConfig, loadConfig } from '../config.ts';
 import { coerceError, isMnemoError } from '../core/errors.ts';
+import type { Logger } from '../core/logger.ts';
+import { startServer } from '../server/node.ts';
 import { createStore } from '../store/index.ts';
 import { bundledMigrations, migrate, migrationStatus } from '../store/migrate.ts';
 import { ExitCode, exitCodeFor } from './exit-codes.ts';
@@ -15,6 +20,8 @@ import { ExitCode, exitCodeFor } from './exit-codes.ts';
 const HELP = `Usage: mnemo <command> [options]
 
 Commands:
+  serve [--no-worker] HTTP API on MNEMO_HOST:MNEMO_PORT (applies migrations; workers in-process)
+  worker              run job workers only (applies migrations)
   migrate [--print]   apply pending migrations (--print: show their SQL, apply nothing)
   doctor              print the effective configuration and check the database
   help                show this help
@@ -23,6 +30,8 @@ Options (override the environment):
   --database-url URL  PostgreSQL connection string (MNEMO_DATABASE_URL); absent = embedded PGlite
   --data-dir DIR      embedded database directory (MNEMO_DATA_DIR, default ./.mnemo)
   --schema NAME       database schema (MNEMO_DATABASE_SCHEMA, default mnemo)
+  --host HOST         listen address (MNEMO_HOST, default 127.0.0.1)
+  --port PORT         listen port (MNEMO_PORT, default 8787)
   -h, --help          show this help
 
 Exit codes: 0 ok, 1 failure, 2 bad usage or configuration, 3 database unavailable,
@@ -50,6 +59,9 @@ export async function runCli(argv: readonly string[], io: Io = defaultIo): Promi
         'database-url': { type: 'string' },
         'data-dir': { type: 'string' },
         schema: { type: 'string' },
+        host: { type: 'string' },
+        port: { type: 'string' },
+        'no-worker': { type: 'boolean' },
         print: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -69,6 +81,8 @@ export async function runCli(argv: readonly string[], io: Io = defaultIo): Promi
     databaseUrl: values['database-url'],
     dataDir: values['data-dir'],
     databaseSchema: values.schema,
+    host: values.host,
+    port: values.port,
   };
   try {
     const config = loadConfig(process.env, overrides);
@@ -77,6 +91,10 @@ export async function runCli(argv: readonly string[], io: Io = defaultIo): Promi
         return await runMigrate(config, values.print === true, io);
       case 'doctor':
         return await runDoctor(config, io);
+      case 'serve':
+        return await runServe(config, values['no-worker'] !== true);
+      case 'worker':
+        return await runWorker(config);
       default:
         io.err(`mnemo: unknown command ${JSON.stringify(command)}`);
         io.err('Run `mnemo --help` for usage.');
@@ -137,6 +155,50 @@ async function runDoctor(config: Config, io: Io): Promise<number> {
   } finally {
     await store.close();
   }
+}
+
+function createLogger(config: Config): Logger {
+  return pino({ level: config.logLevel, base: { pid: process.pid } });
+}
+
+/** Resolves when the process is asked to stop (SIGINT or SIGTERM, once). */
+function stopSignal(): Promise<string> {
+  return new Promise((resolve) => {
+    process.once('SIGINT', () => resolve('SIGINT'));
+    process.once('SIGTERM', () => resolve('SIGTERM'));
+  });
+}
+
+async function runServe(config: Config, withWorker: boolean): Promise<number> {
+  const logger = createLogger(config);
+  const mnemo = await createMnemo(config, { logger });
+  if (withWorker) {
+    await mnemo.startWorker();
+  }
+  const server = await startServer(mnemo, { host: config.host, port: config.port, logger });
+  logger.info(
+    {
+      url: server.url,
+      database: config.databaseUrl === undefined ? 'pglite' : 'postgres',
+      worker: withWorker,
+    },
+    `Mnemo listening on ${server.url}`,
+  );
+  const signal = await stopSignal();
+  logger.info({ signal }, 'shutting down');
+  await server.stop();
+  return ExitCode.Ok;
+}
+
+async function runWorker(config: Config): Promise<number> {
+  const logger = createLogger(config);
+  const mnemo = await createMnemo(config, { logger });
+  await mnemo.startWorker();
+  logger.info({ concurrency: config.workerConcurrency }, 'Mnemo worker running');
+  const signal = await stopSignal();
+  logger.info({ signal }, 'shutting down');
+  await mnemo.close();
+  return ExitCode.Ok;
 }
 
 function isEntryPoint(): boolean {

@@ -1,0 +1,319 @@
+/**
+ * createMnemo: wires configuration, store, engine and the memory domain into the one object
+ * every surface (HTTP, CLI, MCP) calls. Surfaces translate; they hold no logic of their own.
+ */
+import type { Config } from './config.ts';
+import { ErrorCode, MnemoError } from './core/errors.ts';
+import { type Logger, silentLogger } from './core/logger.ts';
+import {
+  createEngine,
+  type Engine,
+  type Job,
+  type Worker,
+  type WorkerOptions,
+} from './engine/index.ts';
+import { createOpenAiExtractor } from './memory/extractors/openai.ts';
+import { rulesExtractor } from './memory/extractors/rules.ts';
+import { type IngestPayload, MemoryJob, registerMemoryJobs, userLane } from './memory/pipeline.ts';
+import {
+  listEvents,
+  listMemories,
+  readProfile,
+  searchMemory,
+  type SearchType,
+} from './memory/read.ts';
+import type { Extractor } from './memory/types.ts';
+import { createStore } from './store/index.ts';
+import { migrate, migrationStatus } from './store/migrate.ts';
+import type { Store } from './store/types.ts';
+
+/** An operation as the API shows it. */
+export interface OperationView {
+  id: string;
+  kind: string;
+  status: Job['status'];
+  attempts: number;
+  created_at: string;
+  started_at: string | null;
+  finished_at: string | null;
+  result: unknown;
+  error: { code: string; message: string } | null;
+  children: {
+    total: number;
+    pending: number;
+    running: number;
+    succeeded: number;
+    failed: number;
+    cancelled: number;
+  };
+  items?: OperationView[];
+}
+
+/** Whether a write finished within its wait. */
+export interface WriteOutcome {
+  operation: OperationView;
+  finished: boolean;
+}
+
+/** A turn to ingest (API fields). */
+export type IngestInput = Omit<IngestPayload, 'user_id'>;
+
+const NO_CHILDREN = { total: 0, pending: 0, running: 0, succeeded: 0, failed: 0, cancelled: 0 };
+const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
+
+/** The public form of a job id. */
+export function operationId(id: number): string {
+  return `op_${id}`;
+}
+
+/** Parses `op_<n>`; anything else is simply not found. */
+export function parseOperationId(id: string): number {
+  const m = /^op_(\d{1,15})$/.exec(id);
+  if (m === null) {
+    throw new MnemoError(ErrorCode.NotFound, `operation ${id} not found`);
+  }
+  return Number(m[1]);
+}
+
+/** Maps a job to the API's operation. */
+export function toOperation(job: Job): OperationView {
+  return {
+    id: operationId(job.id),
+    kind: job.kind,
+    status: job.status,
+    attempts: job.attempts,
+    created_at: job.createdAt.toISOString(),
+    started_at: job.startedAt?.toISOString() ?? null,
+    finished_at: job.finishedAt?.toISOString() ?? null,
+    result: job.result ?? null,
+    error: job.error === null ? null : { code: job.error.code, message: job.error.message },
+    children: job.children ?? NO_CHILDREN,
+  };
+}
+
+/** What `createMnemo` needs besides the configuration. */
+export interface MnemoOptions {
+  logger?: Logger;
+  /** An extractor to use instead of the configured one (tests, embedding). */
+  extractor?: Extractor;
+  /** Apply pending migrations at start. @defaultValue true */
+  migrate?: boolean;
+}
+
+/** The application: every use case of Mnemo. */
+export interface Mnemo {
+  readonly config: Config;
+  readonly store: Store;
+  readonly engine: Engine;
+  ingest(
+    tenantId: string,
+    userId: string,
+    input: IngestInput,
+    opts: WriteOptions,
+  ): Promise<WriteOutcome>;
+  batchIngest(
+    tenantId: string,
+    userId: string,
+    items: readonly IngestInput[],
+    opts: WriteOptions,
+  ): Promise<WriteOutcome>;
+  deleteUser(tenantId: string, userId: string, opts: WriteOptions): Promise<WriteOutcome>;
+  getOperation(tenantId: string, id: string, includeChildren: boolean): Promise<OperationView>;
+  cancelOperation(tenantId: string, id: string): Promise<OperationView>;
+  listOperations(
+    tenantId: string,
+    filter: OperationFilter,
+  ): Promise<{ items: OperationView[]; next_cursor: string | null }>;
+  search(
+    tenantId: string,
+    userId: string,
+    q: string,
+    types: readonly SearchType[],
+    limit: number,
+  ): ReturnType<typeof searchMemory>;
+  profile(tenantId: string, userId: string): ReturnType<typeof readProfile>;
+  memories(
+    tenantId: string,
+    userId: string,
+    limit: number,
+    cursor?: number,
+  ): ReturnType<typeof listMemories>;
+  events(
+    tenantId: string,
+    userId: string,
+    from?: string,
+    to?: string,
+  ): ReturnType<typeof listEvents>;
+  /** Database reachable and every migration applied. */
+  ready(): Promise<boolean>;
+  startWorker(options?: WorkerOptions): Promise<Worker>;
+  close(): Promise<void>;
+}
+
+/** How long a write waits for its operation, and its idempotency key. */
+export interface WriteOptions {
+  wait: boolean;
+  timeoutMs: number;
+  idempotencyKey?: string | undefined;
+}
+
+export interface OperationFilter {
+  userId?: string | undefined;
+  status?: string | undefined;
+  kind?: string | undefined;
+  limit: number;
+  cursor?: number | undefined;
+}
+
+function chooseExtractor(config: Config): Extractor {
+  if (
+    config.extractor === 'openai' &&
+    config.llmBaseUrl !== undefined &&
+    config.llmModel !== undefined
+  ) {
+    return createOpenAiExtractor({
+      baseUrl: config.llmBaseUrl,
+      model: config.llmModel,
+      apiKey: config.llmApiKey,
+      timeoutMs: config.llmTimeoutMs,
+    });
+  }
+  return rulesExtractor;
+}
+
+/**
+ * Opens the store, applies migrations (unless told not to), and registers the memory jobs.
+ * @throws MnemoError `unavailable`, `schema_mismatch`
+ */
+export async function createMnemo(config: Config, options: MnemoOptions = {}): Promise<Mnemo> {
+  const logger = options.logger ?? silentLogger;
+  const store = await createStore(config);
+  try {
+    if (options.migrate !== false) {
+      await migrate(store);
+    }
+  } catch (err) {
+    await store.close();
+    throw err;
+  }
+  const engine = createEngine({ store, logger: logger.child({ component: 'engine' }) });
+  const extractor = options.extractor ?? chooseExtractor(config);
+  registerMemoryJobs(engine, extractor, { timeoutMs: config.llmTimeoutMs * 2 });
+
+  async function finish(tenantId: string, job: Job, opts: WriteOptions): Promise<WriteOutcome> {
+    let current = job;
+    if (opts.wait && !TERMINAL.has(job.status)) {
+      current = await engine.waitFor(tenantId, job.id, { timeoutMs: opts.timeoutMs });
+    }
+    return { operation: toOperation(current), finished: TERMINAL.has(current.status) };
+  }
+
+  return {
+    config,
+    store,
+    engine,
+    async ingest(tenantId, userId, input, opts) {
+      const payload: IngestPayload = { user_id: userId, ...input };
+      const { job } = await store.transaction((tx) =>
+        engine.enqueue(tx, {
+          kind: MemoryJob.Ingest,
+          tenantId,
+          lane: userLane(userId),
+          payload,
+          idempotencyKey: opts.idempotencyKey,
+        }),
+      );
+      return finish(tenantId, job, opts);
+    },
+    async batchIngest(tenantId, userId, items, opts) {
+      const { parent } = await store.transaction((tx) =>
+        engine.enqueueBatch(
+          tx,
+          {
+            kind: MemoryJob.BatchIngest,
+            tenantId,
+            payload: { user_id: userId },
+            idempotencyKey: opts.idempotencyKey,
+          },
+          items.map((item) => ({
+            kind: MemoryJob.Ingest,
+            tenantId,
+            lane: userLane(userId),
+            payload: { user_id: userId, ...item },
+          })),
+        ),
+      );
+      return finish(tenantId, parent, opts);
+    },
+    async deleteUser(tenantId, userId, opts) {
+      const { job } = await store.transaction((tx) =>
+        engine.enqueue(tx, {
+          kind: MemoryJob.DeleteUser,
+          tenantId,
+          lane: userLane(userId),
+          payload: { user_id: userId },
+          idempotencyKey: opts.idempotencyKey,
+        }),
+      );
+      return finish(tenantId, job, opts);
+    },
+    async getOperation(tenantId, id, includeChildren) {
+      const job = await engine.getJob(tenantId, parseOperationId(id));
+      if (job === undefined) {
+        throw new MnemoError(ErrorCode.NotFound, `operation ${id} not found`);
+      }
+      const view = toOperation(job);
+      if (includeChildren && job.isParent) {
+        view.items = (await engine.getChildren(tenantId, job.id)).map(toOperation);
+      }
+      return view;
+    },
+    async cancelOperation(tenantId, id) {
+      return toOperation(await engine.cancel(tenantId, parseOperationId(id)));
+    },
+    async listOperations(tenantId, filter) {
+      const rows = await store.query<{ id: number }>(
+        `select id from jobs
+          where tenant_id = $1 and parent_id is null
+            and ($2::text is null or payload->>'user_id' = $2)
+            and ($3::text is null or status = $3)
+            and ($4::text is null or kind = $4)
+            and ($5::bigint is null or id < $5)
+          order by id desc limit $6`,
+        [
+          tenantId,
+          filter.userId ?? null,
+          filter.status ?? null,
+          filter.kind ?? null,
+          filter.cursor ?? null,
+          filter.limit + 1,
+        ],
+      );
+      const page = rows.slice(0, filter.limit);
+      const jobs = await Promise.all(page.map((r) => engine.getJob(tenantId, r.id)));
+      return {
+        items: jobs.filter((j): j is Job => j !== undefined).map(toOperation),
+        next_cursor: rows.length > filter.limit ? String(page[page.length - 1]?.id) : null,
+      };
+    },
+    search: (tenantId, userId, q, types, limit) =>
+      searchMemory(store, tenantId, userId, q, types, limit),
+    profile: (tenantId, userId) => readProfile(store, tenantId, userId),
+    memories: (tenantId, userId, limit, cursor) =>
+      listMemories(store, tenantId, userId, limit, cursor),
+    events: (tenantId, userId, from, to) => listEvents(store, tenantId, userId, from, to),
+    async ready() {
+      try {
+        return (await migrationStatus(store)).pending.length === 0;
+      } catch {
+        return false;
+      }
+    },
+    startWorker: (workerOptions) =>
+      engine.startWorker({ concurrency: config.workerConcurrency, ...workerOptions }),
+    async close() {
+      await engine.stop();
+      await store.close();
+    },
+  };
+}

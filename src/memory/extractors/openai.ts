@@ -1,0 +1,104 @@
+import { z } from 'zod';
+
+import { ErrorCode, MnemoError } from '../../core/errors.ts';
+import type { Extraction, Extractor, Turn } from '../types.ts';
+
+/** Settings of the OpenAI-compatible extractor. */
+export interface OpenAiExtractorOptions {
+  /** e.g. `https://api.openai.com/v1` or `http://127.0.0.1:11434/v1` (Ollama). */
+  baseUrl: string;
+  model: string;
+  apiKey?: string | undefined;
+  /** Per request. @defaultValue 30000 */
+  timeoutMs?: number;
+  fetch?: typeof fetch;
+}
+
+const extractionSchema = z.object({
+  set: z.record(z.string().regex(/^[a-z0-9_]{1,100}$/), z.string().max(2000)).default({}),
+  unset: z.array(z.string().regex(/^[a-z0-9_]{1,100}$/)).default([]),
+  events: z
+    .array(z.object({ date: z.iso.date(), description: z.string().min(1).max(2000) }))
+    .default([]),
+  memories: z.array(z.string().min(1).max(2000)).default([]),
+});
+
+const completionSchema = z.object({
+  choices: z.array(z.object({ message: z.object({ content: z.string().nullable() }) })).min(1),
+});
+
+const SYSTEM_PROMPT = `You extract long-term memory about the user from one conversation turn.
+Answer with one JSON object and nothing else:
+{"set": {"snake_case_attribute": "value"}, "unset": ["attribute"],
+ "events": [{"date": "YYYY-MM-DD", "description": "..."}], "memories": ["fact about the user"]}
+Use "set" for stable profile attributes the user states, "unset" for attributes the user asks
+to forget, "events" for dated events, "memories" for other facts. Empty lists when nothing applies.`;
+
+function failure(message: string, retryable: boolean, cause?: unknown): MnemoError {
+  return new MnemoError(
+    retryable ? ErrorCode.Unavailable : ErrorCode.Internal,
+    `LLM extractor: ${message}`,
+    {
+      retryable,
+      cause,
+    },
+  );
+}
+
+/**
+ * Extracts with any OpenAI-compatible chat-completions endpoint (OpenAI, Ollama, vLLM).
+ * Network errors, timeouts, 408/429/5xx and malformed output are retryable; other 4xx are not.
+ */
+export function createOpenAiExtractor(options: OpenAiExtractorOptions): Extractor {
+  const doFetch = options.fetch ?? fetch;
+  const url = `${options.baseUrl.replace(/\/+$/, '')}/chat/completions`;
+  const timeoutMs = options.timeoutMs ?? 30_000;
+  return {
+    name: 'openai',
+    async extract(turn: Turn, signal: AbortSignal): Promise<Extraction> {
+      const user = `User: ${turn.userQuery}${turn.agentResponse === undefined ? '' : `\nAssistant: ${turn.agentResponse}`}`;
+      let response: Response;
+      try {
+        response = await doFetch(url, {
+          method: 'POST',
+          headers: {
+            'content-type': 'application/json',
+            ...(options.apiKey === undefined ? {} : { authorization: `Bearer ${options.apiKey}` }),
+          },
+          body: JSON.stringify({
+            model: options.model,
+            temperature: 0,
+            response_format: { type: 'json_object' },
+            messages: [
+              { role: 'system', content: SYSTEM_PROMPT },
+              { role: 'user', content: user },
+            ],
+          }),
+          signal: AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]),
+        });
+      } catch (err) {
+        throw failure(
+          signal.aborted ? 'aborted' : `request failed (${(err as Error).name})`,
+          true,
+          err,
+        );
+      }
+      if (!response.ok) {
+        const retryable =
+          response.status === 408 || response.status === 429 || response.status >= 500;
+        throw failure(`endpoint answered HTTP ${response.status}`, retryable);
+      }
+      let content: string | null | undefined;
+      try {
+        content = completionSchema.parse(await response.json()).choices[0]?.message.content;
+        const parsed = extractionSchema.safeParse(JSON.parse(content ?? ''));
+        if (!parsed.success) {
+          throw new Error(parsed.error.issues.map((i) => i.message).join('; '));
+        }
+        return parsed.data;
+      } catch (err) {
+        throw failure('the model did not answer with the expected JSON', true, err);
+      }
+    },
+  };
+}

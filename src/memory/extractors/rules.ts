@@ -1,0 +1,104 @@
+import type { Extraction, Extractor, Turn } from '../types.ts';
+import { normalizeText } from '../types.ts';
+
+const DATE = '(\\d{4}-\\d{2}-\\d{2})';
+
+/** Splits text into sentences, keeping each sentence's final punctuation. */
+export function splitSentences(text: string): string[] {
+  const out: string[] = [];
+  for (const match of text.matchAll(/[^.!?\n]+[.!?]*/g)) {
+    const sentence = match[0].trim();
+    if (sentence.length > 0) {
+      out.push(sentence);
+    }
+  }
+  return out;
+}
+
+function clean(value: string): string {
+  return value
+    .trim()
+    .replace(/[.!?,;:]+$/, '')
+    .trim();
+}
+
+function snakeCase(attribute: string): string {
+  return attribute
+    .trim()
+    .toLowerCase()
+    .replace(/[^a-z0-9]+/g, '_')
+    .replace(/^_+|_+$/g, '');
+}
+
+function isValidDate(iso: string): boolean {
+  const date = new Date(`${iso}T00:00:00Z`);
+  return !Number.isNaN(date.getTime()) && date.toISOString().startsWith(iso);
+}
+
+/** Applies the rules of API.md to one sentence, adding what it finds to `out`. */
+function readSentence(sentence: string, out: Extraction): void {
+  const body = clean(sentence);
+  let m: RegExpExecArray | null;
+  if ((m = /^forget my (.+)$/i.exec(body)) !== null) {
+    const key = snakeCase(m[1] ?? '');
+    if (key !== '') {
+      out.unset.push(key);
+      delete out.set[key];
+    }
+    return;
+  }
+  if ((m = /^my (.+?) is (.+)$/i.exec(body)) !== null) {
+    const key = snakeCase(m[1] ?? '');
+    const value = clean(m[2] ?? '');
+    if (key !== '' && value !== '') {
+      out.set[key] = value;
+      out.unset = out.unset.filter((k) => k !== key);
+      return;
+    }
+  }
+  if ((m = /^i (?:live in|moved to) (.+)$/i.exec(body)) !== null) {
+    out.set['location'] = clean(m[1] ?? '');
+    return;
+  }
+  if ((m = /^i am (\d{1,3}) years old$/i.exec(body)) !== null) {
+    out.set['age'] = m[1] ?? '';
+    return;
+  }
+  const onFirst = new RegExp(`^on ${DATE},? (i .+)$`, 'i').exec(body);
+  const onLast = new RegExp(`^(i .+?),? on ${DATE}$`, 'i').exec(body);
+  const event =
+    onFirst !== null
+      ? { date: onFirst[1] ?? '', description: clean(onFirst[2] ?? '') }
+      : onLast !== null
+        ? { date: onLast[2] ?? '', description: clean(onLast[1] ?? '') }
+        : undefined;
+  if (event !== undefined && isValidDate(event.date) && event.description !== '') {
+    out.events.push(event);
+    return;
+  }
+  // Every other declarative sentence: not a question or an exclamation, two words at least.
+  if (!/[?!]$/.test(sentence) && body.split(/\s+/).length >= 2) {
+    out.memories.push(body);
+  }
+}
+
+/** Extracts from the user's words alone, deterministically and offline (API.md "rules"). */
+export function extractByRules(turn: Turn): Extraction {
+  const out: Extraction = { set: {}, unset: [], events: [], memories: [] };
+  for (const sentence of splitSentences(turn.userQuery)) {
+    readSentence(sentence, out);
+  }
+  // Within one turn, the same fact said twice is one memory.
+  const seen = new Set<string>();
+  out.memories = out.memories.filter((m) => {
+    const key = normalizeText(m);
+    return !seen.has(key) && (seen.add(key), true);
+  });
+  return out;
+}
+
+/** The built-in extractor. */
+export const rulesExtractor: Extractor = {
+  name: 'rules',
+  extract: (turn) => Promise.resolve(extractByRules(turn)),
+};

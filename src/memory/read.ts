@@ -1,0 +1,157 @@
+import type { Queryable } from '../store/types.ts';
+
+/** A user's profile as API.md shows it. */
+export interface Profile {
+  attributes: Record<string, { value: string; updated_at: string; operation_id: string | null }>;
+  summary: { turn_count: number; last_ingested_at: string | null; text: string };
+}
+
+const opId = (id: number | null): string | null => (id === null ? null : `op_${id}`);
+
+/** The profile and summary of a user (empty for an unknown user). */
+export async function readProfile(
+  q: Queryable,
+  tenantId: string,
+  userId: string,
+): Promise<Profile> {
+  const attributes = await q.query<{
+    key: string;
+    value: string;
+    updated_at: Date;
+    operation_id: number | null;
+  }>(
+    `select key, value, updated_at, operation_id from profile_attributes
+      where tenant_id = $1 and user_id = $2 order by key`,
+    [tenantId, userId],
+  );
+  const [summary] = await q.query<{
+    turn_count: number;
+    last_ingested_at: Date | null;
+    text: string;
+  }>(
+    'select turn_count, last_ingested_at, text from user_summaries where tenant_id = $1 and user_id = $2',
+    [tenantId, userId],
+  );
+  return {
+    attributes: Object.fromEntries(
+      attributes.map((a) => [
+        a.key,
+        {
+          value: a.value,
+          updated_at: a.updated_at.toISOString(),
+          operation_id: opId(a.operation_id),
+        },
+      ]),
+    ),
+    summary: {
+      turn_count: summary?.turn_count ?? 0,
+      last_ingested_at: summary?.last_ingested_at?.toISOString() ?? null,
+      text: summary?.text ?? '',
+    },
+  };
+}
+
+/** A page of a user's memories, newest first; `cursor` is the last id of the previous page. */
+export async function listMemories(
+  q: Queryable,
+  tenantId: string,
+  userId: string,
+  limit: number,
+  cursor?: number,
+): Promise<{
+  items: { id: string; text: string; source: string | null; created_at: string }[];
+  next_cursor: string | null;
+}> {
+  const rows = await q.query<{ id: number; text: string; source: string | null; created_at: Date }>(
+    `select id, text, source, created_at from memories
+      where tenant_id = $1 and user_id = $2 and ($3::bigint is null or id < $3)
+      order by id desc limit $4`,
+    [tenantId, userId, cursor ?? null, limit + 1],
+  );
+  const page = rows.slice(0, limit);
+  return {
+    items: page.map((r) => ({
+      id: `mem_${r.id}`,
+      text: r.text,
+      source: r.source,
+      created_at: r.created_at.toISOString(),
+    })),
+    next_cursor: rows.length > limit ? String(page[page.length - 1]?.id) : null,
+  };
+}
+
+/** A user's temporal events between `from` and `to` (inclusive ISO dates), in date order. */
+export async function listEvents(
+  q: Queryable,
+  tenantId: string,
+  userId: string,
+  from?: string,
+  to?: string,
+): Promise<{ items: { id: string; date: string; description: string }[] }> {
+  const rows = await q.query<{ id: number; date: string; description: string }>(
+    `select id, date::text as date, description from events
+      where tenant_id = $1 and user_id = $2
+        and ($3::date is null or date >= $3::date) and ($4::date is null or date <= $4::date)
+      order by date, id`,
+    [tenantId, userId, from ?? null, to ?? null],
+  );
+  return {
+    items: rows.map((r) => ({ id: `evt_${r.id}`, date: r.date, description: r.description })),
+  };
+}
+
+/** The kinds of search results. */
+export type SearchType = 'memory' | 'event' | 'conversation';
+
+/**
+ * Full-text search over a user's memories, events and conversation turns, ranked by text
+ * rank weighted by recency (half-life 30 days).
+ */
+export async function searchMemory(
+  q: Queryable,
+  tenantId: string,
+  userId: string,
+  text: string,
+  types: readonly SearchType[],
+  limit: number,
+): Promise<{
+  items: { type: SearchType; id: string; text: string; score: number; occurred_at: string }[];
+}> {
+  const rows = await q.query<{
+    type: SearchType;
+    id: string;
+    text: string;
+    score: number;
+    occurred_at: Date;
+  }>(
+    `with query as (select websearch_to_tsquery('english', $3) as tsq),
+     hits as (
+       select 'memory' as type, 'mem_' || m.id as id, m.text, ts_rank(m.search, query.tsq) as rank,
+              coalesce(m.occurred_at, m.created_at) as at
+         from memories m, query
+        where 'memory' = any($4::text[]) and m.tenant_id = $1 and m.user_id = $2 and m.search @@ query.tsq
+       union all
+       select 'event', 'evt_' || e.id, e.description, ts_rank(e.search, query.tsq), e.date::timestamptz
+         from events e, query
+        where 'event' = any($4::text[]) and e.tenant_id = $1 and e.user_id = $2 and e.search @@ query.tsq
+       union all
+       select 'conversation', 'turn_' || t.id, t.user_query || coalesce(E'\\n' || t.agent_response, ''),
+              ts_rank(t.search, query.tsq), t.occurred_at
+         from turns t, query
+        where 'conversation' = any($4::text[]) and t.tenant_id = $1 and t.user_id = $2 and t.search @@ query.tsq
+     )
+     select type, id, text, at as occurred_at,
+            (rank * (0.5 + 0.5 * power(0.5, greatest(0, extract(epoch from now() - at)) / 2592000)))::float8 as score
+       from hits order by score desc, at desc limit $5`,
+    [tenantId, userId, text, types, limit],
+  );
+  return {
+    items: rows.map((r) => ({
+      type: r.type,
+      id: r.id,
+      text: r.text,
+      score: Number(r.score.toFixed(6)),
+      occurred_at: r.occurred_at.toISOString(),
+    })),
+  };
+}

@@ -1,0 +1,242 @@
+/**
+ * createApp: the HTTP surface as a Hono app that never listens (server/node.ts does).
+ * Routes only translate HTTP to calls of the application object and back.
+ */
+import type { Context } from 'hono';
+import { Hono } from 'hono';
+import { bodyLimit } from 'hono/body-limit';
+import { requestId } from 'hono/request-id';
+import type { z } from 'zod';
+
+import {
+  BatchIngestRequest,
+  DeleteUserRequest,
+  EventsQuery,
+  Id,
+  IngestRequest,
+  MemoriesQuery,
+  OperationQuery,
+  OperationsQuery,
+  SearchQuery,
+} from '../api/schemas.ts';
+import type { Mnemo, WriteOutcome } from '../app.ts';
+import { ErrorCode, MnemoError } from '../core/errors.ts';
+import { type Logger, silentLogger } from '../core/logger.ts';
+import { httpStatusFor } from './errors.ts';
+import { openApiDocument } from './openapi.ts';
+
+/** What the HTTP app needs. */
+export interface AppDeps {
+  mnemo: Mnemo;
+  logger?: Logger;
+  /** Largest accepted request body. @defaultValue 1 MiB */
+  maxBodyBytes?: number;
+  /** Show internal error messages to clients (never in production). @defaultValue false */
+  exposeErrors?: boolean;
+}
+
+type Env = { Variables: { requestId: string } };
+
+const DEFAULT_TENANT = 'default';
+
+function invalid(error: z.ZodError): MnemoError {
+  return new MnemoError(ErrorCode.InvalidRequest, 'the request is invalid', {
+    details: error.issues.map((i) => ({ path: i.path.join('.'), message: i.message })),
+  });
+}
+
+function parse<S extends z.ZodType>(schema: S, value: unknown): z.output<S> {
+  const result = schema.safeParse(value);
+  if (!result.success) {
+    throw invalid(result.error);
+  }
+  return result.data;
+}
+
+async function jsonBody(c: Context<Env>, optional = false): Promise<unknown> {
+  const text = await c.req.text();
+  if (text.trim() === '') {
+    if (optional) {
+      return {};
+    }
+    throw new MnemoError(ErrorCode.InvalidRequest, 'the request body must be a JSON object');
+  }
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    throw new MnemoError(ErrorCode.InvalidRequest, 'the request body is not valid JSON');
+  }
+}
+
+function idempotencyKey(c: Context<Env>, fromBody: string | undefined): string | undefined {
+  const header = c.req.header('idempotency-key');
+  if (header !== undefined) {
+    parse(Id, header);
+    if (fromBody !== undefined && fromBody !== header) {
+      throw new MnemoError(
+        ErrorCode.InvalidRequest,
+        'Idempotency-Key header and idempotency_key differ',
+      );
+    }
+    return header;
+  }
+  return fromBody;
+}
+
+function userIdParam(c: Context<Env>): string {
+  return parse(Id, c.req.param('user_id'));
+}
+
+function written(c: Context<Env>, outcome: WriteOutcome) {
+  return c.json(outcome.operation, outcome.finished ? 200 : 202);
+}
+
+const waitOptions = (
+  body: { wait?: boolean | undefined; timeout_ms?: number | undefined },
+  waitByDefault: boolean,
+) => ({
+  wait: body.wait ?? waitByDefault,
+  timeoutMs: body.timeout_ms ?? 30_000,
+});
+
+/** Builds the HTTP app. */
+export function createApp(deps: AppDeps): Hono<Env> {
+  const { mnemo } = deps;
+  const logger = deps.logger ?? silentLogger;
+  const app = new Hono<Env>();
+
+  app.use(requestId());
+  app.use(
+    bodyLimit({
+      maxSize: deps.maxBodyBytes ?? 1024 * 1024,
+      onError: () => {
+        throw new MnemoError(
+          ErrorCode.PayloadTooLarge,
+          `the request body exceeds ${deps.maxBodyBytes ?? 1024 * 1024} bytes`,
+        );
+      },
+    }),
+  );
+
+  app.onError((err, c) => {
+    const requestIdValue = c.get('requestId');
+    const known = err instanceof MnemoError ? err : undefined;
+    const code = known?.code ?? ErrorCode.Internal;
+    const status = httpStatusFor[code];
+    if (status >= 500) {
+      logger.error({ err, requestId: requestIdValue, path: c.req.path }, 'request failed');
+    }
+    const message =
+      status >= 500 && code === ErrorCode.Internal && deps.exposeErrors !== true
+        ? 'internal error'
+        : (known?.message ?? 'internal error');
+    if (known?.retryAfterMs !== undefined) {
+      c.header('Retry-After', String(Math.max(1, Math.ceil(known.retryAfterMs / 1000))));
+    }
+    const body: Record<string, unknown> = { code, message };
+    if (known?.details !== undefined && status < 500) {
+      body['details'] = known.details;
+    }
+    return c.json({ error: body, request_id: requestIdValue }, status);
+  });
+
+  app.notFound((c) =>
+    c.json(
+      {
+        error: { code: 'not_found', message: `no route ${c.req.method} ${c.req.path}` },
+        request_id: c.get('requestId'),
+      },
+      404,
+    ),
+  );
+
+  app.get('/healthz', (c) => c.json({ status: 'ok' }));
+  app.get('/readyz', async (c) =>
+    (await mnemo.ready()) ? c.json({ status: 'ready' }) : c.json({ status: 'not_ready' }, 503),
+  );
+  app.get('/metrics', async (c) => {
+    const registry = mnemo.engine.metrics.registry;
+    return c.body(await registry.metrics(), 200, { 'content-type': registry.contentType });
+  });
+  app.get('/openapi.json', (c) => c.json(openApiDocument()));
+
+  app.post('/v1/memory/ingest', async (c) => {
+    const body = parse(IngestRequest, await jsonBody(c));
+    const { user_id, wait: _w, timeout_ms: _t, idempotency_key, ...input } = body;
+    return written(
+      c,
+      await mnemo.ingest(DEFAULT_TENANT, user_id, input, {
+        ...waitOptions(body, true),
+        idempotencyKey: idempotencyKey(c, idempotency_key),
+      }),
+    );
+  });
+
+  app.post('/v1/memory/batch-ingest', async (c) => {
+    const body = parse(BatchIngestRequest, await jsonBody(c));
+    return written(
+      c,
+      await mnemo.batchIngest(DEFAULT_TENANT, body.user_id, body.items, {
+        ...waitOptions(body, false),
+        idempotencyKey: idempotencyKey(c, body.idempotency_key),
+      }),
+    );
+  });
+
+  app.get('/v1/operations/:id', async (c) => {
+    const query = parse(OperationQuery, c.req.query());
+    return c.json(
+      await mnemo.getOperation(DEFAULT_TENANT, c.req.param('id'), query.include === 'children'),
+    );
+  });
+
+  app.post('/v1/operations/:id/cancel', async (c) =>
+    c.json(await mnemo.cancelOperation(DEFAULT_TENANT, c.req.param('id'))),
+  );
+
+  app.get('/v1/operations', async (c) => {
+    const query = parse(OperationsQuery, c.req.query());
+    return c.json(
+      await mnemo.listOperations(DEFAULT_TENANT, {
+        userId: query.user_id,
+        status: query.status,
+        kind: query.kind,
+        limit: query.limit,
+        cursor: query.cursor === undefined ? undefined : Number(query.cursor),
+      }),
+    );
+  });
+
+  app.get('/v1/memory/search', async (c) => {
+    const query = parse(SearchQuery, c.req.query());
+    return c.json(
+      await mnemo.search(DEFAULT_TENANT, query.user_id, query.q, query.types, query.limit),
+    );
+  });
+
+  app.get('/v1/users/:user_id/profile', async (c) =>
+    c.json(await mnemo.profile(DEFAULT_TENANT, userIdParam(c))),
+  );
+
+  app.get('/v1/users/:user_id/memories', async (c) => {
+    const query = parse(MemoriesQuery, c.req.query());
+    const cursor = query.cursor === undefined ? undefined : Number(query.cursor);
+    return c.json(await mnemo.memories(DEFAULT_TENANT, userIdParam(c), query.limit, cursor));
+  });
+
+  app.get('/v1/users/:user_id/events', async (c) => {
+    const query = parse(EventsQuery, c.req.query());
+    return c.json(await mnemo.events(DEFAULT_TENANT, userIdParam(c), query.from, query.to));
+  });
+
+  app.delete('/v1/users/:user_id', async (c) => {
+    const body = parse(DeleteUserRequest, await jsonBody(c, true));
+    const outcome = await mnemo.deleteUser(DEFAULT_TENANT, userIdParam(c), {
+      ...waitOptions(body, false),
+      idempotencyKey: idempotencyKey(c, body.idempotency_key),
+    });
+    return c.json(outcome.operation, outcome.finished ? 200 : 202);
+  });
+
+  return app;
+}

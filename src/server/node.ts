@@ -1,0 +1,44 @@
+/**
+ * Runs the HTTP app on Node: listen, and on SIGINT/SIGTERM stop accepting, drain in-flight
+ * requests, stop the engine (workers finish or release their jobs), close the store.
+ */
+import { serve } from '@hono/node-server';
+
+import type { Mnemo } from '../app.ts';
+import type { Logger } from '../core/logger.ts';
+import { createApp } from './app.ts';
+
+/** A running server. */
+export interface RunningServer {
+  url: string;
+  /** Graceful stop; safe to call more than once. */
+  stop(): Promise<void>;
+}
+
+/** Listens on `host:port` (port 0: any free port). */
+export function startServer(
+  mnemo: Mnemo,
+  options: { host: string; port: number; logger: Logger },
+): Promise<RunningServer> {
+  const app = createApp({ mnemo, logger: options.logger, maxBodyBytes: mnemo.config.maxBodyBytes });
+  return new Promise((resolve, reject) => {
+    const server = serve(
+      { fetch: app.fetch, hostname: options.host, port: options.port },
+      (info) => {
+        const host = info.address.includes(':') ? `[${info.address}]` : info.address;
+        let stopping: Promise<void> | undefined;
+        resolve({
+          url: `http://${host}:${info.port}`,
+          stop() {
+            stopping ??= (async () => {
+              await new Promise<void>((done) => server.close(() => done()));
+              await mnemo.close();
+            })();
+            return stopping;
+          },
+        });
+      },
+    );
+    server.on('error', reject);
+  });
+}

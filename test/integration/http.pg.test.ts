@@ -1,0 +1,6 @@
+import { describePg } from '../helpers/pg.ts';
+import { httpSuite } from './http.suite.ts';
+
+describePg('postgres', () => {
+  httpSuite('postgres');
+});

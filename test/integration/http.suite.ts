@@ -1,0 +1,301 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+
+import type { Extractor } from '../../src/memory/types.ts';
+import { openHttp } from '../helpers/http.ts';
+
+type Harness = Awaited<ReturnType<typeof openHttp>>;
+
+/** The HTTP API over one store engine, one process. */
+export function httpSuite(kind: 'pglite' | 'postgres'): void {
+  describe(`HTTP API (${kind})`, () => {
+    let h: Harness;
+
+    beforeEach(async (ctx) => {
+      h = await openHttp(kind, `http:${ctx.task.name}`);
+    });
+
+    afterEach(async () => {
+      await h.dispose();
+    });
+
+    const countRows = async (table: string) =>
+      (await h.mnemo.store.query<{ n: number }>(`select count(*)::int as n from ${table}`))[0]?.n;
+
+    it('ingests a turn, answers 200 with the finished operation, and serves profile, memories, events and search', async () => {
+      const res = await h.call('POST', '/v1/memory/ingest', {
+        user_id: 'u1',
+        user_query:
+          'My favorite color is blue. I love hiking in the Alps. On 2024-05-01 I ran a marathon.',
+        agent_response: 'Noted!',
+        source: 'sdk',
+      });
+      expect(res.status).toBe(200);
+      expect(res.headers.get('x-request-id')).toBeTruthy();
+      expect(res.body).toMatchObject({
+        id: expect.stringMatching(/^op_\d+$/),
+        kind: 'memory.ingest',
+        status: 'succeeded',
+        attempts: 1,
+        error: null,
+        result: {
+          memories: {
+            added: [{ id: expect.any(String), text: 'I love hiking in the Alps' }],
+            duplicates: 0,
+          },
+          profile: { set: { favorite_color: 'blue' }, unset: [] },
+          events: {
+            added: [
+              { id: expect.any(String), date: '2024-05-01', description: 'I ran a marathon' },
+            ],
+            duplicates: 0,
+          },
+          summary: { turn_count: 1 },
+        },
+      });
+      const profile = await h.call('GET', '/v1/users/u1/profile');
+      expect(profile.body).toMatchObject({
+        attributes: { favorite_color: { value: 'blue', operation_id: res.body['id'] } },
+        summary: { turn_count: 1, text: expect.stringContaining('favorite_color = blue') },
+      });
+      expect((await h.call('GET', '/v1/users/u1/memories')).body['items']).toHaveLength(1);
+      expect(
+        (await h.call('GET', '/v1/users/u1/events?from=2024-01-01&to=2024-12-31')).body['items'],
+      ).toHaveLength(1);
+      expect((await h.call('GET', '/v1/users/u1/events?to=2023-12-31')).body['items']).toHaveLength(
+        0,
+      );
+      const search = await h.call('GET', '/v1/memory/search?user_id=u1&q=hiking&types=memory');
+      expect(search.body['items']).toEqual([
+        expect.objectContaining({
+          type: 'memory',
+          text: 'I love hiking in the Alps',
+          score: expect.any(Number),
+        }),
+      ]);
+    });
+
+    it('deduplicates facts and events per user and counts every turn', async () => {
+      const body = { user_id: 'u2', user_query: 'I prefer tea. On 2024-01-02 I met Ana.' };
+      await h.call('POST', '/v1/memory/ingest', body);
+      const second = await h.call('POST', '/v1/memory/ingest', {
+        ...body,
+        user_query: 'i prefer  TEA! On 2024-01-02, I met Ana.',
+      });
+      expect(second.body['result']).toMatchObject({
+        memories: { added: [], duplicates: 0 },
+        events: { added: [], duplicates: 1 },
+        summary: { turn_count: 2 },
+      });
+      const third = await h.call('POST', '/v1/memory/ingest', {
+        ...body,
+        user_query: 'I prefer tea.',
+      });
+      expect(third.body['result']).toMatchObject({
+        memories: { added: [], duplicates: 1 },
+        summary: { turn_count: 3 },
+      });
+    });
+
+    it('replays an idempotency key to the same operation and refuses it with another body', async () => {
+      const body = { user_id: 'u3', user_query: 'I like chess.', idempotency_key: 'k-1' };
+      const first = await h.call('POST', '/v1/memory/ingest', body);
+      const again = await h.call('POST', '/v1/memory/ingest', { ...body, wait: false });
+      expect(again.body['id']).toBe(first.body['id']);
+      const header = await h.call(
+        'POST',
+        '/v1/memory/ingest',
+        { user_id: 'u3', user_query: 'I like chess.' },
+        { 'idempotency-key': 'k-1' },
+      );
+      expect(header.body['id']).toBe(first.body['id']);
+      const other = await h.call('POST', '/v1/memory/ingest', {
+        ...body,
+        user_query: 'I like go.',
+      });
+      expect(other.status).toBe(409);
+      expect(other.body).toMatchObject({
+        error: { code: 'idempotency_conflict' },
+        request_id: expect.any(String),
+      });
+      expect(await countRows('turns')).toBe(1);
+    });
+
+    it('runs a batch in order as one parent with children, and rejects a batch with one invalid item whole', async () => {
+      const bad = await h.call('POST', '/v1/memory/batch-ingest', {
+        user_id: 'u4',
+        items: [{ user_query: 'My city is Oslo.' }, { user_query: '' }],
+      });
+      expect(bad.status).toBe(400);
+      expect(bad.body['error']).toMatchObject({
+        code: 'invalid_request',
+        details: [expect.objectContaining({ path: 'items.1.user_query' })],
+      });
+      expect(await countRows('jobs')).toBe(0);
+
+      const ok = await h.call('POST', '/v1/memory/batch-ingest', {
+        user_id: 'u4',
+        items: [
+          { user_query: 'My city is Oslo.' },
+          { user_query: 'My city is Bergen.' },
+          { user_query: 'I ski.' },
+        ],
+      });
+      expect(ok.status).toBe(202);
+      expect(ok.body).toMatchObject({ kind: 'memory.batch_ingest', children: { total: 3 } });
+      const id = ok.body['id'] as string;
+      let op = await h.call('GET', `/v1/operations/${id}?include=children`);
+      for (let i = 0; i < 200 && op.body['status'] !== 'succeeded'; i++) {
+        await new Promise((r) => setTimeout(r, 25));
+        op = await h.call('GET', `/v1/operations/${id}?include=children`);
+      }
+      expect(op.body).toMatchObject({ status: 'succeeded', children: { total: 3, succeeded: 3 } });
+      expect((op.body['items'] as { status: string }[]).map((c) => c.status)).toEqual([
+        'succeeded',
+        'succeeded',
+        'succeeded',
+      ]);
+      expect(
+        (await h.call('GET', '/v1/users/u4/profile')).body['attributes']['city']['value'],
+      ).toBe('Bergen');
+      expect((await h.call('GET', '/v1/users/u4/profile')).body['summary']['turn_count']).toBe(3);
+    });
+
+    it('lists operations by user and status, cancels pending work, and answers 404 for unknown ids', async () => {
+      await h.call('POST', '/v1/memory/ingest', { user_id: 'u5', user_query: 'I code.' });
+      const list = await h.call('GET', '/v1/operations?user_id=u5&status=succeeded');
+      expect(list.body).toMatchObject({
+        items: [expect.objectContaining({ kind: 'memory.ingest' })],
+        next_cursor: null,
+      });
+      expect((await h.call('GET', '/v1/operations/op_999999')).status).toBe(404);
+      expect((await h.call('GET', '/v1/operations/nonsense')).status).toBe(404);
+      expect((await h.call('POST', '/v1/operations/op_999999/cancel')).status).toBe(404);
+      const done = list.body['items'][0]['id'] as string;
+      expect((await h.call('POST', `/v1/operations/${done}/cancel`)).body['status']).toBe(
+        'succeeded',
+      );
+    });
+
+    it('deletes a user in the user lane: every read is empty afterwards', async () => {
+      await h.call('POST', '/v1/memory/ingest', {
+        user_id: 'u6',
+        user_query: 'My name is Zed. I like jazz. On 2024-03-03 I moved.',
+      });
+      const del = await h.call('DELETE', '/v1/users/u6');
+      expect([200, 202]).toContain(del.status);
+      expect(del.body['kind']).toBe('memory.delete_user');
+      let op = del.body;
+      for (let i = 0; i < 200 && op['status'] !== 'succeeded'; i++) {
+        await new Promise((r) => setTimeout(r, 25));
+        op = (await h.call('GET', `/v1/operations/${op['id'] as string}`)).body;
+      }
+      expect(op['status']).toBe('succeeded');
+      expect((await h.call('GET', '/v1/users/u6/profile')).body).toEqual({
+        attributes: {},
+        summary: { turn_count: 0, last_ingested_at: null, text: '' },
+      });
+      expect((await h.call('GET', '/v1/users/u6/memories')).body['items']).toEqual([]);
+      expect((await h.call('GET', '/v1/users/u6/events')).body['items']).toEqual([]);
+      expect((await h.call('GET', '/v1/memory/search?user_id=u6&q=jazz')).body['items']).toEqual(
+        [],
+      );
+    });
+
+    it('answers bad input with a 4xx error body and writes nothing', async () => {
+      const cases: [string, string, unknown, number][] = [
+        ['POST', '/v1/memory/ingest', '{not json', 400],
+        ['POST', '/v1/memory/ingest', '', 400],
+        ['POST', '/v1/memory/ingest', { user_id: 'u', user_query: 5 }, 400],
+        ['POST', '/v1/memory/ingest', { user_id: '', user_query: 'x' }, 400],
+        ['POST', '/v1/memory/ingest', { user_id: 'u', user_query: 'x', unknown_field: 1 }, 400],
+        [
+          'POST',
+          '/v1/memory/ingest',
+          { user_id: 'u', user_query: 'x', occurred_at: 'yesterday' },
+          400,
+        ],
+        ['POST', '/v1/memory/ingest', { user_id: 'u', user_query: 'x', timeout_ms: 999999 }, 400],
+        ['POST', '/v1/memory/ingest', [1, 2], 400],
+        ['POST', '/v1/memory/ingest', { user_id: 'x'.repeat(257), user_query: 'x' }, 400],
+        ['POST', '/v1/memory/batch-ingest', { user_id: 'u', items: [] }, 400],
+        ['GET', '/v1/memory/search?user_id=u&q=x&types=memory,nope', undefined, 400],
+        ['GET', '/v1/memory/search?q=x', undefined, 400],
+        ['GET', '/v1/operations?status=weird', undefined, 400],
+        ['GET', '/v1/users/u/memories?limit=0', undefined, 400],
+        ['GET', '/v1/users/u/events?from=2024-13-01', undefined, 400],
+        ['GET', '/v1/nowhere', undefined, 404],
+      ];
+      for (const [method, path, body, status] of cases) {
+        const res = await h.call(method, path, body);
+        expect({ path, body, status: res.status }).toEqual({ path, body, status });
+        expect(res.body).toMatchObject({
+          error: { code: expect.any(String), message: expect.any(String) },
+          request_id: expect.any(String),
+        });
+      }
+      const huge = await h.call('POST', '/v1/memory/ingest', {
+        user_id: 'u',
+        user_query: 'x'.repeat(10 * 1024 * 1024),
+      });
+      expect(huge.status).toBe(413);
+      expect(huge.body['error']['code']).toBe('payload_too_large');
+      expect(await countRows('jobs')).toBe(0);
+    });
+
+    it('serves health, readiness, metrics and the OpenAPI document', async () => {
+      expect((await h.call('GET', '/healthz')).status).toBe(200);
+      expect((await h.call('GET', '/readyz')).body).toEqual({ status: 'ready' });
+      const metrics = await h.call('GET', '/metrics');
+      expect(metrics.status).toBe(200);
+      expect(String(metrics.body)).toContain('mnemo_jobs_enqueued_total');
+      const doc = await h.call('GET', '/openapi.json');
+      expect(doc.body['openapi']).toBe('3.1.0');
+      expect(Object.keys(doc.body['paths'] as object)).toEqual(
+        expect.arrayContaining([
+          '/v1/memory/ingest',
+          '/v1/memory/batch-ingest',
+          '/v1/operations/{id}',
+          '/v1/users/{user_id}',
+        ]),
+      );
+    });
+  });
+
+  describe(`HTTP API with a slow extractor (${kind})`, () => {
+    it('answers 202 when the wait runs out, and a run past its timeout writes nothing and fails truthfully', async () => {
+      const never: Extractor = {
+        name: 'stuck',
+        extract: (_turn, signal) =>
+          new Promise((_resolve, reject) =>
+            signal.addEventListener('abort', () => reject(signal.reason as Error)),
+          ),
+      };
+      const h = await openHttp(kind, 'http:slow', {
+        extractor: never,
+        env: { MNEMO_LLM_TIMEOUT_MS: '100' },
+      });
+      try {
+        const res = await h.call('POST', '/v1/memory/ingest', {
+          user_id: 'u',
+          user_query: 'I wait.',
+          timeout_ms: 50,
+        });
+        expect(res.status).toBe(202);
+        expect(['pending', 'running']).toContain(res.body['status']);
+        const id = res.body['id'] as string;
+        let op = res.body;
+        for (let i = 0; i < 400 && op['status'] !== 'failed'; i++) {
+          await new Promise((r) => setTimeout(r, 25));
+          op = (await h.call('GET', `/v1/operations/${id}`)).body;
+        }
+        expect(op).toMatchObject({ status: 'failed', attempts: 3, error: { code: 'timeout' } });
+        const [turns] = await h.mnemo.store.query<{ n: number }>(
+          'select count(*)::int as n from turns',
+        );
+        expect(turns?.n).toBe(0);
+      } finally {
+        await h.dispose();
+      }
+    });
+  });
+}

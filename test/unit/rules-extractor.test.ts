@@ -1,0 +1,46 @@
+import { describe, expect, it } from 'vitest';
+
+import { extractByRules } from '../../src/memory/extractors/rules.ts';
+
+describe('rules extractor', () => {
+  it('reads profile attributes in snake_case, location and age', () => {
+    const out = extractByRules({
+      userQuery:
+        'My favorite color is blue. My name is Ada Lovelace! I live in London. I am 36 years old.',
+    });
+    expect(out.set).toEqual({
+      favorite_color: 'blue',
+      name: 'Ada Lovelace',
+      location: 'London',
+      age: '36',
+    });
+    expect(out.memories).toEqual([]);
+  });
+
+  it('takes the last of several values and lets forget remove an attribute', () => {
+    expect(extractByRules({ userQuery: 'I moved to Paris. I moved to Rome.' }).set).toEqual({
+      location: 'Rome',
+    });
+    const out = extractByRules({ userQuery: 'Forget my favorite color.' });
+    expect(out).toMatchObject({ set: {}, unset: ['favorite_color'] });
+  });
+
+  it('reads temporal events in both word orders and rejects impossible dates', () => {
+    const out = extractByRules({
+      userQuery:
+        'On 2024-05-01, I ran a marathon. I visited Kyoto on 2023-11-20. I left on 2024-02-30.',
+    });
+    expect(out.events).toEqual([
+      { date: '2024-05-01', description: 'I ran a marathon' },
+      { date: '2023-11-20', description: 'I visited Kyoto' },
+    ]);
+    expect(out.memories).toEqual(['I left on 2024-02-30']);
+  });
+
+  it('keeps other declarative sentences as memories, once each, and skips questions and exclamations', () => {
+    const out = extractByRules({
+      userQuery: 'I prefer tea over coffee. What time is it? Wow! i prefer  tea over coffee. Hello',
+    });
+    expect(out.memories).toEqual(['I prefer tea over coffee']);
+  });
+});
