@@ -1,0 +1,125 @@
+import fc from 'fast-check';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { openHttp } from '../helpers/http.ts';
+
+type Harness = Awaited<ReturnType<typeof openHttp>>;
+
+// Values of every JSON type, including the right field names with wrong types.
+const anyJson = fc.jsonValue({ maxDepth: 3 });
+const ingestLike = fc.record(
+  {
+    user_id: fc.oneof(fc.string({ maxLength: 300 }), anyJson),
+    user_query: fc.oneof(fc.string({ maxLength: 50 }), anyJson),
+    agent_response: anyJson,
+    source: anyJson,
+    occurred_at: fc.oneof(
+      fc.date({ noInvalidDate: true }).map((d) => d.toISOString()),
+      anyJson,
+    ),
+    metadata: anyJson,
+    wait: fc.oneof(fc.constant(false), anyJson),
+    timeout_ms: anyJson,
+    idempotency_key: anyJson,
+    items: fc.array(anyJson, { maxLength: 3 }),
+  },
+  { requiredKeys: [] },
+);
+const body = fc.oneof(
+  anyJson.map((v) => JSON.stringify(v)),
+  ingestLike.map((v) => JSON.stringify({ ...v, wait: false })),
+  fc.string({ maxLength: 80 }),
+);
+const queryValue = fc.oneof(
+  fc.string({ maxLength: 20 }),
+  fc.integer().map(String),
+  fc.constantFrom('memory,event', '2024-01-01', 'op_1', '-1', ''),
+);
+const query = fc.dictionary(
+  fc.constantFrom(
+    'user_id',
+    'q',
+    'limit',
+    'types',
+    'cursor',
+    'status',
+    'kind',
+    'from',
+    'to',
+    'include',
+    'x',
+  ),
+  queryValue,
+  { maxKeys: 4 },
+);
+const pathPart = fc.oneof(
+  fc.string({ minLength: 1, maxLength: 20 }),
+  fc.constantFrom('op_1', 'op_99999999999', 'u1'),
+);
+
+describe('HTTP API under random input (fast-check)', () => {
+  let h: Harness;
+
+  beforeAll(async () => {
+    h = await openHttp('pglite', 'fuzz', { worker: false });
+  });
+
+  afterAll(async () => {
+    await h.dispose();
+  });
+
+  const jobs = async () =>
+    (await h.mnemo.store.query<{ n: number }>('select count(*)::int as n from jobs'))[0]?.n ?? -1;
+
+  it('never answers 500, always with an error body on 4xx, and writes nothing when it refuses', async () => {
+    const routes = fc.oneof(
+      fc.tuple(
+        fc.constant('POST'),
+        fc.constantFrom('/v1/memory/ingest', '/v1/memory/batch-ingest'),
+        body,
+      ),
+      fc.tuple(
+        fc.constant('DELETE'),
+        pathPart.map((p) => `/v1/users/${encodeURIComponent(p)}`),
+        body,
+      ),
+      fc.tuple(
+        fc.constant('POST'),
+        pathPart.map((p) => `/v1/operations/${encodeURIComponent(p)}/cancel`),
+        body,
+      ),
+      fc.tuple(
+        fc.constant('GET'),
+        fc
+          .tuple(
+            fc.constantFrom(
+              '/v1/memory/search',
+              '/v1/operations',
+              '/v1/operations/op_1',
+              '/v1/users/u1/profile',
+              '/v1/users/u1/memories',
+              '/v1/users/u1/events',
+            ),
+            query,
+          )
+          .map(([p, q]) => `${p}?${new URLSearchParams(q).toString()}`),
+        fc.constant(undefined),
+      ),
+    );
+    await fc.assert(
+      fc.asyncProperty(routes, async ([method, path, payload]) => {
+        const before = await jobs();
+        const res = await h.call(method, path, payload);
+        expect(res.status).toBeLessThan(500);
+        expect(res.headers.get('x-request-id')).toBeTruthy();
+        if (res.status >= 400) {
+          expect(res.body).toMatchObject({
+            error: { code: expect.any(String), message: expect.any(String) },
+          });
+          expect(await jobs()).toBe(before);
+        }
+      }),
+      { numRuns: Number(process.env['MNEMO_FUZZ_RUNS'] ?? '400') },
+    );
+  });
+});

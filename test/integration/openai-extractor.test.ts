@@ -1,0 +1,86 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { createOpenAiExtractor } from '../../src/memory/extractors/openai.ts';
+import { type FakeLlm, startFakeLlm } from '../helpers/fake-llm.ts';
+import { openHttp } from '../helpers/http.ts';
+
+describe('OpenAI-compatible extractor (against a local chat-completions server)', () => {
+  let llm: FakeLlm;
+
+  beforeAll(async () => {
+    llm = await startFakeLlm();
+  });
+
+  afterAll(async () => {
+    await llm.close();
+  });
+
+  const signal = () => new AbortController().signal;
+
+  it('sends the model, key and turn, and validates the JSON answer', async () => {
+    const extractor = createOpenAiExtractor({ baseUrl: llm.url, model: 'tiny', apiKey: 'sk-test' });
+    const out = await extractor.extract(
+      { userQuery: 'My name is Ada. I like tea.', agentResponse: 'Hi Ada' },
+      signal(),
+    );
+    expect(out).toEqual({ set: { name: 'Ada' }, unset: [], events: [], memories: ['I like tea'] });
+    const last = llm.requests.at(-1);
+    expect(last).toMatchObject({ model: 'tiny', authorization: 'Bearer sk-test' });
+    expect(last?.messages[1]?.content).toBe('User: My name is Ada. I like tea.\nAssistant: Hi Ada');
+  });
+
+  it('maps 5xx, 429, timeouts and malformed output to retryable errors and other 4xx to final ones', async () => {
+    const extractor = createOpenAiExtractor({ baseUrl: llm.url, model: 'tiny', timeoutMs: 100 });
+    llm.failNext(1, 503);
+    await expect(extractor.extract({ userQuery: 'x y' }, signal())).rejects.toMatchObject({
+      code: 'unavailable',
+      retryable: true,
+    });
+    llm.failNext(1, 429);
+    await expect(extractor.extract({ userQuery: 'x y' }, signal())).rejects.toMatchObject({
+      retryable: true,
+    });
+    llm.failNext(1, 400);
+    await expect(extractor.extract({ userQuery: 'x y' }, signal())).rejects.toMatchObject({
+      code: 'internal',
+      retryable: false,
+    });
+    llm.garbleNext(1);
+    await expect(extractor.extract({ userQuery: 'x y' }, signal())).rejects.toMatchObject({
+      retryable: true,
+    });
+    llm.latencyMs = 500;
+    await expect(extractor.extract({ userQuery: 'x y' }, signal())).rejects.toMatchObject({
+      code: 'unavailable',
+      retryable: true,
+    });
+    llm.latencyMs = 0;
+    // The timed-out request is still being answered: let it finish before the next test.
+    await new Promise((resolve) => setTimeout(resolve, 600));
+    const refused = createOpenAiExtractor({ baseUrl: 'http://127.0.0.1:1/v1', model: 'm' });
+    await expect(refused.extract({ userQuery: 'x y' }, signal())).rejects.toMatchObject({
+      code: 'unavailable',
+    });
+  });
+
+  it('drives ingest end to end, a failed first call being retried by the engine', async () => {
+    const h = await openHttp('pglite', 'openai', {
+      env: { MNEMO_EXTRACTOR: 'openai', MNEMO_LLM_BASE_URL: llm.url, MNEMO_LLM_MODEL: 'tiny' },
+    });
+    try {
+      llm.failNext(1, 502);
+      const res = await h.call('POST', '/v1/memory/ingest', {
+        user_id: 'u',
+        user_query: 'My job is pilot.',
+        timeout_ms: 20_000,
+      });
+      expect(res.body).toMatchObject({
+        status: 'succeeded',
+        attempts: 2,
+        result: { profile: { set: { job: 'pilot' } } },
+      });
+    } finally {
+      await h.dispose();
+    }
+  });
+});
