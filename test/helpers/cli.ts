@@ -66,8 +66,12 @@ export interface JsonProcess {
 }
 
 /** Starts `node --import tsx <script>` in the repository root. */
-export function startJsonProcess(script: string, env: Record<string, string>): JsonProcess {
-  const child = spawn(process.execPath, ['--import', 'tsx', script], {
+export function startJsonProcess(
+  script: string,
+  env: Record<string, string>,
+  args: readonly string[] = [],
+): JsonProcess {
+  const child = spawn(process.execPath, ['--import', 'tsx', script, ...args], {
     cwd: repoRoot,
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'inherit'],
