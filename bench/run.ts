@@ -3,13 +3,19 @@
  * them to bench/results/. Bounded in count and time; loopback services only.
  */
 import { runEngineBench } from './engine.ts';
+import { runIngestBench } from './ingest.ts';
 
 const [name, parts] = process.argv.slice(2);
 switch (name) {
   case 'engine':
     await runEngineBench(parts);
     break;
+  case 'ingest':
+    await runIngestBench(parts);
+    break;
   default:
-    process.stderr.write('usage: npm run bench -- engine [throughput,latency,memory]\n');
+    process.stderr.write(
+      'usage: npm run bench -- engine [throughput,latency,memory] | ingest [postgres,pglite]\n',
+    );
     process.exitCode = 2;
 }

@@ -28,6 +28,8 @@ export interface WorkerOptions {
   shutdownGraceMs?: number;
   /** Completions per transaction at most. @defaultValue 200 */
   maxBatch?: number;
+  /** Completion transactions in flight at once (they touch different lanes). @defaultValue 4 */
+  maxParallelCompletions?: number;
   /** Shown in `locked_by`. @defaultValue host:pid:random */
   workerId?: string;
 }
@@ -76,7 +78,10 @@ export class Worker {
   readonly #toComplete: Running[] = [];
   readonly #wake = new WakeSignal();
   readonly #stopController = new AbortController();
-  #flushing: Promise<void> | undefined;
+  #flushes = 0;
+  #flushScheduled = false;
+  #completing = 0;
+  readonly #maxFlushes: number;
   #claiming = 0;
   #heartbeating: Promise<void> | undefined;
   #reaping: Promise<void> | undefined;
@@ -95,6 +100,7 @@ export class Worker {
     this.#reapMs = options.reapIntervalMs ?? Math.min(Math.floor(this.#leaseMs / 2), 5000);
     this.#graceMs = options.shutdownGraceMs ?? 10_000;
     this.#maxBatch = options.maxBatch ?? 200;
+    this.#maxFlushes = options.maxParallelCompletions ?? 4;
     this.id = options.workerId ?? `${hostname()}:${process.pid}:${createId('w').slice(2, 10)}`;
     this.#kinds = [...deps.handlers.keys()];
     if (!Number.isInteger(this.#concurrency) || this.#concurrency < 1) {
@@ -275,30 +281,42 @@ export class Worker {
   }
 
   #flushSoon(): void {
-    if (this.#flushing !== undefined) {
-      return; // the running flush picks up what was queued meanwhile
+    if (
+      this.#flushScheduled ||
+      this.#toComplete.length === 0 ||
+      this.#flushes >= this.#maxFlushes
+    ) {
+      return; // a flush in flight or about to start picks up what is queued
     }
     // Start on the next turn of the event loop, so that every compute finishing in this
     // turn rides in the same transaction.
-    this.#flushing = new Promise<void>((resolve) => setImmediate(resolve))
-      .then(() => this.#flushAll())
-      .finally(() => {
-        this.#flushing = undefined;
-        if (this.#toComplete.length > 0) {
-          this.#flushSoon();
-        }
+    this.#flushScheduled = true;
+    setImmediate(() => {
+      this.#flushScheduled = false;
+      if (this.#toComplete.length === 0 || this.#flushes >= this.#maxFlushes) {
+        return;
+      }
+      const batch = this.#toComplete.splice(0, this.#maxBatch);
+      this.#flushes += 1;
+      void this.#flush(batch).finally(() => {
+        this.#flushes -= 1;
+        this.#flushSoon();
       });
+      // Completions of other lanes need not wait for this one to commit.
+      this.#flushSoon();
+    });
   }
 
-  async #flushAll(): Promise<void> {
-    while (this.#toComplete.length > 0) {
-      const batch = this.#toComplete.splice(0, this.#maxBatch);
+  async #flush(batch: Running[]): Promise<void> {
+    {
       // The slots this batch frees are refilled in the same transaction: one commit per
       // cycle instead of two, and lane heads promoted by the batch are claimed at once.
+      // Slots of batches completing in parallel are refilled by their own flushes.
       const refill = this.#stopController.signal.aborted
         ? 0
-        : Math.max(0, this.#freeSlots() + batch.length);
+        : Math.max(0, this.#freeSlots() + this.#completing + batch.length);
       this.#claiming += refill;
+      this.#completing += batch.length;
       let claimed: ClaimedRow[] = [];
       try {
         const applies = batch.some((r) => r.outcome?.ok === true && r.handler.apply !== undefined);
@@ -323,6 +341,7 @@ export class Worker {
         this.#wake.notify();
       } finally {
         this.#claiming -= refill;
+        this.#completing -= batch.length;
       }
       for (const running of batch) {
         // The same job may hold a slot again by now (reaped and re-claimed by this worker).

@@ -34,109 +34,93 @@ export function userLane(userId: string): string {
   return `user:${userId}`;
 }
 
-async function writeProfile(tx: Queryable, ctx: JobContext<IngestPayload>, found: Extraction) {
-  const { tenantId } = ctx;
-  const userId = ctx.payload.user_id;
+// Every write of one ingest in one statement (the profile, facts and events with their
+// dedup keys, the turn, the turn count), then the summary text, which must see the new rows.
+// Two round trips instead of eight: the apply runs inside the job's completion transaction.
+const WRITE_TURN_SQL = `with
+  profile_set as (
+    insert into profile_attributes (tenant_id, user_id, key, value, operation_id)
+    select $1, $2, k, v, $3 from unnest($4::text[], $5::text[]) as a(k, v)
+    on conflict (tenant_id, user_id, key)
+    do update set value = excluded.value, operation_id = excluded.operation_id, updated_at = now()
+    returning key),
+  profile_unset as (
+    delete from profile_attributes
+    where tenant_id = $1 and user_id = $2 and key = any($6::text[]) returning key),
+  facts as (
+    insert into memories (tenant_id, user_id, text, norm, source, operation_id, occurred_at)
+    select $1, $2, t, n, $9, $3, $10::timestamptz
+    from unnest($7::text[], $8::text[]) with ordinality as m(t, n, i) order by i
+    on conflict (tenant_id, user_id, norm) do nothing
+    returning id, text),
+  dated as (
+    insert into events (tenant_id, user_id, date, description, norm, operation_id)
+    select $1, $2, d::date, t, n, $3
+    from unnest($11::text[], $12::text[], $13::text[]) with ordinality as e(d, t, n, i) order by i
+    on conflict (tenant_id, user_id, date, norm) do nothing
+    returning id, date::text as date, description),
+  turn as (
+    insert into turns (tenant_id, user_id, user_query, agent_response, source, session_id,
+      operation_id, occurred_at)
+    values ($1, $2, $14, $15, $9, $16, $3, coalesce($10::timestamptz, now()))
+    returning id),
+  summary as (
+    insert into user_summaries as s (tenant_id, user_id, turn_count, last_ingested_at, text)
+    values ($1, $2, 1, now(), '')
+    on conflict (tenant_id, user_id)
+    do update set turn_count = s.turn_count + 1, last_ingested_at = now()
+    returning turn_count)
+  select
+    (select coalesce(json_agg(json_build_object('id', 'mem_' || f.id, 'text', f.text) order by f.id), '[]'::json) from facts f) as facts,
+    (select coalesce(json_agg(json_build_object('id', 'evt_' || d.id, 'date', d.date, 'description', d.description) order by d.id), '[]'::json) from dated d) as events,
+    (select turn_count from summary) as turn_count`;
+
+const SUMMARY_TEXT_SQL = `update user_summaries set text = concat_ws(' ',
+    (select 'Profile: ' || string_agg(key || ' = ' || value, '; ' order by key) || '.'
+       from profile_attributes where tenant_id = $1 and user_id = $2),
+    (select 'Recent: ' || string_agg(text, '; ' order by id desc) || '.'
+       from (select id, text from memories where tenant_id = $1 and user_id = $2
+             order by id desc limit 5) m))
+  where tenant_id = $1 and user_id = $2`;
+
+async function writeTurn(
+  tx: Queryable,
+  ctx: JobContext<IngestPayload>,
+  found: Extraction,
+): Promise<IngestResult> {
+  const p = ctx.payload;
   const keys = Object.keys(found.set);
-  if (keys.length > 0) {
-    await tx.query(
-      `insert into profile_attributes (tenant_id, user_id, key, value, operation_id)
-       select $1, $2, k, v, $5 from unnest($3::text[], $4::text[]) as a(k, v)
-       on conflict (tenant_id, user_id, key)
-       do update set value = excluded.value, operation_id = excluded.operation_id, updated_at = now()`,
-      [tenantId, userId, keys, keys.map((k) => found.set[k] ?? ''), ctx.id],
-    );
-  }
-  if (found.unset.length > 0) {
-    await tx.query(
-      'delete from profile_attributes where tenant_id = $1 and user_id = $2 and key = any($3::text[])',
-      [tenantId, userId, found.unset],
-    );
-  }
-}
-
-async function writeMemories(
-  tx: Queryable,
-  ctx: JobContext<IngestPayload>,
-  texts: readonly string[],
-) {
-  if (texts.length === 0) {
-    return { added: [], duplicates: 0 };
-  }
-  const rows = await tx.query<{ id: number; text: string }>(
-    `insert into memories (tenant_id, user_id, text, norm, source, operation_id, occurred_at)
-     select $1, $2, t, n, $5, $6, $7::timestamptz from unnest($3::text[], $4::text[]) with ordinality as m(t, n, i)
-     order by i
-     on conflict (tenant_id, user_id, norm) do nothing
-     returning id, text`,
-    [
-      ctx.tenantId,
-      ctx.payload.user_id,
-      texts,
-      texts.map(normalizeText),
-      ctx.payload.source ?? null,
-      ctx.id,
-      ctx.payload.occurred_at ?? null,
-    ],
-  );
+  const [row] = await tx.query<{
+    facts: { id: string; text: string }[];
+    events: { id: string; date: string; description: string }[];
+    turn_count: number;
+  }>(WRITE_TURN_SQL, [
+    ctx.tenantId,
+    p.user_id,
+    ctx.id,
+    keys,
+    keys.map((k) => found.set[k] ?? ''),
+    found.unset,
+    found.memories,
+    found.memories.map(normalizeText),
+    p.source ?? null,
+    p.occurred_at ?? null,
+    found.events.map((e) => e.date),
+    found.events.map((e) => e.description),
+    found.events.map((e) => normalizeText(e.description)),
+    p.user_query,
+    p.agent_response ?? null,
+    p.session_id ?? null,
+  ]);
+  await tx.query(SUMMARY_TEXT_SQL, [ctx.tenantId, p.user_id]);
+  const facts = row?.facts ?? [];
+  const events = row?.events ?? [];
   return {
-    added: rows.map((r) => ({ id: `mem_${r.id}`, text: r.text })),
-    duplicates: texts.length - rows.length,
+    memories: { added: facts, duplicates: found.memories.length - facts.length },
+    profile: { set: found.set, unset: found.unset },
+    events: { added: events, duplicates: found.events.length - events.length },
+    summary: { turn_count: row?.turn_count ?? 0 },
   };
-}
-
-async function writeEvents(
-  tx: Queryable,
-  ctx: JobContext<IngestPayload>,
-  events: Extraction['events'],
-) {
-  if (events.length === 0) {
-    return { added: [], duplicates: 0 };
-  }
-  const rows = await tx.query<{ id: number; date: string; description: string }>(
-    `insert into events (tenant_id, user_id, date, description, norm, operation_id)
-     select $1, $2, d::date, t, n, $6 from unnest($3::text[], $4::text[], $5::text[]) with ordinality as e(d, t, n, i)
-     order by i
-     on conflict (tenant_id, user_id, date, norm) do nothing
-     returning id, date::text as date, description`,
-    [
-      ctx.tenantId,
-      ctx.payload.user_id,
-      events.map((e) => e.date),
-      events.map((e) => e.description),
-      events.map((e) => normalizeText(e.description)),
-      ctx.id,
-    ],
-  );
-  return {
-    added: rows.map((r) => ({ id: `evt_${r.id}`, date: r.date, description: r.description })),
-    duplicates: events.length - rows.length,
-  };
-}
-
-/** The deterministic summary text: profile, then the latest facts. */
-async function writeSummary(tx: Queryable, ctx: JobContext<IngestPayload>): Promise<number> {
-  const { tenantId } = ctx;
-  const userId = ctx.payload.user_id;
-  const [row] = await tx.query<{ turn_count: number }>(
-    `insert into user_summaries as s (tenant_id, user_id, turn_count, last_ingested_at, text)
-     values ($1, $2, 1, now(), '')
-     on conflict (tenant_id, user_id)
-     do update set turn_count = s.turn_count + 1, last_ingested_at = now()
-     returning turn_count`,
-    [tenantId, userId],
-  );
-  await tx.query(
-    `update user_summaries set text = concat_ws(' ',
-        (select 'Profile: ' || string_agg(key || ' = ' || value, '; ' order by key) || '.'
-           from profile_attributes where tenant_id = $1 and user_id = $2),
-        (select 'Recent: ' || string_agg(text, '; ' order by id desc) || '.'
-           from (select id, text from memories where tenant_id = $1 and user_id = $2
-                 order by id desc limit 5) m))
-      where tenant_id = $1 and user_id = $2`,
-    [tenantId, userId],
-  );
-  return row?.turn_count ?? 0;
 }
 
 /** Registers the memory jobs with the engine. */
@@ -157,34 +141,9 @@ export function registerMemoryJobs(
         },
         ctx.signal,
       ),
-    async apply(tx, found, ctx): Promise<IngestResult> {
-      // The lane makes this the only writer of this user's memory right now, and the
-      // lease check before apply makes it the only attempt whose writes commit.
-      await writeProfile(tx, ctx, found);
-      const memories = await writeMemories(tx, ctx, found.memories);
-      const events = await writeEvents(tx, ctx, found.events);
-      await tx.query(
-        `insert into turns (tenant_id, user_id, user_query, agent_response, source, session_id, operation_id, occurred_at)
-         values ($1, $2, $3, $4, $5, $6, $7, coalesce($8::timestamptz, now()))`,
-        [
-          ctx.tenantId,
-          ctx.payload.user_id,
-          ctx.payload.user_query,
-          ctx.payload.agent_response ?? null,
-          ctx.payload.source ?? null,
-          ctx.payload.session_id ?? null,
-          ctx.id,
-          ctx.payload.occurred_at ?? null,
-        ],
-      );
-      const turnCount = await writeSummary(tx, ctx);
-      return {
-        memories,
-        profile: { set: found.set, unset: found.unset },
-        events,
-        summary: { turn_count: turnCount },
-      };
-    },
+    // The lane makes this the only writer of this user's memory right now, and the lease
+    // check before apply makes it the only attempt whose writes commit.
+    apply: (tx, found, ctx) => writeTurn(tx, ctx, found),
   });
 
   engine.register<{ user_id: string }, void>(MemoryJob.DeleteUser, {

@@ -9,6 +9,9 @@ import { describePg, dropSchema, testDatabaseUrl, testSchemaName } from '../help
 
 const LLM_LATENCY_MS = 50;
 
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- tests probe response JSON freely
+type Json = Record<string, any>;
+
 describePg('memory ingestion through 2 server processes sharing PostgreSQL', () => {
   const schema = testSchemaName('ingest-processes');
   const servers: JsonProcess[] = [];
@@ -61,7 +64,7 @@ describePg('memory ingestion through 2 server processes sharing PostgreSQL', () 
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify(body),
     });
-    return { status: res.status, body: (await res.json()) as Record<string, any> };
+    return { status: res.status, body: (await res.json()) as Json };
   };
 
   it('keeps every attribute of 90 concurrent ingests from 3 sources, counts 90 turns, lets the last one win, and never overlaps them', async () => {
@@ -79,9 +82,7 @@ describePg('memory ingestion through 2 server processes sharing PostgreSQL', () 
     );
     expect(responses.every((r) => r.status === 200 && r.body['status'] === 'succeeded')).toBe(true);
 
-    const profile = (await (
-      await fetch(`${urls[0]}/v1/users/shared-user/profile`)
-    ).json()) as Record<string, any>;
+    const profile = (await (await fetch(`${urls[0]}/v1/users/shared-user/profile`)).json()) as Json;
     const attributes = profile['attributes'] as Record<
       string,
       { value: string; operation_id: string }
