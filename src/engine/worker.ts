@@ -79,6 +79,7 @@ export class Worker {
   readonly #wake = new WakeSignal();
   readonly #stopController = new AbortController();
   #flushes = 0;
+  #applyFlushes = 0;
   #flushScheduled = false;
   #completing = 0;
   readonly #maxFlushes: number;
@@ -280,12 +281,20 @@ export class Worker {
     }
   }
 
+  /**
+   * Another completion may start while others are in flight only if those are apply
+   * transactions (several round trips each); quick autocommit completions batch better one
+   * at a time.
+   */
+  #mayFlush(): boolean {
+    return (
+      this.#flushes === 0 ||
+      (this.#flushes < this.#maxFlushes && this.#flushes === this.#applyFlushes)
+    );
+  }
+
   #flushSoon(): void {
-    if (
-      this.#flushScheduled ||
-      this.#toComplete.length === 0 ||
-      this.#flushes >= this.#maxFlushes
-    ) {
+    if (this.#flushScheduled || this.#toComplete.length === 0 || !this.#mayFlush()) {
       return; // a flush in flight or about to start picks up what is queued
     }
     // Start on the next turn of the event loop, so that every compute finishing in this
@@ -293,13 +302,16 @@ export class Worker {
     this.#flushScheduled = true;
     setImmediate(() => {
       this.#flushScheduled = false;
-      if (this.#toComplete.length === 0 || this.#flushes >= this.#maxFlushes) {
+      if (this.#toComplete.length === 0 || !this.#mayFlush()) {
         return;
       }
       const batch = this.#toComplete.splice(0, this.#maxBatch);
+      const applies = batch.some((r) => r.outcome?.ok === true && r.handler.apply !== undefined);
       this.#flushes += 1;
-      void this.#flush(batch).finally(() => {
+      this.#applyFlushes += applies ? 1 : 0;
+      void this.#flush(batch, applies).finally(() => {
         this.#flushes -= 1;
+        this.#applyFlushes -= applies ? 1 : 0;
         this.#flushSoon();
       });
       // Completions of other lanes need not wait for this one to commit.
@@ -307,7 +319,7 @@ export class Worker {
     });
   }
 
-  async #flush(batch: Running[]): Promise<void> {
+  async #flush(batch: Running[], applies: boolean): Promise<void> {
     {
       // The slots this batch frees are refilled in the same transaction: one commit per
       // cycle instead of two, and lane heads promoted by the batch are claimed at once.
@@ -319,7 +331,6 @@ export class Worker {
       this.#completing += batch.length;
       let claimed: ClaimedRow[] = [];
       try {
-        const applies = batch.some((r) => r.outcome?.ok === true && r.handler.apply !== undefined);
         // Without applies the whole completion is one autocommit statement; with them, the
         // applies and the completion share one fenced transaction.
         const done = applies
