@@ -136,7 +136,6 @@ describePg('memory ingestion through 2 server processes sharing PostgreSQL', () 
   it('runs 50 users × 20 ingests in parallel across users and in order within each user', async () => {
     const USERS = 50;
     const PER_USER = 20;
-    const started = performance.now();
     const accepted: { user: number; n: number; id: string }[] = [];
     for (let n = 0; n < PER_USER; n++) {
       const batch = await Promise.all(
@@ -157,10 +156,16 @@ describePg('memory ingestion through 2 server processes sharing PostgreSQL', () 
       );
       return row?.n === 0;
     }, 120_000);
-    const seconds = (performance.now() - started) / 1000;
-    const serialSeconds = (USERS * PER_USER * LLM_LATENCY_MS) / 1000;
-    // 20 slots in all: ideally 50 s / 20 = 2.5 s; far below the serial sum whatever the noise.
-    expect(seconds).toBeLessThan(serialSeconds / 4);
+    // Users proceed in parallel: at the busiest moment many users' jobs were running at once
+    // (proven from the jobs' own run intervals, not from wall time, which CI load bends).
+    const [busiest] = await store.query<{ users: number }>(
+      `select max(n)::int as users from (
+         select (select count(distinct b.payload->>'user_id') from jobs b
+                  where b.kind = 'memory.ingest' and b.payload->>'user_id' like 'load-%'
+                    and b.started_at <= a.started_at and b.finished_at > a.started_at) as n
+           from jobs a where a.kind = 'memory.ingest' and a.payload->>'user_id' like 'load-%') t`,
+    );
+    expect(busiest?.users).toBeGreaterThanOrEqual(4);
 
     const rows = await store.query<{ user_id: string; value: string; turn_count: number }>(
       `select s.user_id, p.value, s.turn_count from user_summaries s
