@@ -66,6 +66,5 @@ create table user_summaries (
   user_id text not null,
   turn_count integer not null default 0,
   last_ingested_at timestamptz,
-  text text not null default '',
   constraint user_summaries_pkey primary key (tenant_id, user_id)
 );

@@ -201,6 +201,7 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
   registerMemoryJobs(engine, extractor, { timeoutMs: config.llmTimeoutMs * 2 });
 
   async function finish(tenantId: string, job: Job, opts: WriteOptions): Promise<WriteOutcome> {
+    engine.wakeWorkers();
     let current = job;
     if (opts.wait && !TERMINAL.has(job.status)) {
       current = await engine.waitFor(tenantId, job.id, { timeoutMs: opts.timeoutMs });

@@ -297,8 +297,7 @@ CREATE TABLE mnemo.user_summaries (
     tenant_id text NOT NULL,
     user_id text NOT NULL,
     turn_count integer DEFAULT 0 NOT NULL,
-    last_ingested_at timestamp with time zone,
-    text text DEFAULT ''::text NOT NULL
+    last_ingested_at timestamp with time zone
 );
 
 ALTER TABLE ONLY mnemo.events

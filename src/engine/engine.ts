@@ -82,6 +82,11 @@ export interface Engine {
   cancel(tenantId: string, id: number): Promise<Job>;
   /** Waits until the job is finished or the timeout passes; returns it as it stands then. */
   waitFor(tenantId: string, id: number, options: WaitOptions): Promise<Job>;
+  /**
+   * Optional: tells this process's workers that a transaction which enqueued work has just
+   * committed, so they claim without waiting for the NOTIFY to come back from the database.
+   */
+  wakeWorkers(): void;
   /** Starts a worker in this process. */
   startWorker(options?: WorkerOptions): Promise<Worker>;
   /** Stops every worker (graceful) and the waiter. */
@@ -233,9 +238,22 @@ export function createEngine(deps: {
         await waiter.next(id, Math.min(left, poll), signal);
       }
     },
+    wakeWorkers() {
+      for (const worker of workers) {
+        worker.wake();
+      }
+    },
     async startWorker(workerOptions) {
       const worker = new Worker(
-        { store, handlers, metrics, logger, channels, defaultTimeoutMs },
+        {
+          store,
+          handlers,
+          metrics,
+          logger,
+          channels,
+          defaultTimeoutMs,
+          onFinished: (ids) => waiter.wake(ids),
+        },
         workerOptions,
       );
       workers.add(worker);

@@ -21,18 +21,21 @@ export class CompletionWaiter {
     this.#logger = logger;
   }
 
+  /** Wakes the waiters of `ids` (finished jobs); used for notifications and local completions. */
+  wake(ids: Iterable<number>): void {
+    for (const id of ids) {
+      const waiters = this.#waiters.get(id);
+      if (waiters !== undefined) {
+        for (const wake of waiters) {
+          wake();
+        }
+      }
+    }
+  }
+
   #ensureListening(): Promise<void> {
     this.#listening ??= this.#store
-      .listen(this.#channel, (payload) => {
-        for (const part of payload.split(',')) {
-          const waiters = this.#waiters.get(Number(part));
-          if (waiters !== undefined) {
-            for (const wake of waiters) {
-              wake();
-            }
-          }
-        }
-      })
+      .listen(this.#channel, (payload) => this.wake(payload.split(',').map(Number)))
       .then((unlisten) => {
         this.#unlisten = unlisten;
       })

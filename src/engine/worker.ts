@@ -9,8 +9,14 @@ import { DEFAULT_BACKOFF, retryDelayMs } from './backoff.ts';
 import type { EngineMetrics } from './metrics.ts';
 import { WakeSignal } from './signal.ts';
 import { type ClaimedRow, claimJobs, extendLeases, findExpired } from './sql/claim.ts';
-import { applyTransitions, lockLanesOf, type Transition } from './sql/transition.ts';
-import type { JobContext, JobError, JobHandler } from './types.ts';
+import { applyTransitions, type Transition } from './sql/transition.ts';
+import {
+  type JobContext,
+  type JobError,
+  type JobHandler,
+  type JobStatus,
+  TERMINAL_STATUSES,
+} from './types.ts';
 
 /** How a worker runs. */
 export interface WorkerOptions {
@@ -42,6 +48,8 @@ export interface WorkerDeps {
   logger: Logger;
   channels: { jobs: string; done: string };
   defaultTimeoutMs: number;
+  /** Called after a completion commits with the ids of jobs (and parents) it finished. */
+  onFinished?: (ids: number[]) => void;
 }
 
 type Outcome = { ok: true; computed: unknown } | { ok: false; error: Error; release?: boolean };
@@ -49,9 +57,10 @@ type Outcome = { ok: true; computed: unknown } | { ok: false; error: Error; rele
 interface Completed {
   outcomes: Map<number, Outcome>;
   lost: Set<number>;
-  moved: Map<number, string>;
+  moved: Map<number, JobStatus>;
   retryDelays: number[];
   claimed: ClaimedRow[];
+  finished: number[];
 }
 
 interface Running {
@@ -133,6 +142,11 @@ export class Worker {
       );
     }
     this.#loop = this.#claimLoop();
+  }
+
+  /** Claims at once if a slot is free (a local enqueue committed); NOTIFY does it otherwise. */
+  wake(): void {
+    this.#wake.notify();
   }
 
   /** Jobs currently held by this worker. */
@@ -334,7 +348,16 @@ export class Worker {
         // Without applies the whole completion is one autocommit statement; with them, the
         // applies and the completion share one fenced transaction.
         const done = applies
-          ? await this.#deps.store.transaction((tx) => this.#complete(tx, batch, refill))
+          ? await this.#deps.store
+              .transaction((tx) => this.#complete(tx, batch, refill))
+              .catch((err: unknown) => {
+                if (!(err instanceof ApplyFailed)) {
+                  throw err;
+                }
+                return this.#deps.store.transaction((tx) =>
+                  this.#complete(tx, batch, refill, true),
+                );
+              })
           : await runTransactionWithRetries(
               () => this.#complete(this.#deps.store, batch, refill),
               5,
@@ -342,6 +365,8 @@ export class Worker {
         claimed = done.claimed;
         this.#record(batch, done.outcomes, done.lost, done.moved);
         this.#wakeAfter(done.retryDelays);
+        // Waiters in this process learn at once; others through the `done` notification.
+        this.#deps.onFinished?.(done.finished);
       } catch (err) {
         // The database refused the whole batch (e.g. it is unreachable). The jobs stay
         // `running`; their leases expire and the reaper re-runs them. Nothing was applied.
@@ -371,24 +396,23 @@ export class Worker {
    * Completes a batch: with applies, lane locks, lease checks (row locks) and each apply in a
    * savepoint first; then every transition and the refill claim in one statement.
    */
-  async #complete(q: Queryable, batch: readonly Running[], refill: number): Promise<Completed> {
+  async #complete(
+    q: Queryable,
+    batch: readonly Running[],
+    refill: number,
+    isolate = false,
+  ): Promise<Completed> {
     const outcomes = new Map<number, Outcome>(
       batch.map((r) => [r.row.id, r.outcome ?? failedUnknown()]),
     );
     const applying = batch.filter((r) => r.outcome?.ok === true && r.handler.apply !== undefined);
     const lost = new Set<number>();
     if (applying.length > 0) {
-      // Lock order everywhere: lanes, then job rows.
-      await lockLanesOf(
-        q,
-        batch.map((r) => ({
-          id: r.row.id,
-          tenantId: r.row.tenant_id,
-          lane: r.row.lane,
-          from: 'running',
-          to: 'failed',
-        })),
-      );
+      // The job rows first, the lane locks only in finish_jobs at the end: a lane lock held
+      // through the applies would make every enqueue into those lanes wait for them. The
+      // one party taking these locks the other way round is a reaper finishing the same
+      // job (its lease expired meanwhile); PostgreSQL detects that deadlock and the
+      // transaction is retried.
       const held = await q.query<{ id: number; lease_token: number }>(
         `select id, lease_token from jobs where id = any($1::bigint[]) and status = 'running'
           order by id for update`,
@@ -400,7 +424,7 @@ export class Worker {
           lost.add(running.row.id);
           continue;
         }
-        outcomes.set(running.row.id, await this.#applyOne(q, running));
+        outcomes.set(running.row.id, await this.#applyOne(q, running, isolate));
       }
     }
     const transitions = batch
@@ -420,7 +444,20 @@ export class Worker {
     const retryDelays = transitions
       .filter((t) => t.to === 'pending' && result.moved.get(t.id) === 'pending')
       .map((t) => t.delayMs ?? 0);
-    return { outcomes, lost, moved: result.moved, retryDelays, claimed: result.claimed };
+    const finished = [
+      ...[...result.moved]
+        .filter(([, status]) => TERMINAL_STATUSES.includes(status))
+        .map(([id]) => id),
+      ...result.parents.filter((p) => TERMINAL_STATUSES.includes(p.status)).map((p) => p.id),
+    ];
+    return {
+      outcomes,
+      lost,
+      moved: result.moved,
+      retryDelays,
+      claimed: result.claimed,
+      finished,
+    };
   }
 
   /** Retries become due without a notification: wake the claim loop when the first one is. */
@@ -439,12 +476,21 @@ export class Worker {
     this.#timers.push(timer);
   }
 
-  async #applyOne(tx: Queryable, running: Running): Promise<Outcome> {
+  async #applyOne(tx: Queryable, running: Running, isolate: boolean): Promise<Outcome> {
     const { handler, ctx, controller } = running;
     if (controller.signal.aborted) {
       return { ok: false, error: coerceError(controller.signal.reason) };
     }
     const computed = running.outcome?.ok === true ? running.outcome.computed : undefined;
+    if (!isolate) {
+      // The common case costs no savepoints; a failing apply aborts the whole transaction
+      // and the batch is completed again with each apply isolated (#flush).
+      try {
+        return { ok: true, computed: await handler.apply?.(tx, computed, ctx) };
+      } catch (err) {
+        throw new ApplyFailed(err);
+      }
+    }
     await tx.query('savepoint job_apply');
     try {
       const result = await handler.apply?.(tx, computed, ctx);
@@ -487,7 +533,7 @@ export class Worker {
     batch: readonly Running[],
     outcomes: ReadonlyMap<number, Outcome>,
     lost: ReadonlySet<number>,
-    moved: ReadonlyMap<number, string>,
+    moved: ReadonlyMap<number, JobStatus>,
   ): void {
     const { metrics, logger } = this.#deps;
     for (const running of batch) {
@@ -578,6 +624,13 @@ export class Worker {
     } catch (err) {
       this.#deps.logger.warn({ err }, 'reaping expired jobs failed');
     }
+  }
+}
+
+/** An apply threw outside a savepoint: the batch is completed again with applies isolated. */
+class ApplyFailed extends Error {
+  constructor(cause: unknown) {
+    super('a job apply failed', { cause });
   }
 }
 

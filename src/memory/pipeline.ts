@@ -35,8 +35,8 @@ export function userLane(userId: string): string {
 }
 
 // Every write of one ingest in one statement (the profile, facts and events with their
-// dedup keys, the turn, the turn count), then the summary text, which must see the new rows.
-// Two round trips instead of eight: the apply runs inside the job's completion transaction.
+// dedup keys, the turn, the turn count): one round trip inside the job's completion
+// transaction. The summary text is derived when read (readProfile), not stored.
 const WRITE_TURN_SQL = `with
   profile_set as (
     insert into profile_attributes (tenant_id, user_id, key, value, operation_id)
@@ -65,8 +65,8 @@ const WRITE_TURN_SQL = `with
     values ($1, $2, $14, $15, $9, $16, $3, coalesce($10::timestamptz, now()))
     returning id),
   summary as (
-    insert into user_summaries as s (tenant_id, user_id, turn_count, last_ingested_at, text)
-    values ($1, $2, 1, now(), '')
+    insert into user_summaries as s (tenant_id, user_id, turn_count, last_ingested_at)
+    values ($1, $2, 1, now())
     on conflict (tenant_id, user_id)
     do update set turn_count = s.turn_count + 1, last_ingested_at = now()
     returning turn_count)
@@ -74,14 +74,6 @@ const WRITE_TURN_SQL = `with
     (select coalesce(json_agg(json_build_object('id', 'mem_' || f.id, 'text', f.text) order by f.id), '[]'::json) from facts f) as facts,
     (select coalesce(json_agg(json_build_object('id', 'evt_' || d.id, 'date', d.date, 'description', d.description) order by d.id), '[]'::json) from dated d) as events,
     (select turn_count from summary) as turn_count`;
-
-const SUMMARY_TEXT_SQL = `update user_summaries set text = concat_ws(' ',
-    (select 'Profile: ' || string_agg(key || ' = ' || value, '; ' order by key) || '.'
-       from profile_attributes where tenant_id = $1 and user_id = $2),
-    (select 'Recent: ' || string_agg(text, '; ' order by id desc) || '.'
-       from (select id, text from memories where tenant_id = $1 and user_id = $2
-             order by id desc limit 5) m))
-  where tenant_id = $1 and user_id = $2`;
 
 async function writeTurn(
   tx: Queryable,
@@ -112,7 +104,6 @@ async function writeTurn(
     p.agent_response ?? null,
     p.session_id ?? null,
   ]);
-  await tx.query(SUMMARY_TEXT_SQL, [ctx.tenantId, p.user_id]);
   const facts = row?.facts ?? [];
   const events = row?.events ?? [];
   return {

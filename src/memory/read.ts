@@ -24,12 +24,19 @@ export async function readProfile(
       where tenant_id = $1 and user_id = $2 order by key`,
     [tenantId, userId],
   );
+  // The summary text is derived here from what is stored: the profile, then the latest facts.
   const [summary] = await q.query<{
     turn_count: number;
     last_ingested_at: Date | null;
     text: string;
   }>(
-    'select turn_count, last_ingested_at, text from user_summaries where tenant_id = $1 and user_id = $2',
+    `select s.turn_count, s.last_ingested_at, concat_ws(' ',
+        (select 'Profile: ' || string_agg(key || ' = ' || value, '; ' order by key) || '.'
+           from profile_attributes where tenant_id = $1 and user_id = $2),
+        (select 'Recent: ' || string_agg(text, '; ' order by id desc) || '.'
+           from (select id, text from memories where tenant_id = $1 and user_id = $2
+                 order by id desc limit 5) m)) as text
+       from user_summaries s where s.tenant_id = $1 and s.user_id = $2`,
     [tenantId, userId],
   );
   return {

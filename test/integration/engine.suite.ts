@@ -185,6 +185,33 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       expect(await store.query('select * from effects')).toEqual([]);
     });
 
+    it('fails only the job whose apply throws, committing the writes of the others in its batch', async () => {
+      engine.register<{ n: number }, number>('write', {
+        maxAttempts: 1,
+        compute: (ctx) => Promise.resolve(ctx.payload.n),
+        apply: async (tx, n, ctx) => {
+          await tx.query('insert into effects (job_id, n) values ($1, $2)', [ctx.id, n]);
+          if (n === 2) {
+            throw new MnemoError(ErrorCode.InvalidRequest, 'apply refused');
+          }
+          return n;
+        },
+      });
+      const jobs = await store.transaction((tx) =>
+        engine.enqueueMany(
+          tx,
+          'default',
+          [1, 2, 3].map((n) => ({ kind: 'write', payload: { n } })),
+        ),
+      );
+      await engine.startWorker({ concurrency: 3 });
+      const done = await Promise.all(jobs.map((j) => waitDone(j.id)));
+      expect(done.map((j) => j.status)).toEqual(['succeeded', 'failed', 'succeeded']);
+      expect(done[1]?.error).toMatchObject({ code: 'invalid_request', message: 'apply refused' });
+      const rows = await store.query<{ n: number }>('select n from effects order by n');
+      expect(rows.map((r) => r.n)).toEqual([1, 3]);
+    });
+
     it('does not run a job before its run_at', async () => {
       engine.register('later', { compute: () => Promise.resolve(Date.now()) });
       await engine.startWorker({ concurrency: 1, pollIntervalMs: 50 });

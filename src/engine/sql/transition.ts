@@ -99,25 +99,3 @@ export async function applyTransitions(
     claimed: (out?.claimed ?? []).sort((a, b) => a.id - b.id),
   };
 }
-
-/**
- * Takes the lane locks of the terminal moves among `transitions` ahead of time. Needed only
- * where rows are locked before `finish_jobs` runs (the apply path), to keep one lock order:
- * lanes, then jobs.
- */
-export async function lockLanesOf(
-  tx: Queryable,
-  transitions: readonly Transition[],
-): Promise<void> {
-  const lanes = transitions.filter(
-    (t) => t.lane !== null && t.to !== 'pending' && t.to !== 'running',
-  );
-  if (lanes.length > 0) {
-    await tx.query(
-      `select count(pg_advisory_xact_lock(k))::int as locked from (
-         select distinct lane_lock_key(t, l) as k from unnest($1::text[], $2::text[]) as x(t, l)
-         order by 1) as keys`,
-      [lanes.map((t) => t.tenantId), lanes.map((t) => t.lane)],
-    );
-  }
-}
