@@ -12,8 +12,10 @@ create table memories (
   operation_id bigint,
   occurred_at timestamptz,
   created_at timestamptz not null default now(),
+  -- A btree entry must stay small: the dedup key is the hash of the normalized text.
+  norm_key text generated always as (md5(norm)) stored,
   search tsvector generated always as (to_tsvector('english', text)) stored,
-  constraint memories_dedup_uniq unique (tenant_id, user_id, norm)
+  constraint memories_dedup_uniq unique (tenant_id, user_id, norm_key)
 );
 create index memories_user_idx on memories (tenant_id, user_id, id);
 create index memories_search_idx on memories using gin (search);
@@ -38,8 +40,9 @@ create table events (
   norm text not null,
   operation_id bigint,
   created_at timestamptz not null default now(),
+  norm_key text generated always as (md5(norm)) stored,
   search tsvector generated always as (to_tsvector('english', description)) stored,
-  constraint events_dedup_uniq unique (tenant_id, user_id, date, norm)
+  constraint events_dedup_uniq unique (tenant_id, user_id, date, norm_key)
 );
 create index events_user_date_idx on events (tenant_id, user_id, date);
 create index events_search_idx on events using gin (search);

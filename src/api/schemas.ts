@@ -4,10 +4,43 @@
  */
 import { z } from 'zod';
 
+// PostgreSQL text and jsonb cannot hold U+0000 or a lone surrogate: refuse them at the door
+// rather than fail in the database.
+const noNul = (s: string) => !s.includes('\u0000') && s.isWellFormed();
+const NUL_MESSAGE = 'must be well-formed Unicode without the NUL character (U+0000)';
+
+/** True when every string (keys too) of a JSON value passes `noNul`; false when too deep. */
+function cleanJson(value: unknown, depth = 0): boolean {
+  if (depth > 32) {
+    return false;
+  }
+  if (typeof value === 'string') {
+    return noNul(value);
+  }
+  if (Array.isArray(value)) {
+    return value.every((v) => cleanJson(v, depth + 1));
+  }
+  if (value !== null && typeof value === 'object') {
+    return Object.entries(value).every(([k, v]) => noNul(k) && cleanJson(v, depth + 1));
+  }
+  return true;
+}
+const Str = () => z.string().refine(noNul, NUL_MESSAGE);
+
 /** user_id, session_id, segment ids, idempotency keys: 1–256 characters. */
-export const Id = z.string().min(1).max(256);
-const Text = (max: number) => z.string().min(1).max(max);
-const IsoTime = z.iso.datetime({ offset: true });
+export const Id = z.string().min(1).max(256).refine(noNul, NUL_MESSAGE);
+const Text = (max: number) => z.string().min(1).max(max).refine(noNul, NUL_MESSAGE);
+// Year 0 and offsets past ±15:59 pass the ISO pattern but not PostgreSQL.
+const IsoTime = z.iso
+  .datetime({ offset: true })
+  .refine((v) => Number(v.slice(0, 4)) >= 1, 'year must be 0001 or later')
+  .refine((v) => {
+    const offset = /([+-])(\d{2}):?(\d{2})$/.exec(v);
+    return offset === null || Number(offset[2]) <= 15;
+  }, 'the UTC offset must be within ±15:59');
+const IsoDate = z.iso
+  .date()
+  .refine((v) => Number(v.slice(0, 4)) >= 1, 'year must be 0001 or later');
 
 /** Limits of what one request may carry. */
 export const Limits = {
@@ -19,6 +52,11 @@ export const Limits = {
 
 const Metadata = z
   .record(z.string().max(200), z.unknown())
+  // Depth first: serialising a deeply nested value would overflow the stack.
+  .refine(
+    (m) => cleanJson(m),
+    `metadata must nest at most 32 levels and its strings ${NUL_MESSAGE}`,
+  )
   .refine((m) => JSON.stringify(m).length <= Limits.metadataBytes, {
     message: `metadata must serialise to at most ${Limits.metadataBytes} characters`,
   });
@@ -31,8 +69,8 @@ const Wait = {
 /** One turn to ingest, without its user (a batch item). */
 export const IngestItem = z.strictObject({
   user_query: Text(Limits.userQuery),
-  agent_response: z.string().max(Limits.agentResponse).optional(),
-  source: z.string().min(1).max(100).optional(),
+  agent_response: Str().max(Limits.agentResponse).optional(),
+  source: Text(100).optional(),
   session_id: Id.optional(),
   occurred_at: IsoTime.optional(),
   metadata: Metadata.optional(),
@@ -64,7 +102,7 @@ const Limit = (max: number, fallback: number) =>
 export const OperationsQuery = z.strictObject({
   user_id: Id.optional(),
   status: z.enum(['pending', 'running', 'succeeded', 'failed', 'cancelled']).optional(),
-  kind: z.string().min(1).max(200).optional(),
+  kind: Text(200).optional(),
   limit: Limit(200, 50),
   cursor: z
     .string()
@@ -91,10 +129,7 @@ export const MemoriesQuery = z.strictObject({
     .optional(),
 });
 
-export const EventsQuery = z.strictObject({
-  from: z.iso.date().optional(),
-  to: z.iso.date().optional(),
-});
+export const EventsQuery = z.strictObject({ from: IsoDate.optional(), to: IsoDate.optional() });
 
 export const OperationQuery = z.strictObject({ include: z.enum(['children']).optional() });
 

@@ -172,10 +172,17 @@ function stopSignal(): Promise<string> {
 async function runServe(config: Config, withWorker: boolean): Promise<number> {
   const logger = createLogger(config);
   const mnemo = await createMnemo(config, { logger });
-  if (withWorker) {
-    await mnemo.startWorker();
+  let server;
+  try {
+    if (withWorker) {
+      await mnemo.startWorker();
+    }
+    server = await startServer(mnemo, { host: config.host, port: config.port, logger });
+  } catch (err) {
+    // e.g. the port is taken: stop the workers and the pool so the process can exit.
+    await mnemo.close();
+    throw err;
   }
-  const server = await startServer(mnemo, { host: config.host, port: config.port, logger });
   logger.info(
     {
       url: server.url,

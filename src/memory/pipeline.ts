@@ -51,13 +51,13 @@ const WRITE_TURN_SQL = `with
     insert into memories (tenant_id, user_id, text, norm, source, operation_id, occurred_at)
     select $1, $2, t, n, $9, $3, $10::timestamptz
     from unnest($7::text[], $8::text[]) with ordinality as m(t, n, i) order by i
-    on conflict (tenant_id, user_id, norm) do nothing
+    on conflict (tenant_id, user_id, norm_key) do nothing
     returning id, text),
   dated as (
     insert into events (tenant_id, user_id, date, description, norm, operation_id)
     select $1, $2, d::date, t, n, $3
     from unnest($11::text[], $12::text[], $13::text[]) with ordinality as e(d, t, n, i) order by i
-    on conflict (tenant_id, user_id, date, norm) do nothing
+    on conflict (tenant_id, user_id, date, norm_key) do nothing
     returning id, date::text as date, description),
   turn as (
     insert into turns (tenant_id, user_id, user_query, agent_response, source, session_id,
@@ -150,6 +150,18 @@ export function registerMemoryJobs(
         );
         counts[table] = rows[0]?.n ?? 0;
       }
+      // Earlier operations of this user keep no copy of their words either.
+      const redacted = await tx.query<{ n: number }>(
+        `with r as (
+           update jobs set payload = jsonb_build_object('user_id', $2::text, 'redacted', true),
+                           result = null
+            where tenant_id = $1 and payload->>'user_id' = $2 and id < $3
+              and status in ('succeeded', 'failed', 'cancelled')
+           returning 1)
+         select count(*)::int as n from r`,
+        [ctx.tenantId, ctx.payload.user_id, ctx.id],
+      );
+      counts['operations_redacted'] = redacted[0]?.n ?? 0;
       return { deleted: counts };
     },
   });

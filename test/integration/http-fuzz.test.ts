@@ -5,12 +5,20 @@ import { openHttp } from '../helpers/http.ts';
 
 type Harness = Awaited<ReturnType<typeof openHttp>>;
 
+// Strings with the characters PostgreSQL refuses (NUL, lone surrogates) mixed in.
+const hostileString = fc
+  .tuple(
+    fc.string({ maxLength: 20 }),
+    fc.constantFrom('\u0000', '\ud800', '\udfff', ''),
+    fc.string({ maxLength: 20 }),
+  )
+  .map(([a, b, c]) => `${a}${b}${c}`);
 // Values of every JSON type, including the right field names with wrong types.
-const anyJson = fc.jsonValue({ maxDepth: 3 });
+const anyJson = fc.oneof(fc.jsonValue({ maxDepth: 3 }), hostileString);
 const ingestLike = fc.record(
   {
-    user_id: fc.oneof(fc.string({ maxLength: 300 }), anyJson),
-    user_query: fc.oneof(fc.string({ maxLength: 50 }), anyJson),
+    user_id: fc.oneof(fc.string({ maxLength: 300 }), hostileString, anyJson),
+    user_query: fc.oneof(fc.string({ maxLength: 50 }), hostileString, anyJson),
     agent_response: anyJson,
     source: anyJson,
     occurred_at: fc.oneof(

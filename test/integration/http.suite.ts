@@ -216,6 +216,20 @@ export function httpSuite(kind: 'pglite' | 'postgres'): void {
         ],
         ['POST', '/v1/memory/ingest', { user_id: 'u', user_query: 'x', timeout_ms: 999999 }, 400],
         ['POST', '/v1/memory/ingest', [1, 2], 400],
+        ['POST', '/v1/memory/ingest', { user_id: 'u', user_query: 'a\u0000b' }, 400],
+        ['POST', '/v1/memory/ingest', { user_id: 'u\u0000', user_query: 'ab' }, 400],
+        [
+          'POST',
+          '/v1/memory/ingest',
+          { user_id: 'u', user_query: 'ab', metadata: { k: 'x\u0000' } },
+          400,
+        ],
+        [
+          'POST',
+          '/v1/memory/ingest',
+          { user_id: 'u', user_query: 'ab', occurred_at: '0000-01-01T00:00:00Z' },
+          400,
+        ],
         ['POST', '/v1/memory/ingest', { user_id: 'x'.repeat(257), user_query: 'x' }, 400],
         ['POST', '/v1/memory/batch-ingest', { user_id: 'u', items: [] }, 400],
         ['GET', '/v1/memory/search?user_id=u&q=x&types=memory,nope', undefined, 400],
@@ -240,6 +254,20 @@ export function httpSuite(kind: 'pglite' | 'postgres'): void {
       expect(huge.status).toBe(413);
       expect(huge.body['error']['code']).toBe('payload_too_large');
       expect(await countRows('jobs')).toBe(0);
+    });
+
+    it('remembers a very long sentence and deduplicates it like any other', async () => {
+      const sentence = `I keep ${'a very long note '.repeat(1500)}`.trim();
+      const first = await h.call('POST', '/v1/memory/ingest', {
+        user_id: 'long',
+        user_query: `${sentence}.`,
+      });
+      expect(first.body['result']['memories']['added']).toHaveLength(1);
+      const again = await h.call('POST', '/v1/memory/ingest', {
+        user_id: 'long',
+        user_query: `${sentence}.`,
+      });
+      expect(again.body['result']['memories']).toEqual({ added: [], duplicates: 1 });
     });
 
     it('serves health, readiness, metrics and the OpenAPI document', async () => {

@@ -37,6 +37,17 @@ describe('rules extractor', () => {
     expect(out.memories).toEqual(['I left on 2024-02-30']);
   });
 
+  it('reads a dated move as an event, and leaves over-long attribute names to memory', () => {
+    expect(extractByRules({ userQuery: 'I moved to Oslo on 2024-05-01.' })).toMatchObject({
+      set: {},
+      events: [{ date: '2024-05-01', description: 'I moved to Oslo' }],
+    });
+    const long = extractByRules({ userQuery: `My ${'very '.repeat(40)}long thing is x.` });
+    expect(long.set).toEqual({});
+    expect(long.memories).toHaveLength(1);
+    expect(extractByRules({ userQuery: 'On 0000-01-01 I was born.' }).events).toEqual([]);
+  });
+
   it('keeps other declarative sentences as memories, once each, and skips questions and exclamations', () => {
     const out = extractByRules({
       userQuery: 'I prefer tea over coffee. What time is it? Wow! i prefer  tea over coffee. Hello',

@@ -95,7 +95,9 @@ export function createOpenAiExtractor(options: OpenAiExtractorOptions): Extracto
         if (!parsed.success) {
           throw new Error(parsed.error.issues.map((i) => i.message).join('; '));
         }
-        return parsed.data;
+        // A key both set and unset would be written twice in one statement: setting wins.
+        const unset = parsed.data.unset.filter((k) => !(k in parsed.data.set));
+        return { ...parsed.data, unset };
       } catch (err) {
         throw failure('the model did not answer with the expected JSON', true, err);
       }

@@ -32,8 +32,16 @@ function snakeCase(attribute: string): string {
 
 function isValidDate(iso: string): boolean {
   const date = new Date(`${iso}T00:00:00Z`);
-  return !Number.isNaN(date.getTime()) && date.toISOString().startsWith(iso);
+  // Year 0 is valid in JavaScript but not in PostgreSQL.
+  return (
+    Number(iso.slice(0, 4)) >= 1 &&
+    !Number.isNaN(date.getTime()) &&
+    date.toISOString().startsWith(iso)
+  );
 }
+
+/** Attribute names longer than this are not profile attributes (the sentence is a memory). */
+const MAX_KEY = 100;
 
 /** Applies the rules of API.md to one sentence, adding what it finds to `out`. */
 function readSentence(sentence: string, out: Extraction): void {
@@ -41,7 +49,7 @@ function readSentence(sentence: string, out: Extraction): void {
   let m: RegExpExecArray | null;
   if ((m = /^forget my (.+)$/i.exec(body)) !== null) {
     const key = snakeCase(m[1] ?? '');
-    if (key !== '') {
+    if (key !== '' && key.length <= MAX_KEY) {
       out.unset.push(key);
       delete out.set[key];
     }
@@ -50,19 +58,11 @@ function readSentence(sentence: string, out: Extraction): void {
   if ((m = /^my (.+?) is (.+)$/i.exec(body)) !== null) {
     const key = snakeCase(m[1] ?? '');
     const value = clean(m[2] ?? '');
-    if (key !== '' && value !== '') {
+    if (key !== '' && key.length <= MAX_KEY && value !== '') {
       out.set[key] = value;
       out.unset = out.unset.filter((k) => k !== key);
       return;
     }
-  }
-  if ((m = /^i (?:live in|moved to) (.+)$/i.exec(body)) !== null) {
-    out.set['location'] = clean(m[1] ?? '');
-    return;
-  }
-  if ((m = /^i am (\d{1,3}) years old$/i.exec(body)) !== null) {
-    out.set['age'] = m[1] ?? '';
-    return;
   }
   const onFirst = new RegExp(`^on ${DATE},? (i .+)$`, 'i').exec(body);
   const onLast = new RegExp(`^(i .+?),? on ${DATE}$`, 'i').exec(body);
@@ -74,6 +74,15 @@ function readSentence(sentence: string, out: Extraction): void {
         : undefined;
   if (event !== undefined && isValidDate(event.date) && event.description !== '') {
     out.events.push(event);
+    return;
+  }
+  // After the events: "I moved to Oslo on 2024-05-01" is a dated event.
+  if ((m = /^i (?:live in|moved to) (.+)$/i.exec(body)) !== null) {
+    out.set['location'] = clean(m[1] ?? '');
+    return;
+  }
+  if ((m = /^i am (\d{1,3}) years old$/i.exec(body)) !== null) {
+    out.set['age'] = m[1] ?? '';
     return;
   }
   // Every other declarative sentence: not a question or an exclamation, two words at least.
