@@ -170,6 +170,7 @@ CREATE TABLE mnemo.events (
     norm text NOT NULL,
     operation_id bigint,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
+    norm_key text GENERATED ALWAYS AS (md5(norm)) STORED,
     search tsvector GENERATED ALWAYS AS (to_tsvector('english'::regconfig, description)) STORED
 );
 
@@ -237,6 +238,7 @@ CREATE TABLE mnemo.memories (
     operation_id bigint,
     occurred_at timestamp with time zone,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
+    norm_key text GENERATED ALWAYS AS (md5(norm)) STORED,
     search tsvector GENERATED ALWAYS AS (to_tsvector('english'::regconfig, text)) STORED
 );
 
@@ -301,7 +303,7 @@ CREATE TABLE mnemo.user_summaries (
 );
 
 ALTER TABLE ONLY mnemo.events
-    ADD CONSTRAINT events_dedup_uniq UNIQUE (tenant_id, user_id, date, norm);
+    ADD CONSTRAINT events_dedup_uniq UNIQUE (tenant_id, user_id, date, norm_key);
 
 ALTER TABLE ONLY mnemo.events
     ADD CONSTRAINT events_pkey PRIMARY KEY (id);
@@ -310,7 +312,7 @@ ALTER TABLE ONLY mnemo.jobs
     ADD CONSTRAINT jobs_pkey PRIMARY KEY (id);
 
 ALTER TABLE ONLY mnemo.memories
-    ADD CONSTRAINT memories_dedup_uniq UNIQUE (tenant_id, user_id, norm);
+    ADD CONSTRAINT memories_dedup_uniq UNIQUE (tenant_id, user_id, norm_key);
 
 ALTER TABLE ONLY mnemo.memories
     ADD CONSTRAINT memories_pkey PRIMARY KEY (id);

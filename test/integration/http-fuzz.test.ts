@@ -40,6 +40,7 @@ const body = fc.oneof(
 );
 const queryValue = fc.oneof(
   fc.string({ maxLength: 20 }),
+  hostileString,
   fc.integer().map(String),
   fc.constantFrom('memory,event', '2024-01-01', 'op_1', '-1', ''),
 );
@@ -62,6 +63,8 @@ const query = fc.dictionary(
 );
 const pathPart = fc.oneof(
   fc.string({ minLength: 1, maxLength: 20 }),
+  // encodeURIComponent refuses lone surrogates; NUL and the rest go through.
+  hostileString.filter((v) => v !== '' && v.isWellFormed()),
   fc.constantFrom('op_1', 'op_99999999999', 'u1'),
 );
 
