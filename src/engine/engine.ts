@@ -226,16 +226,22 @@ export function createEngine(deps: {
     async waitFor(tenantId, id, { timeoutMs, signal }) {
       const deadline = performance.now() + timeoutMs;
       const poll = options.waitPollIntervalMs ?? 1000;
-      for (;;) {
-        const job = await readJob(store, tenantId, id);
-        if (job === undefined) {
-          throw new MnemoError(ErrorCode.NotFound, `operation ${id} not found`);
+      // Watch before reading: a finish between the read and the wait still wakes us.
+      const watch = await waiter.watch(id);
+      try {
+        for (;;) {
+          const job = await readJob(store, tenantId, id);
+          if (job === undefined) {
+            throw new MnemoError(ErrorCode.NotFound, `operation ${id} not found`);
+          }
+          const left = deadline - performance.now();
+          if (TERMINAL_STATUSES.includes(job.status) || left <= 0 || signal?.aborted === true) {
+            return job;
+          }
+          await watch.wait(Math.min(left, poll), signal);
         }
-        const left = deadline - performance.now();
-        if (TERMINAL_STATUSES.includes(job.status) || left <= 0 || signal?.aborted === true) {
-          return job;
-        }
-        await waiter.next(id, Math.min(left, poll), signal);
+      } finally {
+        watch.close();
       }
     },
     wakeWorkers() {

@@ -139,17 +139,18 @@ async function admit(
     return;
   }
   const names = [...lanes.keys()];
-  // One global order (by key) so that two enqueuers of several lanes cannot deadlock.
-  await tx.query(
-    `select count(pg_advisory_xact_lock(k))::int as locked from (
-       select distinct lane_lock_key($1, l) as k from unnest($2::text[]) as l order by 1) as keys`,
-    [tenantId, names],
-  );
+  // One round trip: take the lane locks (in one global order, by key, so that two enqueuers
+  // of several lanes cannot deadlock) and count each lane's unfinished jobs. The count's
+  // snapshot may predate the locks by a moment, which only blurs a soft limit; the insert
+  // that decides `ready` is a later statement and sees everything the locks guard.
   const counts = await tx.query<{ lane: string; n: number }>(
     `select l.lane, (select count(*) from (select 1 from jobs j
         where j.tenant_id = $1 and j.lane = l.lane and j.status in ('pending', 'running')
         limit $3) as s)::int as n
-       from unnest($2::text[]) as l(lane)`,
+       from (select count(pg_advisory_xact_lock(k)) as locked from (
+               select distinct lane_lock_key($1, x) as k from unnest($2::text[]) as x order by 1)
+             as keys) as lock,
+            unnest($2::text[]) as l(lane)`,
     [tenantId, names, ctx.maxPendingPerLane + 1],
   );
   for (const { lane, n } of counts) {

@@ -46,12 +46,15 @@ export class CompletionWaiter {
     return this.#listening;
   }
 
-  /** Resolves when job `id` is announced as finished, or after `ms`, or when `signal` aborts. */
-  async next(id: number, ms: number, signal?: AbortSignal): Promise<void> {
+  /**
+   * Starts watching job `id`: a wake-up that arrives before `wait` is called is kept, so a
+   * caller can watch, then read the job, then wait, without missing a finish in between.
+   */
+  async watch(
+    id: number,
+  ): Promise<{ wait(ms: number, signal?: AbortSignal): Promise<void>; close(): void }> {
     await this.#ensureListening();
-    const controller = new AbortController();
-    const onAbort = () => controller.abort();
-    signal?.addEventListener('abort', onAbort, { once: true });
+    let controller = new AbortController();
     const wake = () => controller.abort();
     let set = this.#waiters.get(id);
     if (set === undefined) {
@@ -59,15 +62,28 @@ export class CompletionWaiter {
       this.#waiters.set(id, set);
     }
     set.add(wake);
-    try {
-      await sleep(ms, controller.signal);
-    } finally {
-      signal?.removeEventListener('abort', onAbort);
-      set.delete(wake);
-      if (set.size === 0) {
-        this.#waiters.delete(id);
-      }
-    }
+    const waiters = set;
+    return {
+      async wait(ms, signal) {
+        const onAbort = () => controller.abort();
+        signal?.addEventListener('abort', onAbort, { once: true });
+        try {
+          await sleep(ms, controller.signal);
+        } finally {
+          signal?.removeEventListener('abort', onAbort);
+          // Re-arm for the next wait.
+          if (controller.signal.aborted) {
+            controller = new AbortController();
+          }
+        }
+      },
+      close: () => {
+        waiters.delete(wake);
+        if (waiters.size === 0 && this.#waiters.get(id) === waiters) {
+          this.#waiters.delete(id);
+        }
+      },
+    };
   }
 
   async close(): Promise<void> {

@@ -425,7 +425,12 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       await engine.startWorker({ concurrency: 1 });
       const { job } = await enqueue({ kind: 'noop' });
       await waitDone(job.id);
-      const text = await engine.metrics.registry.metrics();
+      // The worker records its metrics right after the commit that waitFor may see first.
+      let text = '';
+      await eventually(async () => {
+        text = await engine.metrics.registry.metrics();
+        return text.includes('mnemo_jobs_completed_total{kind="noop",status="succeeded"} 1');
+      });
       expect(text).toMatch(/mnemo_jobs_enqueued_total\{kind="noop"\} 1/);
       expect(text).toMatch(/mnemo_jobs_completed_total\{kind="noop",status="succeeded"\} 1/);
       expect(text).toMatch(/mnemo_jobs\{kind="noop",status="succeeded"\} 1/);
