@@ -4,7 +4,13 @@
  */
 import { createEngine } from '../src/engine/index.ts';
 import { createPostgresStore } from '../src/store/postgres.ts';
-import { epochMs, onParentMessage, type RunRecord, sendRecordsAndExit, toParent } from './lib.ts';
+import {
+  onParentMessage,
+  recordingNoop,
+  type RunRecord,
+  sendRecordsAndExit,
+  toParent,
+} from './lib.ts';
 
 const url = process.env['BENCH_URL'] ?? '';
 const schema = process.env['BENCH_SCHEMA'] ?? '';
@@ -13,13 +19,7 @@ const slots = Number(process.env['BENCH_SLOTS'] ?? '10');
 const store = createPostgresStore({ url, schema, maxConnections: 4 });
 const engine = createEngine({ store });
 const records: RunRecord[] = [];
-engine.register<{ lane: string; n: number }, void>('noop', {
-  compute(ctx) {
-    const start = epochMs();
-    records.push([ctx.payload.lane, ctx.payload.n, start, epochMs()]);
-    return Promise.resolve();
-  },
-});
+engine.register<{ lane: string; n: number }, void>('noop', recordingNoop(records));
 
 function heapUsed(): number {
   const gc = (globalThis as { gc?: () => void }).gc;

@@ -22,6 +22,7 @@ import {
   epochMs,
   percentile,
   readRecords,
+  recordingNoop,
   type RunRecord,
   startChild,
 } from './lib.ts';
@@ -154,13 +155,7 @@ async function mnemoPglite(scenario: Scenario) {
     await migrate(store);
     const engine = createEngine({ store, options: { maxPendingTotal: 10_000_000 } });
     const records: RunRecord[] = [];
-    engine.register<{ lane: string; n: number }, void>('noop', {
-      compute(ctx) {
-        const start = epochMs();
-        records.push([ctx.payload.lane, ctx.payload.n, start, epochMs()]);
-        return Promise.resolve();
-      },
-    });
+    engine.register<{ lane: string; n: number }, void>('noop', recordingNoop(records));
     const enqueuePerS = await enqueueMnemo(store, engine, scenario);
     const t0 = performance.now();
     await engine.startWorker({ concurrency: SLOTS });

@@ -114,6 +114,17 @@ export function readRecords(message: Record<string, unknown>): RunRecord[] {
 /** One run of a handler: which job, when. */
 export type RunRecord = [lane: string, n: number, start: number, end: number];
 
+/** The benchmark's no-op handler: records each run in `records`. */
+export function recordingNoop(records: RunRecord[]) {
+  return {
+    compute(ctx: { payload: { lane: string; n: number } }): Promise<void> {
+      const start = epochMs();
+      records.push([ctx.payload.lane, ctx.payload.n, start, epochMs()]);
+      return Promise.resolve();
+    },
+  };
+}
+
 /** Order violations, duplicates and losses of a lane workload, from the handlers' records. */
 export function checkRuns(
   records: readonly RunRecord[],

@@ -6,6 +6,7 @@ import type { Config } from './config.ts';
 import { ErrorCode, MnemoError } from './core/errors.ts';
 import { type Logger, silentLogger } from './core/logger.ts';
 import {
+  type ChildCounts,
   createEngine,
   type Engine,
   type Job,
@@ -38,14 +39,7 @@ export interface OperationView {
   finished_at: string | null;
   result: unknown;
   error: { code: string; message: string } | null;
-  children: {
-    total: number;
-    pending: number;
-    running: number;
-    succeeded: number;
-    failed: number;
-    cancelled: number;
-  };
+  children: ChildCounts;
   items?: OperationView[];
 }
 
