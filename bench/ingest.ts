@@ -1,40 +1,18 @@
 /**
  * `npm run bench -- ingest`: loopback HTTP load on `POST /v1/memory/ingest` (wait for the
- * result), U users × 3 sources, a fake OpenAI-compatible extractor with fixed latency L and W
- * worker slots, on PostgreSQL and PGlite. Reports throughput against the ideal min(U, W) / L,
- * and the coordination overhead per request (end-to-end latency minus L) with one client
- * per user, where no request waits behind another of its user. Bounded by request counts.
+ * result), U users × 3 sources, a fake extractor with fixed latency L and W worker slots, on
+ * PostgreSQL and PGlite. Reports throughput against the ideal min(U, W) / L, and the
+ * coordination overhead per request (end-to-end latency minus L) with one client per user,
+ * where no request waits behind another of its user. Bounded by request counts.
+ *
+ * Topologies: `one` — one Mnemo process with HTTP and workers (`mnemo serve`); `split` — an
+ * HTTP process (`serve --no-worker`) and a worker process (`mnemo worker`) on the same
+ * PostgreSQL database, so the two use both cores.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { createInterface } from 'node:readline';
+import { Agent, request } from 'node:http';
 
-import { startFakeLlm } from '../test/helpers/fake-llm.ts';
 import { dropSchema } from '../test/helpers/pg.ts';
-import { createReporter, percentile, repoRoot } from './lib.ts';
-
-/** Starts `mnemo serve` from the sources and resolves with its URL once it listens. */
-function startServerProcess(
-  env: Record<string, string>,
-): Promise<{ url: string; child: ChildProcess }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve'], {
-    cwd: repoRoot,
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  return new Promise((resolve, reject) => {
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      try {
-        const entry = JSON.parse(line) as { url?: string; msg?: string };
-        if (entry.url !== undefined && entry.msg?.startsWith('Mnemo listening') === true) {
-          resolve({ url: entry.url, child });
-        }
-      } catch {
-        // not a log line
-      }
-    });
-    child.on('exit', (code) => reject(new Error(`mnemo serve exited (${code})`)));
-  });
-}
+import { type Child, createReporter, percentile, startChild } from './lib.ts';
 
 const url =
   process.env['MNEMO_BENCH_DATABASE_URL'] ??
@@ -45,41 +23,81 @@ const USERS = Number(process.env['BENCH_USERS'] ?? '20');
 const SLOTS = Number(process.env['BENCH_SLOTS'] ?? '10');
 const PER_CLIENT = Number(process.env['BENCH_PER_CLIENT'] ?? '10');
 
-async function run(store: 'postgres' | 'pglite') {
-  const llm = await startFakeLlm(L);
-  const schema = `bench_ingest_${process.pid}`;
+type Setup = 'postgres' | 'postgres-split' | 'pglite';
+
+/** POSTs JSON over a keep-alive agent; resolves with the status and the parsed body. */
+function postJson(
+  agent: Agent,
+  target: URL,
+  body: unknown,
+): Promise<{ status: number; body: { status?: string } }> {
+  const data = JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const req = request(
+      target,
+      {
+        method: 'POST',
+        agent,
+        headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) },
+      },
+      (res) => {
+        let raw = '';
+        res.setEncoding('utf8');
+        res.on('data', (chunk: string) => (raw += chunk));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(raw) }));
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(data);
+  });
+}
+
+async function startProcesses(
+  setup: Setup,
+  schema: string,
+): Promise<{ url: string; children: Child[] }> {
   const env: Record<string, string> = {
-    MNEMO_EXTRACTOR: 'openai',
-    MNEMO_LLM_BASE_URL: llm.url,
-    MNEMO_LLM_MODEL: 'fake',
+    BENCH_EXTRACTOR_MS: String(L),
     MNEMO_WORKER_CONCURRENCY: String(SLOTS),
     MNEMO_LOG_LEVEL: 'silent',
-    ...(store === 'postgres'
-      ? { MNEMO_DATABASE_URL: url, MNEMO_DATABASE_SCHEMA: schema, MNEMO_DATABASE_POOL_SIZE: '20' }
-      : { MNEMO_DATA_DIR: 'memory://' }),
+    ...(setup === 'pglite'
+      ? { MNEMO_DATA_DIR: 'memory://' }
+      : { MNEMO_DATABASE_URL: url, MNEMO_DATABASE_SCHEMA: schema, MNEMO_DATABASE_POOL_SIZE: '20' }),
   };
-  // The server runs as `mnemo serve` in a process of its own, as deployed; the load and the
-  // fake LLM share this one.
-  const server = await startServerProcess({ ...env, MNEMO_LOG_LEVEL: 'info', MNEMO_PORT: '0' });
+  if (setup !== 'postgres-split') {
+    const server = startChild('ingest-server.ts', { ...env, BENCH_ROLE: 'serve' });
+    const ready = await server.next('ready');
+    return { url: ready['url'] as string, children: [server] };
+  }
+  const http = startChild('ingest-server.ts', { ...env, BENCH_ROLE: 'http' });
+  const ready = await http.next('ready');
+  const worker = startChild('ingest-server.ts', { ...env, BENCH_ROLE: 'worker' });
+  await worker.next('ready');
+  return { url: ready['url'] as string, children: [http, worker] };
+}
+
+async function run(setup: Setup) {
+  const schema = `bench_ingest_${process.pid}`;
+  const { url: base, children } = await startProcesses(setup, schema);
+  const agent = new Agent({ keepAlive: true, maxSockets: 1000 });
+  const target = new URL('/v1/memory/ingest', base);
   const ingest = async (user: number, source: string, n: number): Promise<number> => {
     const t = performance.now();
-    const res = await fetch(`${server.url}/v1/memory/ingest`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({
-        user_id: `user-${user}`,
-        source,
-        user_query: `My ${source} note ${n} is saved. I like item ${n}.`,
-        timeout_ms: 120_000,
-      }),
+    const res = await postJson(agent, target, {
+      user_id: `user-${user}`,
+      source,
+      user_query: `My ${source} note ${n} is saved. I like item ${n}.`,
+      timeout_ms: 120_000,
     });
-    const body = (await res.json()) as { status: string };
-    if (res.status !== 200 || body.status !== 'succeeded') {
-      throw new Error(`ingest answered ${res.status} ${JSON.stringify(body)}`);
+    if (res.status !== 200 || res.body.status !== 'succeeded') {
+      throw new Error(`ingest answered ${res.status} ${JSON.stringify(res.body)}`);
     }
     return performance.now() - t;
   };
   try {
+    // Warm-up: connections, prepared statements, JIT.
+    await Promise.all(Array.from({ length: SLOTS }, (_, u) => ingest(9000 + u, 'sdk', 0)));
     // Throughput: U users × 3 sources, each client sending PER_CLIENT requests back to back.
     const sources = ['mcp', 'sdk', 'extension'];
     const t0 = performance.now();
@@ -105,14 +123,21 @@ async function run(store: 'postgres' | 'pglite') {
       }),
     );
     overhead.sort((a, b) => a - b);
+    // One client alone: the latency floor.
+    const single: number[] = [];
+    for (let n = 0; n < PER_CLIENT * 5; n++) {
+      single.push((await ingest(2000, 'sdk', n)) - L);
+    }
+    single.sort((a, b) => a - b);
     return {
       system: 'mnemo',
-      store,
+      store: setup === 'pglite' ? 'pglite' : 'postgres',
+      processes: setup === 'postgres-split' ? 'http + worker' : 'serve',
       scenario: 'http_ingest',
       users: USERS,
       sources: 3,
       slots: SLOTS,
-      llm_latency_ms: L,
+      extractor_latency_ms: L,
       requests,
       seconds: Number(seconds.toFixed(3)),
       requests_per_s: Number((requests / seconds).toFixed(1)),
@@ -121,22 +146,26 @@ async function run(store: 'postgres' | 'pglite') {
       overhead_samples: overhead.length,
       overhead_p50_ms: Number(percentile(overhead, 50).toFixed(2)),
       overhead_p99_ms: Number(percentile(overhead, 99).toFixed(2)),
+      single_client_overhead_p50_ms: Number(percentile(single, 50).toFixed(2)),
+      single_client_overhead_p99_ms: Number(percentile(single, 99).toFixed(2)),
     };
   } finally {
-    server.child.kill('SIGTERM');
-    await new Promise((resolve) => server.child.on('exit', resolve));
-    await llm.close();
-    if (store === 'postgres') {
+    agent.destroy();
+    for (const child of children) {
+      child.process.kill('SIGTERM');
+    }
+    await Promise.all(children.map((c) => c.exited));
+    if (setup !== 'pglite') {
       await dropSchema(schema);
     }
   }
 }
 
-/** Runs the ingest benchmark on PostgreSQL and PGlite. */
+/** Runs the ingest benchmark: `postgres`, `postgres-split`, `pglite` (default: all three). */
 export async function runIngestBench(only?: string): Promise<void> {
   const { report, save } = createReporter('ingest');
-  for (const store of (only ?? 'postgres,pglite').split(',') as ('postgres' | 'pglite')[]) {
-    report(await run(store));
+  for (const setup of (only ?? 'postgres,postgres-split,pglite').split(',') as Setup[]) {
+    report(await run(setup));
   }
   process.stderr.write(`results written to ${save()}\n`);
 }

@@ -15,7 +15,7 @@ switch (name) {
     break;
   default:
     process.stderr.write(
-      'usage: npm run bench -- engine [throughput,latency,memory] | ingest [postgres,pglite]\n',
+      'usage: npm run bench -- engine [throughput,latency,memory] | ingest [postgres,postgres-split,pglite]\n',
     );
     process.exitCode = 2;
 }

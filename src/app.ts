@@ -209,15 +209,14 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
     engine,
     async ingest(tenantId, userId, input, opts) {
       const payload: IngestPayload = { user_id: userId, ...input };
-      const { job } = await store.transaction((tx) =>
-        engine.enqueue(tx, {
-          kind: MemoryJob.Ingest,
-          tenantId,
-          lane: userLane(userId),
-          payload,
-          idempotencyKey: opts.idempotencyKey,
-        }),
-      );
+      // One statement in autocommit: no transaction round trips around it.
+      const { job } = await engine.enqueue(store, {
+        kind: MemoryJob.Ingest,
+        tenantId,
+        lane: userLane(userId),
+        payload,
+        idempotencyKey: opts.idempotencyKey,
+      });
       return finish(tenantId, job, opts);
     },
     async batchIngest(tenantId, userId, items, opts) {
@@ -241,15 +240,13 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
       return finish(tenantId, parent, opts);
     },
     async deleteUser(tenantId, userId, opts) {
-      const { job } = await store.transaction((tx) =>
-        engine.enqueue(tx, {
-          kind: MemoryJob.DeleteUser,
-          tenantId,
-          lane: userLane(userId),
-          payload: { user_id: userId },
-          idempotencyKey: opts.idempotencyKey,
-        }),
-      );
+      const { job } = await engine.enqueue(store, {
+        kind: MemoryJob.DeleteUser,
+        tenantId,
+        lane: userLane(userId),
+        payload: { user_id: userId },
+        idempotencyKey: opts.idempotencyKey,
+      });
       return finish(tenantId, job, opts);
     },
     async getOperation(tenantId, id, includeChildren) {

@@ -38,6 +38,90 @@ begin
 end
 $$;
 
+CREATE TABLE mnemo.jobs (
+    id bigint NOT NULL,
+    tenant_id text NOT NULL,
+    kind text NOT NULL,
+    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
+    lane text,
+    status text DEFAULT 'pending'::text NOT NULL,
+    ready boolean DEFAULT false NOT NULL,
+    is_parent boolean DEFAULT false NOT NULL,
+    parent_id bigint,
+    attempts integer DEFAULT 0 NOT NULL,
+    max_attempts integer DEFAULT 3 NOT NULL,
+    run_at timestamp with time zone DEFAULT now() NOT NULL,
+    timeout_ms integer,
+    lease_token bigint DEFAULT 0 NOT NULL,
+    lease_expires_at timestamp with time zone,
+    locked_by text,
+    idempotency_key text,
+    payload_hash text,
+    result jsonb,
+    error jsonb,
+    children_total integer DEFAULT 0 NOT NULL,
+    children_succeeded integer DEFAULT 0 NOT NULL,
+    children_failed integer DEFAULT 0 NOT NULL,
+    children_cancelled integer DEFAULT 0 NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    started_at timestamp with time zone,
+    finished_at timestamp with time zone,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT jobs_kind_length_chk CHECK (((length(kind) >= 1) AND (length(kind) <= 200))),
+    CONSTRAINT jobs_lane_length_chk CHECK (((lane IS NULL) OR ((length(lane) >= 1) AND (length(lane) <= 600)))),
+    CONSTRAINT jobs_max_attempts_chk CHECK (((max_attempts >= 1) AND (max_attempts <= 1000))),
+    CONSTRAINT jobs_parent_has_no_lane_chk CHECK (((NOT is_parent) OR ((lane IS NULL) AND (NOT ready)))),
+    CONSTRAINT jobs_status_chk CHECK ((status = ANY (ARRAY['pending'::text, 'running'::text, 'succeeded'::text, 'failed'::text, 'cancelled'::text])))
+);
+
+CREATE FUNCTION mnemo.enqueue_jobs(p_tenant text, p_jobs jsonb, p_parent bigint, p_lane_limit integer) RETURNS SETOF mnemo.jobs
+    LANGUAGE plpgsql
+    AS $$
+declare
+  v record;
+begin
+  -- Lane locks in one global order (by key), so that two enqueuers cannot deadlock.
+  perform count(pg_advisory_xact_lock(keys.k)) from (
+    select distinct lane_lock_key(p_tenant, r.lane) as k
+    from jsonb_to_recordset(p_jobs) as r(lane text)
+    where r.lane is not null
+    order by 1) as keys;
+
+  for v in
+    select r.lane, count(*)::integer as adding,
+      (select count(*) from (select 1 from jobs j
+         where j.tenant_id = p_tenant and j.lane = r.lane and j.status in ('pending', 'running')
+         limit p_lane_limit + 1) as s)::integer as unfinished
+    from jsonb_to_recordset(p_jobs) as r(lane text)
+    where r.lane is not null
+    group by r.lane
+  loop
+    if v.unfinished + v.adding > p_lane_limit then
+      raise exception using
+        errcode = 'MNQ01',
+        message = format('lane %s holds %s unfinished jobs (limit %s)',
+          to_json(v.lane), v.unfinished, p_lane_limit);
+    end if;
+  end loop;
+
+  return query
+  insert into jobs as j (tenant_id, kind, payload, lane, ready, run_at, max_attempts, timeout_ms,
+    idempotency_key, payload_hash, parent_id)
+  select p_tenant, r.kind, r.payload, r.lane,
+    r.lane is null or (r.first and not exists (
+      select 1 from jobs a
+      where a.tenant_id = p_tenant and a.lane = r.lane and a.status in ('pending', 'running'))),
+    coalesce(r.run_at, now()), r.max_attempts, r.timeout_ms, r.idempotency_key, r.payload_hash,
+    p_parent
+  from jsonb_to_recordset(p_jobs) as r(ord integer, kind text, payload jsonb, lane text,
+    first boolean, run_at timestamptz, max_attempts integer, timeout_ms integer,
+    idempotency_key text, payload_hash text)
+  order by r.ord
+  on conflict (tenant_id, idempotency_key) where idempotency_key is not null do nothing
+  returning j.*;
+end
+$$;
+
 CREATE FUNCTION mnemo.finish_jobs(transitions jsonb, ids bigint[], jobs_channel text, done_channel text, claim_limit integer, lease_ms integer, worker text, kinds text[]) RETURNS jsonb
     LANGUAGE plpgsql
     AS $$
@@ -181,42 +265,6 @@ ALTER TABLE mnemo.events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     NO MINVALUE
     NO MAXVALUE
     CACHE 1
-);
-
-CREATE TABLE mnemo.jobs (
-    id bigint NOT NULL,
-    tenant_id text NOT NULL,
-    kind text NOT NULL,
-    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
-    lane text,
-    status text DEFAULT 'pending'::text NOT NULL,
-    ready boolean DEFAULT false NOT NULL,
-    is_parent boolean DEFAULT false NOT NULL,
-    parent_id bigint,
-    attempts integer DEFAULT 0 NOT NULL,
-    max_attempts integer DEFAULT 3 NOT NULL,
-    run_at timestamp with time zone DEFAULT now() NOT NULL,
-    timeout_ms integer,
-    lease_token bigint DEFAULT 0 NOT NULL,
-    lease_expires_at timestamp with time zone,
-    locked_by text,
-    idempotency_key text,
-    payload_hash text,
-    result jsonb,
-    error jsonb,
-    children_total integer DEFAULT 0 NOT NULL,
-    children_succeeded integer DEFAULT 0 NOT NULL,
-    children_failed integer DEFAULT 0 NOT NULL,
-    children_cancelled integer DEFAULT 0 NOT NULL,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    started_at timestamp with time zone,
-    finished_at timestamp with time zone,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT jobs_kind_length_chk CHECK (((length(kind) >= 1) AND (length(kind) <= 200))),
-    CONSTRAINT jobs_lane_length_chk CHECK (((lane IS NULL) OR ((length(lane) >= 1) AND (length(lane) <= 600)))),
-    CONSTRAINT jobs_max_attempts_chk CHECK (((max_attempts >= 1) AND (max_attempts <= 1000))),
-    CONSTRAINT jobs_parent_has_no_lane_chk CHECK (((NOT is_parent) OR ((lane IS NULL) AND (NOT ready)))),
-    CONSTRAINT jobs_status_chk CHECK ((status = ANY (ARRAY['pending'::text, 'running'::text, 'succeeded'::text, 'failed'::text, 'cancelled'::text])))
 );
 
 ALTER TABLE mnemo.jobs ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (

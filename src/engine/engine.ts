@@ -55,7 +55,8 @@ export interface Engine {
   /** Registers the handler of a job kind. Register before starting workers. */
   register<P, C>(kind: string, handler: JobHandler<P, C>): void;
   /**
-   * Writes a job inside the caller's transaction (wake-ups go out when it commits).
+   * Writes a job in one statement: inside the caller's transaction (it exists iff that
+   * commits; wake-ups go out then), or on the store itself in autocommit.
    * @throws MnemoError `invalid_request`, `idempotency_conflict`, `queue_full`
    */
   enqueue(tx: Queryable, spec: JobSpec): Promise<Enqueued>;

@@ -110,88 +110,48 @@ function prepareAll(ctx: EnqueueContext, specs: readonly JobSpec[]): Prepared[] 
   });
 }
 
-/**
- * Locks the lanes of `jobs` and refuses work past the admission limits. Must run before
- * the insert: the insert's `ready` computation relies on the lane locks being held.
- */
-async function admit(
-  tx: Queryable,
-  ctx: EnqueueContext,
-  tenantId: string,
-  jobs: readonly Prepared[],
-): Promise<void> {
-  if (!tx.inTransaction) {
-    // Outside a transaction the lane lock would end with its own statement, before the
-    // insert: the lane protocol needs both in one READ COMMITTED transaction.
-    throw new MnemoError(ErrorCode.Internal, 'enqueue must run inside store.transaction()');
-  }
-  const lanes = new Map<string, number>();
-  for (const job of jobs) {
-    if (job.lane !== null) {
-      lanes.set(job.lane, (lanes.get(job.lane) ?? 0) + 1);
-    }
-  }
-  const total = await ctx.pendingTotal(tx);
-  if (total + jobs.length > ctx.maxPendingTotal) {
-    throw queueFull(ctx, `the queue holds ${total} pending jobs (limit ${ctx.maxPendingTotal})`);
-  }
-  if (lanes.size === 0) {
-    return;
-  }
-  const names = [...lanes.keys()];
-  // One round trip: take the lane locks (in one global order, by key, so that two enqueuers
-  // of several lanes cannot deadlock) and count each lane's unfinished jobs. The count's
-  // snapshot may predate the locks by a moment, which only blurs a soft limit; the insert
-  // that decides `ready` is a later statement and sees everything the locks guard.
-  const counts = await tx.query<{ lane: string; n: number }>(
-    `select l.lane, (select count(*) from (select 1 from jobs j
-        where j.tenant_id = $1 and j.lane = l.lane and j.status in ('pending', 'running')
-        limit $3) as s)::int as n
-       from (select count(pg_advisory_xact_lock(k)) as locked from (
-               select distinct lane_lock_key($1, x) as k from unnest($2::text[]) as x order by 1)
-             as keys) as lock,
-            unnest($2::text[]) as l(lane)`,
-    [tenantId, names, ctx.maxPendingPerLane + 1],
-  );
-  for (const { lane, n } of counts) {
-    const adding = lanes.get(lane) ?? 0;
-    if (n + adding > ctx.maxPendingPerLane) {
-      throw queueFull(
-        ctx,
-        `lane ${JSON.stringify(lane)} holds ${n} unfinished jobs (limit ${ctx.maxPendingPerLane})`,
-      );
-    }
-  }
-}
-
 function queueFull(ctx: EnqueueContext, reason: string): MnemoError {
   return new MnemoError(ErrorCode.QueueFull, `queue full: ${reason}; retry later`, {
     retryAfterMs: ctx.retryAfterMs,
   });
 }
 
-const INSERT_SQL = `insert into jobs as j (tenant_id, kind, payload, lane, ready, run_at, max_attempts,
-    timeout_ms, idempotency_key, payload_hash, parent_id)
-  select $1, r.kind, r.payload, r.lane,
-    r.lane is null or (r.first and not exists (
-      select 1 from jobs a where a.tenant_id = $1 and a.lane = r.lane and a.status in ('pending', 'running'))),
-    coalesce(r.run_at, now()), r.max_attempts, r.timeout_ms, r.idempotency_key, r.payload_hash, $3
-  from jsonb_to_recordset($2::jsonb) as r(ord int, kind text, payload jsonb, lane text, first boolean,
-    run_at timestamptz, max_attempts int, timeout_ms int, idempotency_key text, payload_hash text)
-  order by r.ord
-  on conflict (tenant_id, idempotency_key) where idempotency_key is not null do nothing
-  returning ${JOB_COLUMNS}`;
+/** SQLSTATE raised by `enqueue_jobs` when a lane is over its limit. */
+const LANE_FULL = 'MNQ01';
 
+/**
+ * Admission control and the insert, in one statement (`enqueue_jobs`, migration 0004): it
+ * takes the lane locks, refuses a lane over its limit and inserts; outside a transaction it
+ * is atomic on its own. Jobs whose idempotency key exists are skipped (not returned).
+ * @throws MnemoError `queue_full`
+ */
 async function insertJobs(
-  tx: Queryable,
+  q: Queryable,
+  ctx: EnqueueContext,
   tenantId: string,
   jobs: readonly Prepared[],
   parentId: number | null,
 ): Promise<JobRow[]> {
+  const total = await ctx.pendingTotal(q);
+  if (total + jobs.length > ctx.maxPendingTotal) {
+    throw queueFull(ctx, `the queue holds ${total} pending jobs (limit ${ctx.maxPendingTotal})`);
+  }
   // The payload travels as text inside the JSON document and is cast back to jsonb.
   const records = jobs.map((job) => ({ ...job, payload: JSON.parse(job.payload) as unknown }));
-  const rows = await tx.query<JobRow>(INSERT_SQL, [tenantId, JSON.stringify(records), parentId]);
-  return rows.sort((a, b) => a.id - b.id);
+  try {
+    const rows = await q.query<JobRow>(
+      `select ${JOB_COLUMNS} from enqueue_jobs($1, $2::jsonb, $3, $4) as j`,
+      [tenantId, JSON.stringify(records), parentId, ctx.maxPendingPerLane],
+    );
+    return rows.sort((a, b) => a.id - b.id);
+  } catch (err) {
+    const details = err instanceof MnemoError ? (err.details as { sqlstate?: unknown }) : undefined;
+    if (details?.sqlstate === LANE_FULL) {
+      const cause = (err as MnemoError).cause;
+      throw queueFull(ctx, cause instanceof Error ? cause.message : 'a lane is full');
+    }
+    throw err;
+  }
 }
 
 type KeyedRow = JobRow & { payload_hash: string | null };
@@ -229,7 +189,8 @@ async function replay(
 }
 
 /**
- * Writes one job inside the caller's transaction; it exists iff that transaction commits.
+ * Writes one job (one statement, plus a lookup when it has an idempotency key), in the caller's
+ * transaction or in autocommit.
  * @throws MnemoError `invalid_request`, `idempotency_conflict`, `queue_full`
  */
 export async function enqueueJob(
@@ -249,8 +210,7 @@ export async function enqueueJob(
       return { job: toJob(existing), created: false };
     }
   }
-  await admit(tx, ctx, tenantId, [job]);
-  const [row] = await insertJobs(tx, tenantId, [job], null);
+  const [row] = await insertJobs(tx, ctx, tenantId, [job], null);
   if (row !== undefined) {
     return { job: toJob(row), created: true };
   }
@@ -281,9 +241,9 @@ export async function enqueueJobs(
   if (specs.length === 0) {
     return [];
   }
-  const jobs = prepareAll(ctx, specs);
-  await admit(tx, ctx, tenantId, jobs);
-  return (await insertJobs(tx, tenantId, jobs, null)).map((row) => toJob(row));
+  return (await insertJobs(tx, ctx, tenantId, prepareAll(ctx, specs), null)).map((row) =>
+    toJob(row),
+  );
 }
 
 /**
@@ -332,7 +292,10 @@ export async function enqueueBatchJobs(
       };
     }
   }
-  await admit(tx, ctx, tenantId, prepared);
+  if (!tx.inTransaction) {
+    // The parent and its children are two statements; only a transaction makes them one.
+    throw new MnemoError(ErrorCode.Internal, 'enqueueBatch must run inside store.transaction()');
+  }
   const [parentRow] = await tx.query<JobRow>(
     `insert into jobs as j (tenant_id, kind, payload, is_parent, idempotency_key, payload_hash, children_total)
      values ($1, $2, $3::jsonb, true, $4, $5, $6)
@@ -348,7 +311,7 @@ export async function enqueueBatchJobs(
     }
     return { parent: toJob(existing), children: await childrenOf(tx, existing.id), created: false };
   }
-  const childRows = await insertJobs(tx, tenantId, prepared, parentRow.id);
+  const childRows = await insertJobs(tx, ctx, tenantId, prepared, parentRow.id);
   return {
     parent: toJob(parentRow, { pending: children.length, running: 0 }),
     children: childRows.map((row) => toJob(row)),

@@ -388,13 +388,25 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       expect(parent).toMatchObject({ status: 'cancelled', children: { cancelled: 2, total: 2 } });
     });
 
-    it('refuses to enqueue outside a transaction, where the lane lock would not cover the insert', async () => {
+    it('enqueues in autocommit as one statement, but a batch only inside a transaction', async () => {
       engine.register('noop', {});
-      await expect(engine.enqueue(store, { kind: 'noop', lane: 'L' })).rejects.toMatchObject({
+      const first = await engine.enqueue(store, { kind: 'noop', lane: 'L' });
+      const second = await engine.enqueue(store, { kind: 'noop', lane: 'L' });
+      // Only the lane's first job is its head: the lane lock covered the insert.
+      const rows = await store.query<{ id: number; ready: boolean }>(
+        'select id, ready from jobs order by id',
+      );
+      expect(rows).toEqual([
+        { id: first.job.id, ready: true },
+        { id: second.job.id, ready: false },
+      ]);
+      await expect(
+        engine.enqueueBatch(store, { kind: 'batch' }, [{ kind: 'noop', lane: 'L' }]),
+      ).rejects.toMatchObject({
         code: 'internal',
         message: expect.stringContaining('inside store.transaction'),
       });
-      expect(await store.query('select id from jobs')).toEqual([]);
+      expect(await store.query('select id from jobs')).toHaveLength(2);
     });
 
     it('cancels a batch of 2,000 children and announces every one of them', async () => {
