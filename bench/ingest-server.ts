@@ -22,6 +22,10 @@ const delayed: Extractor = {
     await sleep(delayMs, undefined, { signal });
     return rulesExtractor.extract(turn, signal);
   },
+  async summarize(messages, signal) {
+    await sleep(delayMs, undefined, { signal });
+    return rulesExtractor.summarize(messages, signal);
+  },
 };
 
 const config = loadConfig(process.env);

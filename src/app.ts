@@ -24,6 +24,14 @@ import {
   type SearchType,
 } from './memory/read.ts';
 import type { Extractor } from './memory/types.ts';
+import {
+  appendMessages,
+  commitSession,
+  type MessageInput,
+  readSession,
+  registerSessionJobs,
+  type SessionView,
+} from './sessions/sessions.ts';
 import { createStore } from './store/index.ts';
 import { migrate, migrationStatus } from './store/migrate.ts';
 import type { Store } from './store/types.ts';
@@ -48,6 +56,16 @@ export interface WriteOutcome {
   operation: OperationView;
   finished: boolean;
 }
+
+/** What a session commit answers. */
+export type CommitView =
+  | { status: 'nothing_to_commit'; finished: true }
+  | {
+      status: 'committed';
+      archive: { index: number; message_count: number };
+      operation: OperationView;
+      finished: boolean;
+    };
 
 /** A turn to ingest (API fields). */
 export type IngestInput = Omit<IngestPayload, 'user_id'>;
@@ -112,6 +130,15 @@ export interface Mnemo {
     opts: WriteOptions,
   ): Promise<WriteOutcome>;
   deleteUser(tenantId: string, userId: string, opts: WriteOptions): Promise<WriteOutcome>;
+  appendMessages(
+    tenantId: string,
+    sessionId: string,
+    userId: string,
+    messages: readonly MessageInput[],
+    idempotencyKey?: string,
+  ): Promise<{ live_count: number }>;
+  commitSession(tenantId: string, sessionId: string, opts: WriteOptions): Promise<CommitView>;
+  session(tenantId: string, sessionId: string): Promise<SessionView>;
   getOperation(tenantId: string, id: string, includeChildren: boolean): Promise<OperationView>;
   cancelOperation(tenantId: string, id: string): Promise<OperationView>;
   listOperations(
@@ -193,6 +220,7 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
   const engine = createEngine({ store, logger: logger.child({ component: 'engine' }) });
   const extractor = options.extractor ?? chooseExtractor(config);
   registerMemoryJobs(engine, extractor, { timeoutMs: config.llmTimeoutMs * 2 });
+  registerSessionJobs(engine, store, extractor, { timeoutMs: config.llmTimeoutMs * 2 });
 
   async function finish(tenantId: string, job: Job, opts: WriteOptions): Promise<WriteOutcome> {
     engine.wakeWorkers();
@@ -202,6 +230,10 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
     }
     return { operation: toOperation(current), finished: TERMINAL.has(current.status) };
   }
+
+  // Client keys live in their own namespace: jobs the application keys itself (a session
+  // archive's) can never collide with them.
+  const clientKey = (key: string | undefined) => (key === undefined ? undefined : `api:${key}`);
 
   return {
     config,
@@ -215,7 +247,7 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
         tenantId,
         lane: userLane(userId),
         payload,
-        idempotencyKey: opts.idempotencyKey,
+        idempotencyKey: clientKey(opts.idempotencyKey),
       });
       return finish(tenantId, job, opts);
     },
@@ -227,7 +259,7 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
             kind: MemoryJob.BatchIngest,
             tenantId,
             payload: { user_id: userId },
-            idempotencyKey: opts.idempotencyKey,
+            idempotencyKey: clientKey(opts.idempotencyKey),
           },
           items.map((item) => ({
             kind: MemoryJob.Ingest,
@@ -245,10 +277,21 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
         tenantId,
         lane: userLane(userId),
         payload: { user_id: userId },
-        idempotencyKey: opts.idempotencyKey,
+        idempotencyKey: clientKey(opts.idempotencyKey),
       });
       return finish(tenantId, job, opts);
     },
+    appendMessages: (tenantId, sessionId, userId, messages, idempotencyKey) =>
+      appendMessages(store, tenantId, sessionId, userId, messages, idempotencyKey),
+    async commitSession(tenantId, sessionId, opts) {
+      const out = await commitSession(store, engine, tenantId, sessionId, opts.idempotencyKey);
+      if (out.status === 'nothing_to_commit') {
+        return { status: out.status, finished: true };
+      }
+      const { operation, finished } = await finish(tenantId, out.job, opts);
+      return { status: out.status, archive: out.archive, operation, finished };
+    },
+    session: (tenantId, sessionId) => readSession(store, tenantId, sessionId),
     async getOperation(tenantId, id, includeChildren) {
       const job = await engine.getJob(tenantId, parseOperationId(id));
       if (job === undefined) {
@@ -302,7 +345,11 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
       }
     },
     startWorker: (workerOptions) =>
-      engine.startWorker({ concurrency: config.workerConcurrency, ...workerOptions }),
+      engine.startWorker({
+        concurrency: config.workerConcurrency,
+        leaseMs: config.workerLeaseMs,
+        ...workerOptions,
+      }),
     async close() {
       await engine.stop();
       await store.close();

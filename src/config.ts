@@ -50,6 +50,7 @@ const settings = {
   llmApiKey: { env: 'MNEMO_LLM_API_KEY', schema: z.string().min(1).optional() },
   llmTimeoutMs: { env: 'MNEMO_LLM_TIMEOUT_MS', schema: intFrom(100, 600_000).default(30_000) },
   workerConcurrency: { env: 'MNEMO_WORKER_CONCURRENCY', schema: intFrom(1, 1000).default(10) },
+  workerLeaseMs: { env: 'MNEMO_WORKER_LEASE_MS', schema: intFrom(1000, 3_600_000).default(30_000) },
   maxBodyBytes: {
     env: 'MNEMO_MAX_BODY_BYTES',
     schema: intFrom(1024, 100 * 1024 * 1024).default(1024 * 1024),
@@ -117,7 +118,11 @@ export function describeConfig(config: Config): Record<string, unknown> {
   for (const [key, setting] of Object.entries(settings)) {
     const value = config[key as keyof Config];
     out[setting.env] =
-      key === 'databaseUrl' && typeof value === 'string' ? redactUrl(value) : value;
+      key === 'databaseUrl' && typeof value === 'string'
+        ? redactUrl(value)
+        : key === 'llmApiKey' && value !== undefined
+          ? '***'
+          : value;
   }
   return out;
 }

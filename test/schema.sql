@@ -315,6 +315,55 @@ CREATE TABLE mnemo.profile_attributes (
     updated_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
+CREATE TABLE mnemo.session_append_keys (
+    tenant_id text NOT NULL,
+    key text NOT NULL,
+    session_id text NOT NULL,
+    payload_hash text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+CREATE TABLE mnemo.session_archives (
+    tenant_id text NOT NULL,
+    session_id text NOT NULL,
+    archive_index integer NOT NULL,
+    message_count integer NOT NULL,
+    operation_id bigint NOT NULL,
+    summary text,
+    request_key text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    summarized_at timestamp with time zone
+);
+
+CREATE TABLE mnemo.session_messages (
+    id bigint NOT NULL,
+    tenant_id text NOT NULL,
+    session_id text NOT NULL,
+    role text NOT NULL,
+    content text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    archive_index integer,
+    CONSTRAINT session_messages_role_chk CHECK ((role = ANY (ARRAY['user'::text, 'assistant'::text, 'system'::text, 'tool'::text])))
+);
+
+ALTER TABLE mnemo.session_messages ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME mnemo.session_messages_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+CREATE TABLE mnemo.sessions (
+    tenant_id text NOT NULL,
+    id text NOT NULL,
+    user_id text NOT NULL,
+    archive_count integer DEFAULT 0 NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
 CREATE TABLE mnemo.tenants (
     id text NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
@@ -371,6 +420,18 @@ ALTER TABLE ONLY mnemo.migrations
 ALTER TABLE ONLY mnemo.profile_attributes
     ADD CONSTRAINT profile_attributes_pkey PRIMARY KEY (tenant_id, user_id, key);
 
+ALTER TABLE ONLY mnemo.session_append_keys
+    ADD CONSTRAINT session_append_keys_pkey PRIMARY KEY (tenant_id, key);
+
+ALTER TABLE ONLY mnemo.session_archives
+    ADD CONSTRAINT session_archives_pkey PRIMARY KEY (tenant_id, session_id, archive_index);
+
+ALTER TABLE ONLY mnemo.session_messages
+    ADD CONSTRAINT session_messages_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY mnemo.sessions
+    ADD CONSTRAINT sessions_pkey PRIMARY KEY (tenant_id, id);
+
 ALTER TABLE ONLY mnemo.tenants
     ADD CONSTRAINT tenants_pkey PRIMARY KEY (id);
 
@@ -404,6 +465,14 @@ CREATE INDEX memories_search_idx ON mnemo.memories USING gin (search);
 
 CREATE INDEX memories_user_idx ON mnemo.memories USING btree (tenant_id, user_id, id);
 
+CREATE UNIQUE INDEX session_archives_request_key_uniq ON mnemo.session_archives USING btree (tenant_id, request_key) WHERE (request_key IS NOT NULL);
+
+CREATE INDEX session_messages_archive_idx ON mnemo.session_messages USING btree (tenant_id, session_id, archive_index, id) WHERE (archive_index IS NOT NULL);
+
+CREATE INDEX session_messages_live_idx ON mnemo.session_messages USING btree (tenant_id, session_id, id) WHERE (archive_index IS NULL);
+
+CREATE INDEX sessions_user_idx ON mnemo.sessions USING btree (tenant_id, user_id);
+
 CREATE INDEX turns_search_idx ON mnemo.turns USING gin (search);
 
 CREATE INDEX turns_user_idx ON mnemo.turns USING btree (tenant_id, user_id, id);
@@ -424,6 +493,18 @@ ALTER TABLE ONLY mnemo.memories
 
 ALTER TABLE ONLY mnemo.profile_attributes
     ADD CONSTRAINT profile_attributes_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES mnemo.tenants(id);
+
+ALTER TABLE ONLY mnemo.session_append_keys
+    ADD CONSTRAINT session_append_keys_session_fk FOREIGN KEY (tenant_id, session_id) REFERENCES mnemo.sessions(tenant_id, id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY mnemo.session_archives
+    ADD CONSTRAINT session_archives_session_fk FOREIGN KEY (tenant_id, session_id) REFERENCES mnemo.sessions(tenant_id, id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY mnemo.session_messages
+    ADD CONSTRAINT session_messages_session_fk FOREIGN KEY (tenant_id, session_id) REFERENCES mnemo.sessions(tenant_id, id) ON DELETE CASCADE;
+
+ALTER TABLE ONLY mnemo.sessions
+    ADD CONSTRAINT sessions_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES mnemo.tenants(id);
 
 ALTER TABLE ONLY mnemo.turns
     ADD CONSTRAINT turns_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES mnemo.tenants(id);

@@ -48,6 +48,8 @@ export const Limits = {
   agentResponse: 64_000,
   metadataBytes: 16_000,
   batchItems: 100,
+  messageContent: 32_000,
+  messagesPerAppend: 100,
 } as const;
 
 const Metadata = z
@@ -92,6 +94,24 @@ export const BatchIngestRequest = z.strictObject({
   ...Wait,
 });
 export type BatchIngestRequest = z.infer<typeof BatchIngestRequest>;
+
+/** One message of a session transcript. */
+export const SessionMessage = z.strictObject({
+  role: z.enum(['user', 'assistant', 'system', 'tool']),
+  content: Text(Limits.messageContent),
+  created_at: IsoTime.optional(),
+});
+
+/** `POST /v1/sessions/{id}/messages`. */
+export const AppendMessagesRequest = z.strictObject({
+  user_id: Id,
+  messages: z.array(SessionMessage).min(1).max(Limits.messagesPerAppend),
+  idempotency_key: Id.optional(),
+});
+export type AppendMessagesRequest = z.infer<typeof AppendMessagesRequest>;
+
+/** `POST /v1/sessions/{id}/commit` body (optional). */
+export const CommitRequest = z.strictObject({ idempotency_key: Id.optional(), ...Wait });
 
 /** `DELETE /v1/users/{id}` body (optional). */
 export const DeleteUserRequest = z.strictObject({ idempotency_key: Id.optional(), ...Wait });

@@ -34,7 +34,7 @@ interface Prepared {
 
 const MAX_KIND = 200;
 const MAX_LANE = 512;
-const MAX_KEY = 256;
+const MAX_KEY = 512;
 
 function invalid(message: string): MnemoError {
   return new MnemoError(ErrorCode.InvalidRequest, message);

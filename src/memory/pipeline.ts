@@ -1,4 +1,4 @@
-import type { Engine, JobContext } from '../engine/index.ts';
+import type { Engine } from '../engine/index.ts';
 import type { Queryable } from '../store/types.ts';
 import type { Extraction, Extractor } from './types.ts';
 import { normalizeText } from './types.ts';
@@ -75,34 +75,55 @@ const WRITE_TURN_SQL = `with
     (select coalesce(json_agg(json_build_object('id', 'evt_' || d.id, 'date', d.date, 'description', d.description) order by d.id), '[]'::json) from dated d) as events,
     (select turn_count from summary) as turn_count`;
 
-async function writeTurn(
+/** Whose memory a turn goes to, and which operation writes it. */
+export interface TurnTarget {
+  tenantId: string;
+  userId: string;
+  operationId: number;
+}
+
+/** The conversation text a turn records (what `search` finds as `conversation`). */
+export interface TurnRecord {
+  user_query: string;
+  agent_response?: string | undefined;
+  source?: string | undefined;
+  session_id?: string | undefined;
+  occurred_at?: string | undefined;
+}
+
+/**
+ * Writes one turn's extraction — profile, facts, events, the turn, the turn count — in one
+ * statement. Runs in the apply transaction of a job of the user's lane (ingest, session
+ * commit), which makes it the only writer of this user's memory at that moment.
+ */
+export async function writeTurn(
   tx: Queryable,
-  ctx: JobContext<IngestPayload>,
+  target: TurnTarget,
+  turn: TurnRecord,
   found: Extraction,
 ): Promise<IngestResult> {
-  const p = ctx.payload;
   const keys = Object.keys(found.set);
   const [row] = await tx.query<{
     facts: { id: string; text: string }[];
     events: { id: string; date: string; description: string }[];
     turn_count: number;
   }>(WRITE_TURN_SQL, [
-    ctx.tenantId,
-    p.user_id,
-    ctx.id,
+    target.tenantId,
+    target.userId,
+    target.operationId,
     keys,
     keys.map((k) => found.set[k] ?? ''),
     found.unset,
     found.memories,
     found.memories.map(normalizeText),
-    p.source ?? null,
-    p.occurred_at ?? null,
+    turn.source ?? null,
+    turn.occurred_at ?? null,
     found.events.map((e) => e.date),
     found.events.map((e) => e.description),
     found.events.map((e) => normalizeText(e.description)),
-    p.user_query,
-    p.agent_response ?? null,
-    p.session_id ?? null,
+    turn.user_query,
+    turn.agent_response ?? null,
+    turn.session_id ?? null,
   ]);
   const facts = row?.facts ?? [];
   const events = row?.events ?? [];
@@ -134,7 +155,13 @@ export function registerMemoryJobs(
       ),
     // The lane makes this the only writer of this user's memory right now, and the lease
     // check before apply makes it the only attempt whose writes commit.
-    apply: (tx, found, ctx) => writeTurn(tx, ctx, found),
+    apply: (tx, found, ctx) =>
+      writeTurn(
+        tx,
+        { tenantId: ctx.tenantId, userId: ctx.payload.user_id, operationId: ctx.id },
+        ctx.payload,
+        found,
+      ),
   });
 
   engine.register<{ user_id: string }, void>(MemoryJob.DeleteUser, {
@@ -142,7 +169,16 @@ export function registerMemoryJobs(
     async apply(tx, _none, ctx) {
       const args = [ctx.tenantId, ctx.payload.user_id];
       const counts: Record<string, number> = {};
-      for (const table of ['memories', 'profile_attributes', 'events', 'turns', 'user_summaries']) {
+      // Sessions take their messages, archives and append keys with them (on delete cascade).
+      const tables = [
+        'memories',
+        'profile_attributes',
+        'events',
+        'turns',
+        'user_summaries',
+        'sessions',
+      ];
+      for (const table of tables) {
         const rows = await tx.query<{ n: number }>(
           `with gone as (delete from ${table} where tenant_id = $1 and user_id = $2 returning 1)
            select count(*)::int as n from gone`,

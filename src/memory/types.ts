@@ -17,10 +17,21 @@ export interface Turn {
   occurredAt?: string | undefined;
 }
 
-/** Turns a conversation turn into memory. Implementations must honour `signal`. */
+/** One message of a session transcript. */
+export interface Message {
+  role: 'user' | 'assistant' | 'system' | 'tool';
+  content: string;
+}
+
+/** Summaries longer than this are cut. */
+export const MAX_SUMMARY = 4000;
+
+/** Turns conversation into memory. Implementations must honour `signal`. */
 export interface Extractor {
   readonly name: string;
   extract(turn: Turn, signal: AbortSignal): Promise<Extraction>;
+  /** A short prose summary of a transcript (a session archive). */
+  summarize(messages: readonly Message[], signal: AbortSignal): Promise<string>;
 }
 
 /** Lower-case, single-spaced, without surrounding punctuation: the dedup key of a text. */

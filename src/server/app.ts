@@ -9,7 +9,9 @@ import { requestId } from 'hono/request-id';
 import type { z } from 'zod';
 
 import {
+  AppendMessagesRequest,
   BatchIngestRequest,
+  CommitRequest,
   DeleteUserRequest,
   EventsQuery,
   Id,
@@ -85,6 +87,10 @@ function idempotencyKey(c: Context<Env>, fromBody: string | undefined): string |
 
 function userIdParam(c: Context<Env>): string {
   return parse(Id, c.req.param('user_id'));
+}
+
+function sessionIdParam(c: Context<Env>): string {
+  return parse(Id, c.req.param('session_id'));
 }
 
 function written(c: Context<Env>, outcome: WriteOutcome) {
@@ -237,6 +243,34 @@ export function createApp(deps: AppDeps): Hono<Env> {
     });
     return c.json(outcome.operation, outcome.finished ? 200 : 202);
   });
+
+  app.post('/v1/sessions/:session_id/messages', async (c) => {
+    const sessionId = sessionIdParam(c);
+    const body = parse(AppendMessagesRequest, await jsonBody(c));
+    return c.json(
+      await mnemo.appendMessages(
+        DEFAULT_TENANT,
+        sessionId,
+        body.user_id,
+        body.messages,
+        idempotencyKey(c, body.idempotency_key),
+      ),
+    );
+  });
+
+  app.post('/v1/sessions/:session_id/commit', async (c) => {
+    const sessionId = sessionIdParam(c);
+    const body = parse(CommitRequest, await jsonBody(c, true));
+    const { finished, ...out } = await mnemo.commitSession(DEFAULT_TENANT, sessionId, {
+      ...waitOptions(body, true),
+      idempotencyKey: idempotencyKey(c, body.idempotency_key),
+    });
+    return c.json(out, finished ? 200 : 202);
+  });
+
+  app.get('/v1/sessions/:session_id', async (c) =>
+    c.json(await mnemo.session(DEFAULT_TENANT, sessionIdParam(c))),
+  );
 
   return app;
 }

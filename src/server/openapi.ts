@@ -1,7 +1,9 @@
 import { z } from 'zod';
 
 import {
+  AppendMessagesRequest,
   BatchIngestRequest,
+  CommitRequest,
   DeleteUserRequest,
   ErrorBody,
   IngestRequest,
@@ -75,6 +77,35 @@ export function openApiDocument(): object {
       },
       '/v1/users/{user_id}/events': {
         get: { responses: { '200': { description: 'events in date order' }, ...errors } },
+      },
+      '/v1/sessions/{session_id}/messages': {
+        post: {
+          requestBody: { content: json(AppendMessagesRequest) },
+          responses: {
+            '200': { description: 'appended; `{"live_count": n}`' },
+            ...errors,
+            '409': {
+              description:
+                "another user's session, too many live messages, or idempotency_conflict",
+              content: json(ErrorBody),
+            },
+          },
+        },
+      },
+      '/v1/sessions/{session_id}/commit': {
+        post: {
+          requestBody: { content: json(CommitRequest) },
+          responses: {
+            '200': {
+              description: 'committed and finished within the wait, or `nothing_to_commit`',
+            },
+            '202': { description: "committed; the archive's operation goes on" },
+            ...errors,
+          },
+        },
+      },
+      '/v1/sessions/{session_id}': {
+        get: { responses: { '200': { description: 'live count and archives' }, ...errors } },
       },
       '/v1/users/{user_id}': {
         delete: { requestBody: { content: json(DeleteUserRequest) }, responses: operationWrite },

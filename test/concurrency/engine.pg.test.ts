@@ -105,7 +105,7 @@ describePg('engine across processes (PostgreSQL)', () => {
         and a.started_at < b.ended_at and b.started_at < a.ended_at`,
     );
     expect(parallel?.overlapping).toBeGreaterThan(100);
-  });
+  }, 240_000);
 
   it('re-runs the jobs of a worker killed with SIGKILL after its lease expires, committing nothing of the killed attempt', async () => {
     const victim = startWorker({

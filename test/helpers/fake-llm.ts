@@ -5,7 +5,8 @@
  */
 import { createServer, type Server } from 'node:http';
 
-import { extractByRules } from '../../src/memory/extractors/rules.ts';
+import { extractByRules, summarizeByRules } from '../../src/memory/extractors/rules.ts';
+import type { Message } from '../../src/memory/types.ts';
 
 export interface FakeLlm {
   url: string;
@@ -51,8 +52,20 @@ export async function startFakeLlm(latencyMs = 0): Promise<FakeLlm> {
           return;
         }
         const userText = body.messages.find((m) => m.role === 'user')?.content ?? '';
-        const query = /^User: (.*?)(\nAssistant:|$)/s.exec(userText)?.[1] ?? '';
-        let content = JSON.stringify(extractByRules({ userQuery: query }));
+        const system = body.messages.find((m) => m.role === 'system')?.content ?? '';
+        let content: string;
+        if (system.startsWith('You summarize')) {
+          // A transcript of "role: content" lines: summarized by the rules.
+          content = summarizeByRules(
+            userText.split('\n').map((line) => {
+              const [role = 'user', ...rest] = line.split(': ');
+              return { role: role as Message['role'], content: rest.join(': ') };
+            }),
+          );
+        } else {
+          const query = /^User: (.*?)(\nAssistant:|$)/s.exec(userText)?.[1] ?? '';
+          content = JSON.stringify(extractByRules({ userQuery: query }));
+        }
         if (garbles > 0) {
           garbles -= 1;
           content = 'Sure! Here is what I found: profile...';

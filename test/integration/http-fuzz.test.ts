@@ -33,9 +33,30 @@ const ingestLike = fc.record(
   },
   { requiredKeys: [] },
 );
+const messageLike = fc.record(
+  {
+    role: fc.oneof(fc.constantFrom('user', 'assistant', 'system', 'tool'), anyJson),
+    content: fc.oneof(fc.string({ maxLength: 50 }), hostileString, anyJson),
+    created_at: fc.oneof(
+      fc.date({ noInvalidDate: true }).map((d) => d.toISOString()),
+      anyJson,
+    ),
+  },
+  { requiredKeys: [] },
+);
+const sessionLike = fc.record(
+  {
+    user_id: fc.oneof(fc.constantFrom('u1', 'u2'), hostileString, anyJson),
+    messages: fc.oneof(fc.array(messageLike, { maxLength: 3 }), anyJson),
+    idempotency_key: anyJson,
+    wait: fc.oneof(fc.constant(false), anyJson),
+  },
+  { requiredKeys: [] },
+);
 const body = fc.oneof(
   anyJson.map((v) => JSON.stringify(v)),
   ingestLike.map((v) => JSON.stringify({ ...v, wait: false })),
+  sessionLike.map((v) => JSON.stringify({ ...v, wait: false })),
   fc.string({ maxLength: 80 }),
 );
 const queryValue = fc.oneof(
@@ -79,8 +100,14 @@ describe('HTTP API under random input (fast-check)', () => {
     await h.dispose();
   });
 
+  // Rows a refused request must not have written.
   const jobs = async () =>
-    (await h.mnemo.store.query<{ n: number }>('select count(*)::int as n from jobs'))[0]?.n ?? -1;
+    (
+      await h.mnemo.store.query<{ n: number }>(
+        `select ((select count(*) from jobs) + (select count(*) from sessions)
+           + (select count(*) from session_messages))::int as n`,
+      )
+    )[0]?.n ?? -1;
 
   it('never answers 500, always with an error body on 4xx, and writes nothing when it refuses', async () => {
     const routes = fc.oneof(
@@ -98,6 +125,18 @@ describe('HTTP API under random input (fast-check)', () => {
         fc.constant('POST'),
         pathPart.map((p) => `/v1/operations/${encodeURIComponent(p)}/cancel`),
         body,
+      ),
+      fc.tuple(
+        fc.constant('POST'),
+        fc
+          .tuple(pathPart, fc.constantFrom('messages', 'commit'))
+          .map(([p, action]) => `/v1/sessions/${encodeURIComponent(p)}/${action}`),
+        body,
+      ),
+      fc.tuple(
+        fc.constant('GET'),
+        pathPart.map((p) => `/v1/sessions/${encodeURIComponent(p)}`),
+        fc.constant(undefined),
       ),
       fc.tuple(
         fc.constant('GET'),

@@ -291,12 +291,14 @@ export function httpSuite(kind: 'pglite' | 'postgres'): void {
 
   describe(`HTTP API with a slow extractor (${kind})`, () => {
     it('answers 202 when the wait runs out, and a run past its timeout writes nothing and fails truthfully', async () => {
+      const stuck = (signal: AbortSignal) =>
+        new Promise<never>((_resolve, reject) =>
+          signal.addEventListener('abort', () => reject(signal.reason as Error)),
+        );
       const never: Extractor = {
         name: 'stuck',
-        extract: (_turn, signal) =>
-          new Promise((_resolve, reject) =>
-            signal.addEventListener('abort', () => reject(signal.reason as Error)),
-          ),
+        extract: (_turn, signal) => stuck(signal),
+        summarize: (_messages, signal) => stuck(signal),
       };
       const h = await openHttp(kind, 'http:slow', {
         extractor: never,

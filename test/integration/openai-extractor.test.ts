@@ -64,11 +64,14 @@ describe('OpenAI-compatible extractor (against a local chat-completions server)'
   });
 
   it('drives ingest end to end, a failed first call being retried by the engine', async () => {
+    // A fresh server: a request of the test above that timed out before reaching the shared
+    // one (a loaded machine) would leave its failure armed for this test.
+    const fresh = await startFakeLlm();
     const h = await openHttp('pglite', 'openai', {
-      env: { MNEMO_EXTRACTOR: 'openai', MNEMO_LLM_BASE_URL: llm.url, MNEMO_LLM_MODEL: 'tiny' },
+      env: { MNEMO_EXTRACTOR: 'openai', MNEMO_LLM_BASE_URL: fresh.url, MNEMO_LLM_MODEL: 'tiny' },
     });
     try {
-      llm.failNext(1, 502);
+      fresh.failNext(1, 502);
       const res = await h.call('POST', '/v1/memory/ingest', {
         user_id: 'u',
         user_query: 'My job is pilot.',
@@ -81,6 +84,7 @@ describe('OpenAI-compatible extractor (against a local chat-completions server)'
       });
     } finally {
       await h.dispose();
+      await fresh.close();
     }
   });
 });

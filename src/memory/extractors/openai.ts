@@ -1,7 +1,8 @@
 import { z } from 'zod';
 
 import { ErrorCode, MnemoError } from '../../core/errors.ts';
-import type { Extraction, Extractor, Turn } from '../types.ts';
+import type { Extraction, Extractor, Message, Turn } from '../types.ts';
+import { MAX_SUMMARY } from '../types.ts';
 
 /** Settings of the OpenAI-compatible extractor. */
 export interface OpenAiExtractorOptions {
@@ -45,6 +46,9 @@ function failure(message: string, retryable: boolean, cause?: unknown): MnemoErr
   );
 }
 
+const SUMMARY_PROMPT = `You summarize a conversation between a user and an assistant for the
+user's long-term memory, in at most five sentences. Answer with the summary text only.`;
+
 /**
  * Extracts with any OpenAI-compatible chat-completions endpoint (OpenAI, Ollama, vLLM).
  * Network errors, timeouts, 408/429/5xx and malformed output are retryable; other 4xx are not.
@@ -53,45 +57,59 @@ export function createOpenAiExtractor(options: OpenAiExtractorOptions): Extracto
   const doFetch = options.fetch ?? fetch;
   const url = `${options.baseUrl.replace(/\/+$/, '')}/chat/completions`;
   const timeoutMs = options.timeoutMs ?? 30_000;
+
+  /** One chat completion; resolves with the answer's text. */
+  async function complete(
+    system: string,
+    user: string,
+    json: boolean,
+    signal: AbortSignal,
+  ): Promise<string> {
+    let response: Response;
+    try {
+      response = await doFetch(url, {
+        method: 'POST',
+        headers: {
+          'content-type': 'application/json',
+          ...(options.apiKey === undefined ? {} : { authorization: `Bearer ${options.apiKey}` }),
+        },
+        body: JSON.stringify({
+          model: options.model,
+          temperature: 0,
+          ...(json ? { response_format: { type: 'json_object' } } : {}),
+          messages: [
+            { role: 'system', content: system },
+            { role: 'user', content: user },
+          ],
+        }),
+        signal: AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]),
+      });
+    } catch (err) {
+      throw failure(
+        signal.aborted ? 'aborted' : `request failed (${(err as Error).name})`,
+        true,
+        err,
+      );
+    }
+    if (!response.ok) {
+      const retryable =
+        response.status === 408 || response.status === 429 || response.status >= 500;
+      throw failure(`endpoint answered HTTP ${response.status}`, retryable);
+    }
+    try {
+      return completionSchema.parse(await response.json()).choices[0]?.message.content ?? '';
+    } catch (err) {
+      throw failure('the endpoint did not answer with a chat completion', true, err);
+    }
+  }
+
   return {
     name: 'openai',
     async extract(turn: Turn, signal: AbortSignal): Promise<Extraction> {
       const user = `User: ${turn.userQuery}${turn.agentResponse === undefined ? '' : `\nAssistant: ${turn.agentResponse}`}`;
-      let response: Response;
+      const content = await complete(SYSTEM_PROMPT, user, true, signal);
       try {
-        response = await doFetch(url, {
-          method: 'POST',
-          headers: {
-            'content-type': 'application/json',
-            ...(options.apiKey === undefined ? {} : { authorization: `Bearer ${options.apiKey}` }),
-          },
-          body: JSON.stringify({
-            model: options.model,
-            temperature: 0,
-            response_format: { type: 'json_object' },
-            messages: [
-              { role: 'system', content: SYSTEM_PROMPT },
-              { role: 'user', content: user },
-            ],
-          }),
-          signal: AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]),
-        });
-      } catch (err) {
-        throw failure(
-          signal.aborted ? 'aborted' : `request failed (${(err as Error).name})`,
-          true,
-          err,
-        );
-      }
-      if (!response.ok) {
-        const retryable =
-          response.status === 408 || response.status === 429 || response.status >= 500;
-        throw failure(`endpoint answered HTTP ${response.status}`, retryable);
-      }
-      let content: string | null | undefined;
-      try {
-        content = completionSchema.parse(await response.json()).choices[0]?.message.content;
-        const parsed = extractionSchema.safeParse(JSON.parse(content ?? ''));
+        const parsed = extractionSchema.safeParse(JSON.parse(content));
         if (!parsed.success) {
           throw new Error(parsed.error.issues.map((i) => i.message).join('; '));
         }
@@ -101,6 +119,14 @@ export function createOpenAiExtractor(options: OpenAiExtractorOptions): Extracto
       } catch (err) {
         throw failure('the model did not answer with the expected JSON', true, err);
       }
+    },
+    async summarize(messages: readonly Message[], signal: AbortSignal): Promise<string> {
+      const transcript = messages.map((m) => `${m.role}: ${m.content}`).join('\n');
+      const text = (await complete(SUMMARY_PROMPT, transcript, false, signal)).trim();
+      if (text === '') {
+        throw failure('the model answered with an empty summary', true);
+      }
+      return text.length > MAX_SUMMARY ? `${text.slice(0, MAX_SUMMARY - 1)}…` : text;
     },
   };
 }

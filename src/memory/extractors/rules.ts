@@ -1,5 +1,5 @@
-import type { Extraction, Extractor, Turn } from '../types.ts';
-import { normalizeText } from '../types.ts';
+import type { Extraction, Extractor, Message, Turn } from '../types.ts';
+import { MAX_SUMMARY, normalizeText } from '../types.ts';
 
 const DATE = '(\\d{4}-\\d{2}-\\d{2})';
 
@@ -106,8 +106,46 @@ export function extractByRules(turn: Turn): Extraction {
   return out;
 }
 
+const ROLE_NAMES: Record<Message['role'], [string, string]> = {
+  user: ['from the user', 'from the user'],
+  assistant: ['from the assistant', 'from the assistant'],
+  system: ['system message', 'system messages'],
+  tool: ['tool message', 'tool messages'],
+};
+
+/**
+ * A deterministic summary: how many messages of each role, then the user's first three
+ * sentences. "4 messages (2 from the user, 2 from the assistant). The user said: My name is
+ * Ada. I like tea."
+ */
+export function summarizeByRules(messages: readonly Message[]): string {
+  const counts = new Map<Message['role'], number>();
+  for (const m of messages) {
+    counts.set(m.role, (counts.get(m.role) ?? 0) + 1);
+  }
+  const parts = (['user', 'assistant', 'system', 'tool'] as const)
+    .filter((role) => counts.has(role))
+    .map((role) => {
+      const n = counts.get(role) ?? 0;
+      return `${n} ${ROLE_NAMES[role][n === 1 ? 0 : 1]}`;
+    });
+  const total = messages.length;
+  let summary = `${total} message${total === 1 ? '' : 's'} (${parts.join(', ')}).`;
+  const said = splitSentences(
+    messages
+      .filter((m) => m.role === 'user')
+      .map((m) => m.content)
+      .join('\n'),
+  ).slice(0, 3);
+  if (said.length > 0) {
+    summary += ` The user said: ${said.join(' ')}`;
+  }
+  return summary.length > MAX_SUMMARY ? `${summary.slice(0, MAX_SUMMARY - 1)}…` : summary;
+}
+
 /** The built-in extractor. */
 export const rulesExtractor: Extractor = {
   name: 'rules',
   extract: (turn) => Promise.resolve(extractByRules(turn)),
+  summarize: (messages) => Promise.resolve(summarizeByRules(messages)),
 };

@@ -1,0 +1,421 @@
+/**
+ * Sessions: a live transcript per session, archived by commits and turned into memory.
+ *
+ * Commit phase 1 is one short transaction: lock the session row, mark every live message as
+ * part of archive k + 1 (one statement whose snapshot follows the lock), insert the archive,
+ * enqueue its job. A concurrent second commit waits for the lock, then finds nothing live.
+ * Phase 2 is that job, in the user's lane: summarize the archive and extract memory from its
+ * user messages through the ingest pipeline (writeTurn), applied once by the fenced apply.
+ */
+import { createHash } from 'node:crypto';
+
+import { ErrorCode, MnemoError } from '../core/errors.ts';
+import { canonicalJson } from '../core/json.ts';
+import type { Engine, Job } from '../engine/index.ts';
+import { type IngestResult, userLane, writeTurn } from '../memory/pipeline.ts';
+import type { Extraction, Extractor, Message } from '../memory/types.ts';
+import type { Queryable, Store } from '../store/types.ts';
+
+/** The job kinds of sessions. */
+export const SessionJob = {
+  Commit: 'session.commit',
+} as const;
+
+/** What a session may hold live; past it, appends are refused until a commit. */
+export const LiveLimits = { messages: 2000, characters: 1_000_000 } as const;
+
+/** The archive's text kept for conversation search (a `tsvector` must stay under 1 MB). */
+const MAX_TURN_TEXT = 200_000;
+
+/** A message to append. */
+export interface MessageInput extends Message {
+  created_at?: string | undefined;
+}
+
+/** What the archive's job carries. */
+export interface CommitPayload {
+  user_id: string;
+  session_id: string;
+  archive_index: number;
+}
+
+/** The result of commit phase 1. */
+export type CommitOutcome =
+  | { status: 'nothing_to_commit' }
+  | { status: 'committed'; archive: { index: number; message_count: number }; job: Job };
+
+/** A session as `GET /v1/sessions/{id}` shows it. */
+export interface SessionView {
+  user_id: string;
+  live_count: number;
+  archives: {
+    index: number;
+    message_count: number;
+    summary: string | null;
+    status: Job['status'];
+    operation_id: string;
+  }[];
+}
+
+/** The result of an archive's job: the archive with its summary, and what memory took in. */
+export type ArchiveResult =
+  | ({ archive: { index: number; message_count: number; summary: string } } & IngestResult)
+  | { archive: { index: number; message_count: number }; skipped: string };
+
+interface Computed {
+  messages: number;
+  summary: string;
+  extraction: Extraction;
+  userText: string;
+  assistantText: string;
+}
+
+const NOTHING: Extraction = { set: {}, unset: [], events: [], memories: [] };
+
+function notFound(sessionId: string): MnemoError {
+  return new MnemoError(ErrorCode.NotFound, `session ${JSON.stringify(sessionId)} not found`);
+}
+
+/** The job's idempotency key. Client keys are namespaced `api:` by the application. */
+function archiveJobKey(sessionId: string, index: number): string {
+  return `session:${index}:${sessionId}`;
+}
+
+/**
+ * Locks the session row, creating the session on its first message; refuses a session of
+ * another user.
+ */
+async function lockForAppend(
+  tx: Queryable,
+  tenantId: string,
+  sessionId: string,
+  userId: string,
+): Promise<void> {
+  const [row] = await tx.query<{ user_id: string }>(
+    `insert into sessions as s (tenant_id, id, user_id) values ($1, $2, $3)
+     on conflict (tenant_id, id) do update set updated_at = now()
+     returning s.user_id`,
+    [tenantId, sessionId, userId],
+  );
+  if (row?.user_id !== userId) {
+    throw new MnemoError(
+      ErrorCode.Conflict,
+      `session ${JSON.stringify(sessionId)} belongs to another user`,
+    );
+  }
+}
+
+async function liveCount(q: Queryable, tenantId: string, sessionId: string): Promise<number> {
+  const [row] = await q.query<{ n: number }>(
+    `select count(*)::int as n from session_messages
+      where tenant_id = $1 and session_id = $2 and archive_index is null`,
+    [tenantId, sessionId],
+  );
+  return row?.n ?? 0;
+}
+
+/**
+ * Appends messages to a session's live transcript (creating the session), in order, all or
+ * none. With an idempotency key, a replay adds nothing and answers the current live count.
+ * @throws MnemoError `conflict` (another user's session, or too many live messages),
+ *   `idempotency_conflict`
+ */
+export function appendMessages(
+  store: Store,
+  tenantId: string,
+  sessionId: string,
+  userId: string,
+  messages: readonly MessageInput[],
+  idempotencyKey?: string,
+): Promise<{ live_count: number }> {
+  return store.transaction(async (tx) => {
+    await lockForAppend(tx, tenantId, sessionId, userId);
+    if (idempotencyKey !== undefined) {
+      const hash = createHash('sha256')
+        .update(canonicalJson({ sessionId, userId, messages }))
+        .digest('hex');
+      const [inserted] = await tx.query(
+        `insert into session_append_keys (tenant_id, key, session_id, payload_hash)
+         values ($1, $2, $3, $4) on conflict (tenant_id, key) do nothing returning 1 as ok`,
+        [tenantId, idempotencyKey, sessionId, hash],
+      );
+      if (inserted === undefined) {
+        const [existing] = await tx.query<{ session_id: string; payload_hash: string }>(
+          `select session_id, payload_hash from session_append_keys
+            where tenant_id = $1 and key = $2`,
+          [tenantId, idempotencyKey],
+        );
+        if (existing?.session_id !== sessionId || existing.payload_hash !== hash) {
+          throw new MnemoError(
+            ErrorCode.IdempotencyConflict,
+            `idempotency key ${JSON.stringify(idempotencyKey)} was already used for a different request`,
+          );
+        }
+        return { live_count: await liveCount(tx, tenantId, sessionId) };
+      }
+    }
+    // This statement starts after the session lock was granted: its count sees every
+    // commit that finished meanwhile.
+    const [row] = await tx.query<{ live_count: number; live_chars: number }>(
+      `with ins as (
+         insert into session_messages (tenant_id, session_id, role, content, created_at)
+         select $1, $2, m.role, m.content, coalesce(m.created_at, now())
+         from unnest($3::text[], $4::text[], $5::timestamptz[]) with ordinality
+           as m(role, content, created_at, ord)
+         order by m.ord
+         returning length(content) as len),
+       live as (
+         select count(*) as n, coalesce(sum(length(content)), 0) as chars from session_messages
+          where tenant_id = $1 and session_id = $2 and archive_index is null)
+       select ((select n from live) + (select count(*) from ins))::int as live_count,
+              ((select chars from live) + (select coalesce(sum(len), 0) from ins))::float8
+                as live_chars`,
+      [
+        tenantId,
+        sessionId,
+        messages.map((m) => m.role),
+        messages.map((m) => m.content),
+        messages.map((m) => m.created_at ?? null),
+      ],
+    );
+    const count = row?.live_count ?? 0;
+    const chars = row?.live_chars ?? 0;
+    if (count > LiveLimits.messages || chars > LiveLimits.characters) {
+      // Thrown inside the transaction: the insert above is rolled back.
+      throw new MnemoError(
+        ErrorCode.Conflict,
+        `session ${JSON.stringify(sessionId)} would hold ${count} live messages of ${chars} characters (limits ${LiveLimits.messages} and ${LiveLimits.characters}); commit it first`,
+        { details: { limits: LiveLimits } },
+      );
+    }
+    return { live_count: count };
+  });
+}
+
+async function archiveByKey(
+  q: Queryable,
+  tenantId: string,
+  key: string,
+): Promise<
+  | { session_id: string; archive_index: number; message_count: number; operation_id: number }
+  | undefined
+> {
+  const [row] = await q.query<{
+    session_id: string;
+    archive_index: number;
+    message_count: number;
+    operation_id: number;
+  }>(
+    `select session_id, archive_index, message_count, operation_id from session_archives
+      where tenant_id = $1 and request_key = $2`,
+    [tenantId, key],
+  );
+  return row;
+}
+
+/**
+ * Commit phase 1: archives every live message of the session and enqueues the archive's job,
+ * in one transaction. With an idempotency key, a replay answers the archive it made.
+ * @throws MnemoError `not_found`, `idempotency_conflict`, `queue_full`
+ */
+export async function commitSession(
+  store: Store,
+  engine: Engine,
+  tenantId: string,
+  sessionId: string,
+  requestKey?: string,
+): Promise<CommitOutcome> {
+  const replay = async (): Promise<CommitOutcome | undefined> => {
+    if (requestKey === undefined) {
+      return undefined;
+    }
+    const archive = await archiveByKey(store, tenantId, requestKey);
+    if (archive === undefined) {
+      return undefined;
+    }
+    if (archive.session_id !== sessionId) {
+      throw new MnemoError(
+        ErrorCode.IdempotencyConflict,
+        `idempotency key ${JSON.stringify(requestKey)} was already used for a different request`,
+      );
+    }
+    const job = await engine.getJob(tenantId, archive.operation_id);
+    if (job === undefined) {
+      throw new MnemoError(ErrorCode.Internal, 'an archive lost its operation');
+    }
+    return {
+      status: 'committed',
+      archive: { index: archive.archive_index, message_count: archive.message_count },
+      job,
+    };
+  };
+  const replayed = await replay();
+  if (replayed !== undefined) {
+    return replayed;
+  }
+  try {
+    return await store.transaction(async (tx): Promise<CommitOutcome> => {
+      const [session] = await tx.query<{ user_id: string; archive_count: number }>(
+        `select user_id, archive_count from sessions where tenant_id = $1 and id = $2 for update`,
+        [tenantId, sessionId],
+      );
+      if (session === undefined) {
+        throw notFound(sessionId);
+      }
+      const index = session.archive_count + 1;
+      // A statement after the lock: it sees every append that committed before it.
+      const [moved] = await tx.query<{ n: number }>(
+        `with moved as (
+           update session_messages set archive_index = $3
+            where tenant_id = $1 and session_id = $2 and archive_index is null
+           returning 1)
+         select count(*)::int as n from moved`,
+        [tenantId, sessionId, index],
+      );
+      const count = moved?.n ?? 0;
+      if (count === 0) {
+        return { status: 'nothing_to_commit' };
+      }
+      const payload: CommitPayload = {
+        user_id: session.user_id,
+        session_id: sessionId,
+        archive_index: index,
+      };
+      const { job } = await engine.enqueue(tx, {
+        kind: SessionJob.Commit,
+        tenantId,
+        lane: userLane(session.user_id),
+        payload,
+        idempotencyKey: archiveJobKey(sessionId, index),
+      });
+      await tx.query(
+        `with archive as (
+           insert into session_archives
+             (tenant_id, session_id, archive_index, message_count, operation_id, request_key)
+           values ($1, $2, $3, $4, $5, $6))
+         update sessions set archive_count = $3, updated_at = now()
+          where tenant_id = $1 and id = $2`,
+        [tenantId, sessionId, index, count, job.id, requestKey ?? null],
+      );
+      return { status: 'committed', archive: { index, message_count: count }, job };
+    });
+  } catch (err) {
+    // The same key committed concurrently: this transaction rolled back; answer its archive.
+    if (err instanceof MnemoError && err.code === ErrorCode.Conflict && requestKey !== undefined) {
+      const again = await replay();
+      if (again !== undefined) {
+        return again;
+      }
+    }
+    throw err;
+  }
+}
+
+/**
+ * A session: its user, live message count and archives with their summaries and status.
+ * @throws MnemoError `not_found`
+ */
+export async function readSession(
+  store: Queryable,
+  tenantId: string,
+  sessionId: string,
+): Promise<SessionView> {
+  const [session] = await store.query<{ user_id: string; live_count: number }>(
+    `select s.user_id, (select count(*) from session_messages m
+        where m.tenant_id = s.tenant_id and m.session_id = s.id and m.archive_index is null)::int
+        as live_count
+       from sessions s where s.tenant_id = $1 and s.id = $2`,
+    [tenantId, sessionId],
+  );
+  if (session === undefined) {
+    throw notFound(sessionId);
+  }
+  const archives = await store.query<{
+    index: number;
+    message_count: number;
+    summary: string | null;
+    status: Job['status'];
+    operation_id: number;
+  }>(
+    `select a.archive_index as index, a.message_count, a.summary, j.status, a.operation_id
+       from session_archives a join jobs j on j.id = a.operation_id
+      where a.tenant_id = $1 and a.session_id = $2
+      order by a.archive_index`,
+    [tenantId, sessionId],
+  );
+  return {
+    user_id: session.user_id,
+    live_count: session.live_count,
+    archives: archives.map((a) => ({ ...a, operation_id: `op_${a.operation_id}` })),
+  };
+}
+
+/** Registers commit phase 2 with the engine. */
+export function registerSessionJobs(
+  engine: Engine,
+  store: Store,
+  extractor: Extractor,
+  options: { timeoutMs?: number } = {},
+): void {
+  engine.register<CommitPayload, Computed | null>(SessionJob.Commit, {
+    timeoutMs: options.timeoutMs ?? 60_000,
+    maxAttempts: 3,
+    // Archived messages never change: reading them outside a transaction is safe, and the
+    // model calls hold none.
+    async compute(ctx) {
+      const messages = await store.query<Message>(
+        `select role, content from session_messages
+          where tenant_id = $1 and session_id = $2 and archive_index = $3 order by id`,
+        [ctx.tenantId, ctx.payload.session_id, ctx.payload.archive_index],
+      );
+      if (messages.length === 0) {
+        return null; // the user was deleted before this job ran
+      }
+      const userText = messages
+        .filter((m) => m.role === 'user')
+        .map((m) => m.content)
+        .join('\n');
+      const assistantText = messages
+        .filter((m) => m.role === 'assistant')
+        .map((m) => m.content)
+        .join('\n');
+      const [summary, extraction] = await Promise.all([
+        extractor.summarize(messages, ctx.signal),
+        userText === ''
+          ? Promise.resolve(NOTHING)
+          : extractor.extract(
+              { userQuery: userText, agentResponse: assistantText || undefined },
+              ctx.signal,
+            ),
+      ]);
+      return { messages: messages.length, summary, extraction, userText, assistantText };
+    },
+    async apply(tx, computed, ctx): Promise<ArchiveResult> {
+      const { session_id: sessionId, archive_index: index, user_id: userId } = ctx.payload;
+      const archive = { index, message_count: computed?.messages ?? 0 };
+      const [updated] =
+        computed === null
+          ? []
+          : await tx.query(
+              `update session_archives set summary = $4, summarized_at = now()
+                where tenant_id = $1 and session_id = $2 and archive_index = $3 returning 1 as ok`,
+              [ctx.tenantId, sessionId, index, computed.summary],
+            );
+      if (computed === null || updated === undefined) {
+        return { archive, skipped: 'the session was deleted' };
+      }
+      const written = await writeTurn(
+        tx,
+        { tenantId: ctx.tenantId, userId, operationId: ctx.id },
+        {
+          user_query: computed.userText.slice(0, MAX_TURN_TEXT),
+          agent_response: computed.assistantText.slice(0, MAX_TURN_TEXT) || undefined,
+          source: 'session',
+          session_id: sessionId,
+        },
+        computed.extraction,
+      );
+      return { archive: { ...archive, summary: computed.summary }, ...written };
+    },
+  });
+}
