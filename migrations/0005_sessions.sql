@@ -9,6 +9,9 @@ create table sessions (
   tenant_id text not null references tenants (id),
   id text not null,
   user_id text not null,
+  -- Unique for the life of this row: a session id reused after its user was deleted gets a
+  -- new one, so its archive jobs' keys never meet the old ones.
+  generation bigint generated always as identity,
   archive_count integer not null default 0,
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now(),

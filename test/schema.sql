@@ -359,9 +359,19 @@ CREATE TABLE mnemo.sessions (
     tenant_id text NOT NULL,
     id text NOT NULL,
     user_id text NOT NULL,
+    generation bigint NOT NULL,
     archive_count integer DEFAULT 0 NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+ALTER TABLE mnemo.sessions ALTER COLUMN generation ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME mnemo.sessions_generation_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
 );
 
 CREATE TABLE mnemo.tenants (

@@ -1,7 +1,9 @@
 import { ErrorCode, MnemoError } from '../core/errors.ts';
 import { type Logger, silentLogger } from '../core/logger.ts';
+import { runTransactionWithRetries } from '../store/retry.ts';
 import type { Queryable, Store } from '../store/types.ts';
 import {
+  addChildJob,
   childrenOf,
   enqueueBatchJobs,
   type EnqueueContext,
@@ -71,6 +73,19 @@ export interface Engine {
     parent: BatchParentSpec,
     children: readonly JobSpec[],
   ): Promise<EnqueuedBatch>;
+  /**
+   * Adds a child to a batch still pending or running (the parent then waits for it too),
+   * inside the caller's transaction. A handler may grow its own batch from its apply.
+   * @throws MnemoError `conflict`, `queue_full`
+   */
+  addChild(tx: Queryable, parentId: number, spec: JobSpec): Promise<Job>;
+  /** Sets the result of a batch parent (its status stays derived from its children). */
+  setParentResult(
+    tx: Queryable,
+    tenantId: string,
+    parentId: number,
+    result: unknown,
+  ): Promise<void>;
   /** A job of `tenantId`, or undefined. */
   getJob(tenantId: string, id: number, q?: Queryable): Promise<Job | undefined>;
   /** A batch parent's children, in order. */
@@ -163,14 +178,22 @@ export function createEngine(deps: {
       handlers.set(kind, handler as JobHandler);
     },
     async enqueue(tx, spec) {
-      const out = await enqueueJob(tx, enqueueContext, spec);
+      // In autocommit the statement is the whole transaction: a deadlock is retried here.
+      const out = tx.inTransaction
+        ? await enqueueJob(tx, enqueueContext, spec)
+        : await runTransactionWithRetries(() => enqueueJob(tx, enqueueContext, spec), 5);
       if (out.created) {
         metrics.enqueued.inc({ kind: spec.kind });
       }
       return out;
     },
     async enqueueMany(tx, tenantId, specs) {
-      const jobs = await enqueueJobs(tx, enqueueContext, tenantId, specs);
+      const jobs = tx.inTransaction
+        ? await enqueueJobs(tx, enqueueContext, tenantId, specs)
+        : await runTransactionWithRetries(
+            () => enqueueJobs(tx, enqueueContext, tenantId, specs),
+            5,
+          );
       for (const job of jobs) {
         metrics.enqueued.inc({ kind: job.kind });
       }
@@ -184,6 +207,18 @@ export function createEngine(deps: {
         }
       }
       return out;
+    },
+    async addChild(tx, parentId, spec) {
+      const job = await addChildJob(tx, enqueueContext, parentId, spec);
+      metrics.enqueued.inc({ kind: spec.kind });
+      return job;
+    },
+    async setParentResult(tx, tenantId, parentId, result) {
+      await tx.query(
+        `update jobs set result = $3::jsonb, updated_at = now()
+          where id = $1 and tenant_id = $2 and is_parent`,
+        [parentId, tenantId, JSON.stringify(result)],
+      );
     },
     getJob(tenantId, id, q = store) {
       return readJob(q, tenantId, id);

@@ -319,6 +319,37 @@ export async function enqueueBatchJobs(
   };
 }
 
+/**
+ * Adds a child to a batch that is still pending or running, inside the caller's transaction
+ * (which holds the parent's row lock from here on): the parent finishes only after it.
+ * @throws MnemoError `conflict` (the parent finished or does not exist), `queue_full`
+ */
+export async function addChildJob(
+  tx: Queryable,
+  ctx: EnqueueContext,
+  parentId: number,
+  spec: JobSpec,
+): Promise<Job> {
+  if (!tx.inTransaction) {
+    throw new MnemoError(ErrorCode.Internal, 'addChild must run inside store.transaction()');
+  }
+  const tenantId = spec.tenantId ?? 'default';
+  const [grown] = await tx.query(
+    `update jobs set children_total = children_total + 1, updated_at = now()
+      where id = $1 and tenant_id = $2 and is_parent and status in ('pending', 'running')
+      returning id`,
+    [parentId, tenantId],
+  );
+  if (grown === undefined) {
+    throw new MnemoError(ErrorCode.Conflict, `batch ${parentId} is finished or does not exist`);
+  }
+  const [row] = await insertJobs(tx, ctx, tenantId, prepareAll(ctx, [spec]), parentId);
+  if (row === undefined) {
+    throw new MnemoError(ErrorCode.Internal, 'adding a child inserted nothing');
+  }
+  return toJob(row);
+}
+
 /** A parent's children in enqueue order. */
 export async function childrenOf(q: Queryable, parentId: number): Promise<Job[]> {
   const rows = await q.query<JobRow>(

@@ -24,8 +24,24 @@ export const SessionJob = {
 /** What a session may hold live; past it, appends are refused until a commit. */
 export const LiveLimits = { messages: 2000, characters: 1_000_000 } as const;
 
-/** The archive's text kept for conversation search (a `tsvector` must stay under 1 MB). */
-const MAX_TURN_TEXT = 200_000;
+/**
+ * The archive's text kept for conversation search, per side, in UTF-8 bytes: the turn's
+ * `tsvector` over both sides must stay under 1 MB whatever the script.
+ */
+const MAX_TURN_BYTES = 150_000;
+
+/** `text` cut to at most `max` UTF-8 bytes, on a character boundary. */
+function truncateUtf8(text: string, max: number): string {
+  const bytes = Buffer.from(text, 'utf8');
+  if (bytes.length <= max) {
+    return text;
+  }
+  let end = max;
+  while (end > 0 && ((bytes[end] ?? 0) & 0xc0) === 0x80) {
+    end -= 1; // a continuation byte: back up to the character's first byte
+  }
+  return bytes.subarray(0, end).toString('utf8');
+}
 
 /** A message to append. */
 export interface MessageInput extends Message {
@@ -72,13 +88,20 @@ interface Computed {
 
 const NOTHING: Extraction = { set: {}, unset: [], events: [], memories: [] };
 
+/** Thrown inside the commit transaction to roll it back and answer a replay instead. */
+class ReplayAfterLock extends Error {}
+
 function notFound(sessionId: string): MnemoError {
   return new MnemoError(ErrorCode.NotFound, `session ${JSON.stringify(sessionId)} not found`);
 }
 
-/** The job's idempotency key. Client keys are namespaced `api:` by the application. */
-function archiveJobKey(sessionId: string, index: number): string {
-  return `session:${index}:${sessionId}`;
+/**
+ * The archive job's idempotency key: the session row's generation (unique even when a session
+ * id is reused after its user was deleted) and the archive index. Client keys are namespaced
+ * `api:` by the application, so they cannot meet it.
+ */
+function archiveJobKey(generation: number, index: number): string {
+  return `session:${generation}:${index}`;
 }
 
 /**
@@ -255,12 +278,21 @@ export async function commitSession(
   }
   try {
     return await store.transaction(async (tx): Promise<CommitOutcome> => {
-      const [session] = await tx.query<{ user_id: string; archive_count: number }>(
-        `select user_id, archive_count from sessions where tenant_id = $1 and id = $2 for update`,
+      const [session] = await tx.query<{
+        user_id: string;
+        archive_count: number;
+        generation: number;
+      }>(
+        `select user_id, archive_count, generation::float8 as generation from sessions
+          where tenant_id = $1 and id = $2 for update`,
         [tenantId, sessionId],
       );
       if (session === undefined) {
         throw notFound(sessionId);
+      }
+      if (requestKey !== undefined && (await archiveByKey(tx, tenantId, requestKey))) {
+        // The same key committed while this one waited for the lock: answer its archive.
+        throw new ReplayAfterLock();
       }
       const index = session.archive_count + 1;
       // A statement after the lock: it sees every append that committed before it.
@@ -286,7 +318,7 @@ export async function commitSession(
         tenantId,
         lane: userLane(session.user_id),
         payload,
-        idempotencyKey: archiveJobKey(sessionId, index),
+        idempotencyKey: archiveJobKey(session.generation, index),
       });
       await tx.query(
         `with archive as (
@@ -301,7 +333,10 @@ export async function commitSession(
     });
   } catch (err) {
     // The same key committed concurrently: this transaction rolled back; answer its archive.
-    if (err instanceof MnemoError && err.code === ErrorCode.Conflict && requestKey !== undefined) {
+    const raced =
+      err instanceof ReplayAfterLock ||
+      (err instanceof MnemoError && err.code === ErrorCode.Conflict);
+    if (raced && requestKey !== undefined) {
       const again = await replay();
       if (again !== undefined) {
         return again;
@@ -320,33 +355,37 @@ export async function readSession(
   tenantId: string,
   sessionId: string,
 ): Promise<SessionView> {
-  const [session] = await store.query<{ user_id: string; live_count: number }>(
-    `select s.user_id, (select count(*) from session_messages m
-        where m.tenant_id = s.tenant_id and m.session_id = s.id and m.archive_index is null)::int
-        as live_count
+  // One statement, one snapshot: a commit cannot land between the live count and the archives.
+  const [session] = await store.query<{
+    user_id: string;
+    live_count: number;
+    archives: {
+      index: number;
+      message_count: number;
+      summary: string | null;
+      status: Job['status'];
+      operation_id: number;
+    }[];
+  }>(
+    `select s.user_id,
+       (select count(*) from session_messages m
+         where m.tenant_id = s.tenant_id and m.session_id = s.id and m.archive_index is null)::int
+         as live_count,
+       (select coalesce(json_agg(json_build_object('index', a.archive_index,
+            'message_count', a.message_count, 'summary', a.summary, 'status', j.status,
+            'operation_id', a.operation_id) order by a.archive_index), '[]'::json)
+          from session_archives a join jobs j on j.id = a.operation_id
+         where a.tenant_id = s.tenant_id and a.session_id = s.id) as archives
        from sessions s where s.tenant_id = $1 and s.id = $2`,
     [tenantId, sessionId],
   );
   if (session === undefined) {
     throw notFound(sessionId);
   }
-  const archives = await store.query<{
-    index: number;
-    message_count: number;
-    summary: string | null;
-    status: Job['status'];
-    operation_id: number;
-  }>(
-    `select a.archive_index as index, a.message_count, a.summary, j.status, a.operation_id
-       from session_archives a join jobs j on j.id = a.operation_id
-      where a.tenant_id = $1 and a.session_id = $2
-      order by a.archive_index`,
-    [tenantId, sessionId],
-  );
   return {
     user_id: session.user_id,
     live_count: session.live_count,
-    archives: archives.map((a) => ({ ...a, operation_id: `op_${a.operation_id}` })),
+    archives: session.archives.map((a) => ({ ...a, operation_id: `op_${a.operation_id}` })),
   };
 }
 
@@ -408,8 +447,8 @@ export function registerSessionJobs(
         tx,
         { tenantId: ctx.tenantId, userId, operationId: ctx.id },
         {
-          user_query: computed.userText.slice(0, MAX_TURN_TEXT),
-          agent_response: computed.assistantText.slice(0, MAX_TURN_TEXT) || undefined,
+          user_query: truncateUtf8(computed.userText, MAX_TURN_BYTES),
+          agent_response: truncateUtf8(computed.assistantText, MAX_TURN_BYTES) || undefined,
           source: 'session',
           session_id: sessionId,
         },

@@ -184,6 +184,16 @@ export function sessionsSuite(kind: 'pglite' | 'postgres'): void {
       expect(del.body).toMatchObject({ status: 'succeeded' });
       expect((await h.call('GET', '/v1/sessions/s6')).status).toBe(404);
       expect(await count('select count(*)::int as n from session_messages')).toBe(0);
+      // The session id can be used again, by anyone: a fresh archive 1 with its own job.
+      const first = await h.call('POST', '/v1/sessions/s6/commit');
+      expect(first.status).toBe(404);
+      await append('s6', 'u7', [{ role: 'user', content: 'My pet is a cat.' }]);
+      const reused = await h.call('POST', '/v1/sessions/s6/commit');
+      expect(reused.body).toMatchObject({
+        status: 'committed',
+        archive: { index: 1, message_count: 1 },
+        operation: { status: 'succeeded', result: { profile: { set: { pet: 'a cat' } } } },
+      });
     });
   });
 }
