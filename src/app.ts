@@ -35,6 +35,15 @@ import {
 import { createStore } from './store/index.ts';
 import { migrate, migrationStatus } from './store/migrate.ts';
 import type { Store } from './store/types.ts';
+import {
+  type ConversationView,
+  listConversations,
+  registerSyncJobs,
+  type SegmentInput,
+  startSync,
+} from './sync/sync.ts';
+import type { Transcriber } from './sync/transcriber.ts';
+import { createOpenAiTranscriber } from './sync/transcriber.ts';
 
 /** An operation as the API shows it. */
 export interface OperationView {
@@ -108,6 +117,8 @@ export interface MnemoOptions {
   logger?: Logger;
   /** An extractor to use instead of the configured one (tests, embedding). */
   extractor?: Extractor;
+  /** A transcriber to use instead of the configured one (tests, embedding). */
+  transcriber?: Transcriber;
   /** Apply pending migrations at start. @defaultValue true */
   migrate?: boolean;
 }
@@ -139,6 +150,19 @@ export interface Mnemo {
   ): Promise<{ live_count: number }>;
   commitSession(tenantId: string, sessionId: string, opts: WriteOptions): Promise<CommitView>;
   session(tenantId: string, sessionId: string): Promise<SessionView>;
+  sync(
+    tenantId: string,
+    userId: string,
+    segments: readonly SegmentInput[],
+    options: { mergeWindowS: number; deviceId?: string | undefined },
+    opts: WriteOptions,
+  ): Promise<WriteOutcome>;
+  conversations(
+    tenantId: string,
+    userId: string,
+    from?: string,
+    to?: string,
+  ): Promise<{ items: ConversationView[] }>;
   getOperation(tenantId: string, id: string, includeChildren: boolean): Promise<OperationView>;
   cancelOperation(tenantId: string, id: string): Promise<OperationView>;
   listOperations(
@@ -221,6 +245,21 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
   const extractor = options.extractor ?? chooseExtractor(config);
   registerMemoryJobs(engine, extractor, { timeoutMs: config.llmTimeoutMs * 2 });
   registerSessionJobs(engine, store, extractor, { timeoutMs: config.llmTimeoutMs * 2 });
+  const transcriber =
+    options.transcriber ??
+    (config.sttBaseUrl === undefined
+      ? undefined
+      : createOpenAiTranscriber({
+          baseUrl: config.sttBaseUrl,
+          model: config.sttModel,
+          apiKey: config.sttApiKey,
+          timeoutMs: config.sttTimeoutMs,
+        }));
+  const syncSettings = {
+    audioRetentionMs: config.audioRetentionS * 1000,
+    timeoutMs: Math.max(config.sttTimeoutMs, config.llmTimeoutMs) * 2,
+  };
+  registerSyncJobs(engine, store, extractor, transcriber, syncSettings);
 
   async function finish(tenantId: string, job: Job, opts: WriteOptions): Promise<WriteOutcome> {
     engine.wakeWorkers();
@@ -292,6 +331,21 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
       return { status: out.status, archive: out.archive, operation, finished };
     },
     session: (tenantId, sessionId) => readSession(store, tenantId, sessionId),
+    async sync(tenantId, userId, segments, syncOptions, opts) {
+      if (segments.length > config.syncMaxSegments) {
+        throw new MnemoError(
+          ErrorCode.InvalidRequest,
+          `a sync carries at most ${config.syncMaxSegments} segments (MNEMO_SYNC_MAX_SEGMENTS)`,
+        );
+      }
+      const parent = await startSync(store, engine, syncSettings, tenantId, userId, segments, {
+        ...syncOptions,
+        idempotencyKey: clientKey(opts.idempotencyKey),
+      });
+      return finish(tenantId, parent, opts);
+    },
+    conversations: (tenantId, userId, from, to) =>
+      listConversations(store, tenantId, userId, from, to),
     async getOperation(tenantId, id, includeChildren) {
       const job = await engine.getJob(tenantId, parseOperationId(id));
       if (job === undefined) {

@@ -49,6 +49,25 @@ const settings = {
   llmModel: { env: 'MNEMO_LLM_MODEL', schema: z.string().trim().min(1).optional() },
   llmApiKey: { env: 'MNEMO_LLM_API_KEY', schema: z.string().min(1).optional() },
   llmTimeoutMs: { env: 'MNEMO_LLM_TIMEOUT_MS', schema: intFrom(100, 600_000).default(30_000) },
+  sttBaseUrl: {
+    env: 'MNEMO_STT_BASE_URL',
+    schema: z
+      .string()
+      .trim()
+      .refine((v) => /^https?:\/\//.test(v) && URL.canParse(v), {
+        message: 'must be an http(s) URL',
+      })
+      .optional(),
+  },
+  sttModel: { env: 'MNEMO_STT_MODEL', schema: z.string().trim().min(1).default('whisper-1') },
+  sttApiKey: { env: 'MNEMO_STT_API_KEY', schema: z.string().min(1).optional() },
+  sttTimeoutMs: { env: 'MNEMO_STT_TIMEOUT_MS', schema: intFrom(100, 600_000).default(60_000) },
+  syncMaxSegments: { env: 'MNEMO_SYNC_MAX_SEGMENTS', schema: intFrom(1, 10_000).default(1000) },
+  syncMaxBodyBytes: {
+    env: 'MNEMO_SYNC_MAX_BODY_BYTES',
+    schema: intFrom(1024, 1024 * 1024 * 1024).default(64 * 1024 * 1024),
+  },
+  audioRetentionS: { env: 'MNEMO_AUDIO_RETENTION_S', schema: intFrom(0, 30 * 86_400).default(480) },
   workerConcurrency: { env: 'MNEMO_WORKER_CONCURRENCY', schema: intFrom(1, 1000).default(10) },
   workerLeaseMs: { env: 'MNEMO_WORKER_LEASE_MS', schema: intFrom(1000, 3_600_000).default(30_000) },
   maxBodyBytes: {
@@ -120,7 +139,7 @@ export function describeConfig(config: Config): Record<string, unknown> {
     out[setting.env] =
       key === 'databaseUrl' && typeof value === 'string'
         ? redactUrl(value)
-        : key === 'llmApiKey' && value !== undefined
+        : (key === 'llmApiKey' || key === 'sttApiKey') && value !== undefined
           ? '***'
           : value;
   }

@@ -245,6 +245,28 @@ CREATE FUNCTION mnemo.lane_lock_key(tenant text, lane text) RETURNS bigint
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$ select hashtextextended('lane:' || length(tenant) || ':' || tenant || ':' || lane, 0) $$;
 
+CREATE TABLE mnemo.conversations (
+    id bigint NOT NULL,
+    tenant_id text NOT NULL,
+    user_id text NOT NULL,
+    started_at timestamp with time zone NOT NULL,
+    finished_at timestamp with time zone NOT NULL,
+    segment_count integer DEFAULT 0 NOT NULL,
+    summary text,
+    summary_count integer DEFAULT 0 NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+ALTER TABLE mnemo.conversations ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME mnemo.conversations_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
 CREATE TABLE mnemo.events (
     id bigint NOT NULL,
     tenant_id text NOT NULL,
@@ -374,6 +396,75 @@ ALTER TABLE mnemo.sessions ALTER COLUMN generation ADD GENERATED ALWAYS AS IDENT
     CACHE 1
 );
 
+CREATE TABLE mnemo.sync_audio (
+    id bigint NOT NULL,
+    tenant_id text NOT NULL,
+    user_id text NOT NULL,
+    wav bytea NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+ALTER TABLE mnemo.sync_audio ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME mnemo.sync_audio_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+CREATE TABLE mnemo.sync_batches (
+    id bigint NOT NULL,
+    tenant_id text NOT NULL,
+    user_id text NOT NULL,
+    parent_id bigint,
+    total integer DEFAULT 0 NOT NULL,
+    cursor integer DEFAULT 0 NOT NULL,
+    merge_window_s integer NOT NULL,
+    assigned integer DEFAULT 0 NOT NULL,
+    skipped integer DEFAULT 0 NOT NULL,
+    failed integer DEFAULT 0 NOT NULL,
+    duplicate integer DEFAULT 0 NOT NULL,
+    created bigint[] DEFAULT '{}'::bigint[] NOT NULL,
+    touched bigint[] DEFAULT '{}'::bigint[] NOT NULL,
+    finalized boolean DEFAULT false NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+ALTER TABLE mnemo.sync_batches ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME mnemo.sync_batches_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+CREATE TABLE mnemo.sync_segments (
+    tenant_id text NOT NULL,
+    user_id text NOT NULL,
+    id text NOT NULL,
+    batch_id bigint NOT NULL,
+    ord integer NOT NULL,
+    started_at timestamp with time zone NOT NULL,
+    ended_at timestamp with time zone NOT NULL,
+    state text DEFAULT 'pending'::text NOT NULL,
+    processed boolean DEFAULT false NOT NULL,
+    transcript text,
+    reason text,
+    conversation_id bigint,
+    audio_id bigint,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT sync_segments_state_chk CHECK ((state = ANY (ARRAY['pending'::text, 'ready'::text, 'skipped'::text, 'failed'::text, 'assigned'::text]))),
+    CONSTRAINT sync_segments_time_chk CHECK ((ended_at >= started_at))
+);
+
+CREATE TABLE mnemo.sync_users (
+    tenant_id text NOT NULL,
+    user_id text NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
 CREATE TABLE mnemo.tenants (
     id text NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
@@ -409,6 +500,9 @@ CREATE TABLE mnemo.user_summaries (
     last_ingested_at timestamp with time zone
 );
 
+ALTER TABLE ONLY mnemo.conversations
+    ADD CONSTRAINT conversations_pkey PRIMARY KEY (id);
+
 ALTER TABLE ONLY mnemo.events
     ADD CONSTRAINT events_dedup_uniq UNIQUE (tenant_id, user_id, date, norm_key);
 
@@ -442,6 +536,18 @@ ALTER TABLE ONLY mnemo.session_messages
 ALTER TABLE ONLY mnemo.sessions
     ADD CONSTRAINT sessions_pkey PRIMARY KEY (tenant_id, id);
 
+ALTER TABLE ONLY mnemo.sync_audio
+    ADD CONSTRAINT sync_audio_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY mnemo.sync_batches
+    ADD CONSTRAINT sync_batches_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY mnemo.sync_segments
+    ADD CONSTRAINT sync_segments_pkey PRIMARY KEY (tenant_id, user_id, id);
+
+ALTER TABLE ONLY mnemo.sync_users
+    ADD CONSTRAINT sync_users_pkey PRIMARY KEY (tenant_id, user_id);
+
 ALTER TABLE ONLY mnemo.tenants
     ADD CONSTRAINT tenants_pkey PRIMARY KEY (id);
 
@@ -450,6 +556,8 @@ ALTER TABLE ONLY mnemo.turns
 
 ALTER TABLE ONLY mnemo.user_summaries
     ADD CONSTRAINT user_summaries_pkey PRIMARY KEY (tenant_id, user_id);
+
+CREATE INDEX conversations_user_time_idx ON mnemo.conversations USING btree (tenant_id, user_id, started_at);
 
 CREATE INDEX events_search_idx ON mnemo.events USING gin (search);
 
@@ -483,11 +591,22 @@ CREATE INDEX session_messages_live_idx ON mnemo.session_messages USING btree (te
 
 CREATE INDEX sessions_user_idx ON mnemo.sessions USING btree (tenant_id, user_id);
 
+CREATE INDEX sync_audio_user_idx ON mnemo.sync_audio USING btree (tenant_id, user_id);
+
+CREATE INDEX sync_batches_user_idx ON mnemo.sync_batches USING btree (tenant_id, user_id);
+
+CREATE INDEX sync_segments_batch_idx ON mnemo.sync_segments USING btree (batch_id, ord) WHERE (NOT processed);
+
+CREATE INDEX sync_segments_conversation_idx ON mnemo.sync_segments USING btree (conversation_id, started_at) WHERE (conversation_id IS NOT NULL);
+
 CREATE INDEX turns_search_idx ON mnemo.turns USING gin (search);
 
 CREATE INDEX turns_user_idx ON mnemo.turns USING btree (tenant_id, user_id, id);
 
 CREATE TRIGGER jobs_notify_insert_trg AFTER INSERT ON mnemo.jobs FOR EACH STATEMENT EXECUTE FUNCTION mnemo.jobs_notify_insert();
+
+ALTER TABLE ONLY mnemo.conversations
+    ADD CONSTRAINT conversations_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES mnemo.tenants(id);
 
 ALTER TABLE ONLY mnemo.events
     ADD CONSTRAINT events_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES mnemo.tenants(id);
@@ -515,6 +634,21 @@ ALTER TABLE ONLY mnemo.session_messages
 
 ALTER TABLE ONLY mnemo.sessions
     ADD CONSTRAINT sessions_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES mnemo.tenants(id);
+
+ALTER TABLE ONLY mnemo.sync_audio
+    ADD CONSTRAINT sync_audio_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES mnemo.tenants(id);
+
+ALTER TABLE ONLY mnemo.sync_batches
+    ADD CONSTRAINT sync_batches_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES mnemo.tenants(id);
+
+ALTER TABLE ONLY mnemo.sync_segments
+    ADD CONSTRAINT sync_segments_conversation_id_fkey FOREIGN KEY (conversation_id) REFERENCES mnemo.conversations(id) ON DELETE SET NULL;
+
+ALTER TABLE ONLY mnemo.sync_segments
+    ADD CONSTRAINT sync_segments_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES mnemo.tenants(id);
+
+ALTER TABLE ONLY mnemo.sync_users
+    ADD CONSTRAINT sync_users_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES mnemo.tenants(id);
 
 ALTER TABLE ONLY mnemo.turns
     ADD CONSTRAINT turns_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES mnemo.tenants(id);

@@ -50,6 +50,9 @@ export const Limits = {
   batchItems: 100,
   messageContent: 32_000,
   messagesPerAppend: 100,
+  /** The hard cap; MNEMO_SYNC_MAX_SEGMENTS (default 1000) is the limit in force. */
+  syncSegments: 10_000,
+  transcript: 100_000,
 } as const;
 
 const Metadata = z
@@ -112,6 +115,50 @@ export type AppendMessagesRequest = z.infer<typeof AppendMessagesRequest>;
 
 /** `POST /v1/sessions/{id}/commit` body (optional). */
 export const CommitRequest = z.strictObject({ idempotency_key: Id.optional(), ...Wait });
+
+/** One segment of an offline sync: a transcript or 16-bit PCM WAV audio. */
+export const SyncSegment = z
+  .strictObject({
+    id: Id,
+    started_at: IsoTime,
+    ended_at: IsoTime,
+    transcript: Str().max(Limits.transcript).optional(),
+    audio_wav_base64: z
+      .string()
+      .min(1)
+      .regex(/^[A-Za-z0-9+/]+={0,2}$/, 'must be base64')
+      .optional(),
+  })
+  .refine((s) => (s.transcript === undefined) !== (s.audio_wav_base64 === undefined), {
+    message: 'a segment carries either transcript or audio_wav_base64',
+  })
+  .refine((s) => Date.parse(s.ended_at) >= Date.parse(s.started_at), {
+    message: 'ended_at must not be before started_at',
+    path: ['ended_at'],
+  });
+
+/** `POST /v1/sync`. */
+export const SyncRequest = z.strictObject({
+  user_id: Id,
+  device_id: Id.optional(),
+  segments: z
+    .array(SyncSegment)
+    .min(1)
+    .max(Limits.syncSegments)
+    .refine((list) => new Set(list.map((s) => s.id)).size === list.length, {
+      message: 'segment ids must be unique within a request',
+    }),
+  merge_window_s: z.number().int().min(0).max(86_400).optional(),
+  idempotency_key: Id.optional(),
+  ...Wait,
+});
+export type SyncRequest = z.infer<typeof SyncRequest>;
+
+/** `GET /v1/users/{id}/conversations`. */
+export const ConversationsQuery = z.strictObject({
+  from: IsoTime.optional(),
+  to: IsoTime.optional(),
+});
 
 /** `DELETE /v1/users/{id}` body (optional). */
 export const DeleteUserRequest = z.strictObject({ idempotency_key: Id.optional(), ...Wait });

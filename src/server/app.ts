@@ -12,6 +12,7 @@ import {
   AppendMessagesRequest,
   BatchIngestRequest,
   CommitRequest,
+  ConversationsQuery,
   DeleteUserRequest,
   EventsQuery,
   Id,
@@ -20,6 +21,7 @@ import {
   OperationQuery,
   OperationsQuery,
   SearchQuery,
+  SyncRequest,
 } from '../api/schemas.ts';
 import type { Mnemo, WriteOutcome } from '../app.ts';
 import { ErrorCode, MnemoError } from '../core/errors.ts';
@@ -33,6 +35,8 @@ export interface AppDeps {
   logger?: Logger;
   /** Largest accepted request body. @defaultValue 1 MiB */
   maxBodyBytes?: number;
+  /** Body limit of `POST /v1/sync` (audio uploads). @defaultValue 64 MiB */
+  syncMaxBodyBytes?: number;
   /** Show internal error messages to clients (never in production). @defaultValue false */
   exposeErrors?: boolean;
 }
@@ -112,17 +116,20 @@ export function createApp(deps: AppDeps): Hono<Env> {
   const app = new Hono<Env>();
 
   app.use(requestId());
-  app.use(
+  // Uploads of audio (POST /v1/sync) have a limit of their own.
+  const limitOf = (maxSize: number) =>
     bodyLimit({
-      maxSize: deps.maxBodyBytes ?? 1024 * 1024,
+      maxSize,
       onError: () => {
         throw new MnemoError(
           ErrorCode.PayloadTooLarge,
-          `the request body exceeds ${deps.maxBodyBytes ?? 1024 * 1024} bytes`,
+          `the request body exceeds ${maxSize} bytes`,
         );
       },
-    }),
-  );
+    });
+  const defaultLimit = limitOf(deps.maxBodyBytes ?? 1024 * 1024);
+  const syncLimit = limitOf(deps.syncMaxBodyBytes ?? 64 * 1024 * 1024);
+  app.use((c, next) => (c.req.path === '/v1/sync' ? syncLimit : defaultLimit)(c, next));
 
   app.onError((err, c) => {
     const requestIdValue = c.get('requestId');
@@ -266,6 +273,26 @@ export function createApp(deps: AppDeps): Hono<Env> {
       idempotencyKey: idempotencyKey(c, body.idempotency_key),
     });
     return c.json(out, finished ? 200 : 202);
+  });
+
+  app.post('/v1/sync', async (c) => {
+    const body = parse(SyncRequest, await jsonBody(c));
+    const outcome = await mnemo.sync(
+      DEFAULT_TENANT,
+      body.user_id,
+      body.segments,
+      { mergeWindowS: body.merge_window_s ?? 120, deviceId: body.device_id },
+      {
+        ...waitOptions(body, false),
+        idempotencyKey: idempotencyKey(c, body.idempotency_key),
+      },
+    );
+    return c.json(outcome.operation, outcome.finished ? 200 : 202);
+  });
+
+  app.get('/v1/users/:user_id/conversations', async (c) => {
+    const query = parse(ConversationsQuery, c.req.query());
+    return c.json(await mnemo.conversations(DEFAULT_TENANT, userIdParam(c), query.from, query.to));
   });
 
   app.get('/v1/sessions/:session_id', async (c) =>

@@ -20,7 +20,12 @@ export function startServer(
   mnemo: Mnemo,
   options: { host: string; port: number; logger: Logger },
 ): Promise<RunningServer> {
-  const app = createApp({ mnemo, logger: options.logger, maxBodyBytes: mnemo.config.maxBodyBytes });
+  const app = createApp({
+    mnemo,
+    logger: options.logger,
+    maxBodyBytes: mnemo.config.maxBodyBytes,
+    syncMaxBodyBytes: mnemo.config.syncMaxBodyBytes,
+  });
   return new Promise((resolve, reject) => {
     const server = serve(
       { fetch: app.fetch, hostname: options.host, port: options.port },

@@ -18,7 +18,11 @@ export async function openHttp(
   if (options.worker !== false) {
     await mnemo.startWorker({ pollIntervalMs: 200 });
   }
-  const app = createApp({ mnemo, maxBodyBytes: mnemo.config.maxBodyBytes });
+  const app = createApp({
+    mnemo,
+    maxBodyBytes: mnemo.config.maxBodyBytes,
+    syncMaxBodyBytes: mnemo.config.syncMaxBodyBytes,
+  });
   const call = async (
     method: string,
     path: string,

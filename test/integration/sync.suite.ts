@@ -1,0 +1,220 @@
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+
+import { eventually } from '../helpers/engine.ts';
+import { type FakeStt, silentWav, speechWav, startFakeStt } from '../helpers/fake-stt.ts';
+import { openHttp } from '../helpers/http.ts';
+
+type Harness = Awaited<ReturnType<typeof openHttp>>;
+
+const T0 = Date.parse('2026-06-01T10:00:00.000Z');
+const at = (s: number) => new Date(T0 + s * 1000).toISOString();
+const b64 = (wav: Buffer) => wav.toString('base64');
+
+/** Offline sync over HTTP on one store engine, one process. */
+export function syncSuite(kind: 'pglite' | 'postgres'): void {
+  describe(`offline sync (${kind})`, () => {
+    let stt: FakeStt;
+    let h: Harness;
+
+    beforeAll(async () => {
+      stt = await startFakeStt();
+    });
+
+    afterAll(async () => {
+      await stt.close();
+    });
+
+    beforeEach(async (ctx) => {
+      h = await openHttp(kind, `sync:${ctx.task.name}`, {
+        env: { MNEMO_STT_BASE_URL: stt.url, MNEMO_AUDIO_RETENTION_S: '1' },
+      });
+    });
+
+    afterEach(async () => {
+      await h.dispose();
+    });
+
+    const count = async (sql: string) =>
+      (await h.mnemo.store.query<{ n: number }>(sql))[0]?.n ?? -1;
+
+    const finished = async (opId: string) => {
+      let op: Record<string, unknown> = {};
+      await eventually(async () => {
+        op = (await h.call('GET', `/v1/operations/${opId}`)).body;
+        return ['succeeded', 'failed'].includes(String(op['status']));
+      }, 30_000);
+      return op;
+    };
+
+    it('assigns segments whose transcriptions finish newest first as if in time order, and summarizes once', async () => {
+      const wavs = [0, 1, 2].map((i) => speechWav(100 + i));
+      // The oldest segment's transcription finishes last.
+      wavs.forEach((wav, i) =>
+        stt.script(wav, { text: `Part ${i} of the walk.`, delayMs: 300 - i * 140 }),
+      );
+      const res = await h.call('POST', '/v1/sync', {
+        user_id: 'u1',
+        device_id: 'pendant',
+        segments: [0, 1, 2].map((i) => ({
+          id: `seg-${i}`,
+          started_at: at(i * 30),
+          ended_at: at(i * 30 + 10),
+          audio_wav_base64: b64(wavs[i] as Buffer),
+        })),
+      });
+      expect(res.status).toBe(202);
+      expect(res.body['kind']).toBe('sync.batch');
+      const op = await finished(res.body['id']);
+      expect(op).toMatchObject({
+        status: 'succeeded',
+        result: {
+          conversations: { created: [expect.stringMatching(/^conv_\d+$/)], merged: [] },
+          segments: { assigned: 3, skipped: 0, duplicate: 0, failed: 0 },
+        },
+      });
+      const list = await h.call('GET', '/v1/users/u1/conversations');
+      expect(list.body['items']).toEqual([
+        {
+          id: expect.stringMatching(/^conv_/),
+          started_at: at(0),
+          finished_at: at(70),
+          segment_ids: ['seg-0', 'seg-1', 'seg-2'],
+          summary: expect.stringContaining('Part 0 of the walk. Part 1 of the walk.'),
+        },
+      ]);
+      expect(await count('select summary_count as n from conversations')).toBe(1);
+
+      // The same upload again: every segment a duplicate, nothing changes.
+      const again = await h.call('POST', '/v1/sync', {
+        user_id: 'u1',
+        segments: [0, 1, 2].map((i) => ({
+          id: `seg-${i}`,
+          started_at: at(i * 30),
+          ended_at: at(i * 30 + 10),
+          audio_wav_base64: b64(wavs[i] as Buffer),
+        })),
+      });
+      expect((await finished(again.body['id']))['result']).toEqual({
+        conversations: { created: [], merged: [] },
+        segments: { assigned: 0, skipped: 0, duplicate: 3, failed: 0 },
+      });
+      expect((await h.call('GET', '/v1/users/u1/conversations')).body['items']).toEqual(
+        list.body['items'],
+      );
+      expect(await count('select summary_count as n from conversations')).toBe(1);
+    });
+
+    it('skips a silent segment and a failed transcription in the middle of a cluster, and keeps the cluster one conversation', async () => {
+      const speech = [0, 1, 2, 3].map((i) => speechWav(200 + i));
+      speech.forEach((wav, i) => stt.script(wav, { text: `Sentence ${i}.` }));
+      stt.script(speech[2] as Buffer, { status: 400 }); // final: not retried
+      const segments = [
+        { id: 'a', started_at: at(0), ended_at: at(5), audio_wav_base64: b64(speech[0]!) },
+        { id: 'b', started_at: at(20), ended_at: at(25), audio_wav_base64: b64(silentWav()) },
+        { id: 'c', started_at: at(40), ended_at: at(45), audio_wav_base64: b64(speech[2]!) },
+        { id: 'd', started_at: at(60), ended_at: at(65), transcript: '   ' },
+        { id: 'e', started_at: at(80), ended_at: at(85), transcript: 'The end.' },
+        // Another cluster, 10 minutes later.
+        { id: 'f', started_at: at(700), ended_at: at(705), audio_wav_base64: b64(speech[3]!) },
+      ];
+      const res = await h.call('POST', '/v1/sync', { user_id: 'u2', segments });
+      const op = await finished(res.body['id']);
+      expect(op['result']).toMatchObject({
+        segments: { assigned: 3, skipped: 2, duplicate: 0, failed: 1 },
+      });
+      const items = (await h.call('GET', '/v1/users/u2/conversations')).body['items'];
+      expect(items).toMatchObject([
+        { started_at: at(0), finished_at: at(85), segment_ids: ['a', 'e'] },
+        { started_at: at(700), finished_at: at(705), segment_ids: ['f'] },
+      ]);
+      const reasons = await h.mnemo.store.query<{ id: string; state: string; reason: string }>(
+        `select id, state, reason from sync_segments where user_id = 'u2' and reason is not null
+          order by id`,
+      );
+      expect(reasons).toEqual([
+        { id: 'b', state: 'skipped', reason: 'silent audio' },
+        { id: 'c', state: 'failed', reason: expect.stringContaining('HTTP 400') },
+        { id: 'd', state: 'skipped', reason: 'empty transcript' },
+      ]);
+    });
+
+    it('merges conversations that a later upload bridges, as if every segment had come in time order', async () => {
+      const seg = (n: number) => ({
+        id: `m${n}`,
+        started_at: at(n * 60),
+        ended_at: at(n * 60 + 50),
+        transcript: `Minute ${n}.`,
+      });
+      // Minutes 6-9 first: one conversation. Then minutes 0-5: they start more than the
+      // window (120 s) before it, so they begin their own, until minute 4 comes within the
+      // window of both: the two become one.
+      const late = await h.call('POST', '/v1/sync', {
+        user_id: 'u5',
+        segments: [6, 7, 8, 9].map(seg),
+      });
+      await finished(late.body['id']);
+      const early = await h.call('POST', '/v1/sync', {
+        user_id: 'u5',
+        segments: [3, 0, 5, 1, 4, 2].map(seg),
+      });
+      const op = await finished(early.body['id']);
+      const items = (await h.call('GET', '/v1/users/u5/conversations')).body['items'];
+      expect(items).toEqual([
+        {
+          id: expect.any(String),
+          started_at: at(0),
+          finished_at: at(9 * 60 + 50),
+          segment_ids: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9].map((n) => `m${n}`),
+          summary: expect.stringContaining('Minute 0.'),
+        },
+      ]);
+      // The conversation this upload started was the closest when minute 4 came, so it
+      // absorbed the other one: this upload reports it as created and nothing as merged into.
+      expect(op['result']).toEqual({
+        conversations: { created: [items[0].id], merged: [] },
+        segments: { assigned: 6, skipped: 0, duplicate: 0, failed: 0 },
+      });
+    });
+
+    it('deletes uploaded audio after the retention delay by a scheduled job', async () => {
+      const wav = speechWav(300);
+      stt.script(wav, { text: 'Hello there.' });
+      const res = await h.call('POST', '/v1/sync', {
+        user_id: 'u3',
+        segments: [{ id: 's', started_at: at(0), ended_at: at(3), audio_wav_base64: b64(wav) }],
+      });
+      await finished(res.body['id']);
+      await eventually(
+        async () => (await count('select count(*)::int as n from sync_audio')) === 0,
+        20_000,
+      );
+      expect(
+        await count(
+          `select count(*)::int as n from jobs where kind = 'sync.delete_audio' and status = 'succeeded'`,
+        ),
+      ).toBe(1);
+    });
+
+    it('refuses bad uploads with 400 and writes nothing', async () => {
+      const ok = { id: 'x', started_at: at(0), ended_at: at(1), transcript: 'Hi there.' };
+      const bad: unknown[] = [
+        { user_id: 'u', segments: [] },
+        { user_id: 'u', segments: [{ ...ok, ended_at: at(-1) }] },
+        { user_id: 'u', segments: [{ id: 'x', started_at: at(0), ended_at: at(1) }] },
+        { user_id: 'u', segments: [{ ...ok, audio_wav_base64: b64(silentWav()) }] },
+        { user_id: 'u', segments: [{ ...ok, transcript: undefined, audio_wav_base64: 'AAAA' }] },
+        { user_id: 'u', segments: [{ ...ok, transcript: undefined, audio_wav_base64: '!!' }] },
+        { user_id: 'u', segments: [ok, ok] },
+        { user_id: 'u', segments: [ok], merge_window_s: -1 },
+        { user_id: 'u', segments: [{ ...ok, started_at: 'yesterday' }] },
+      ];
+      for (const body of bad) {
+        const res = await h.call('POST', '/v1/sync', body);
+        expect(res.status, JSON.stringify(body).slice(0, 100)).toBe(400);
+        expect(res.body['error'].code).toBe('invalid_request');
+      }
+      expect(await count('select count(*)::int as n from sync_segments')).toBe(0);
+      expect(await count('select count(*)::int as n from jobs')).toBe(0);
+    });
+  });
+}
