@@ -4,6 +4,7 @@
  */
 import { runEngineBench } from './engine.ts';
 import { runIngestBench } from './ingest.ts';
+import { runSyncBench } from './sync.ts';
 
 const [name, parts] = process.argv.slice(2);
 switch (name) {
@@ -13,9 +14,12 @@ switch (name) {
   case 'ingest':
     await runIngestBench(parts);
     break;
+  case 'sync':
+    await runSyncBench();
+    break;
   default:
     process.stderr.write(
-      'usage: npm run bench -- engine [throughput,latency,memory] | ingest [postgres,postgres-split,pglite]\n',
+      'usage: npm run bench -- engine [throughput,latency,memory] | ingest [postgres,postgres-split,pglite] | sync\n',
     );
     process.exitCode = 2;
 }

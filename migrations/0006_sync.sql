@@ -64,6 +64,9 @@ create table sync_segments (
   reason text,
   conversation_id bigint references conversations (id) on delete set null,
   audio_id bigint,
+  -- The segment's transcription job: a segment whose job ended without a result (cancelled,
+  -- or failed by the reaper) is passed as failed by the cursor.
+  job_id bigint,
   created_at timestamptz not null default now(),
   constraint sync_segments_pkey primary key (tenant_id, user_id, id),
   constraint sync_segments_state_chk
@@ -79,6 +82,7 @@ create table sync_audio (
   id bigint generated always as identity primary key,
   tenant_id text not null references tenants (id),
   user_id text not null,
+  segment_id text not null,
   wav bytea not null,
   created_at timestamptz not null default now()
 );

@@ -400,6 +400,7 @@ CREATE TABLE mnemo.sync_audio (
     id bigint NOT NULL,
     tenant_id text NOT NULL,
     user_id text NOT NULL,
+    segment_id text NOT NULL,
     wav bytea NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL
 );
@@ -454,6 +455,7 @@ CREATE TABLE mnemo.sync_segments (
     reason text,
     conversation_id bigint,
     audio_id bigint,
+    job_id bigint,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     CONSTRAINT sync_segments_state_chk CHECK ((state = ANY (ARRAY['pending'::text, 'ready'::text, 'skipped'::text, 'failed'::text, 'assigned'::text]))),
     CONSTRAINT sync_segments_time_chk CHECK ((ended_at >= started_at))

@@ -117,11 +117,15 @@ export type AppendMessagesRequest = z.infer<typeof AppendMessagesRequest>;
 export const CommitRequest = z.strictObject({ idempotency_key: Id.optional(), ...Wait });
 
 /** One segment of an offline sync: a transcript or 16-bit PCM WAV audio. */
+// Segment times are compared in milliseconds here and in microseconds by PostgreSQL: finer
+// times could pass one check and fail the other.
+const MsTime = IsoTime.refine((v) => !/\.\d{4,}/.test(v), 'at most millisecond precision');
+
 export const SyncSegment = z
   .strictObject({
     id: Id,
-    started_at: IsoTime,
-    ended_at: IsoTime,
+    started_at: MsTime,
+    ended_at: MsTime,
     transcript: Str().max(Limits.transcript).optional(),
     audio_wav_base64: z
       .string()

@@ -86,6 +86,8 @@ export interface Engine {
     parentId: number,
     result: unknown,
   ): Promise<void>;
+  /** The job `tenantId` enqueued with idempotency key `key`, or undefined. */
+  findByIdempotencyKey(tenantId: string, key: string): Promise<Job | undefined>;
   /** A job of `tenantId`, or undefined. */
   getJob(tenantId: string, id: number, q?: Queryable): Promise<Job | undefined>;
   /** A batch parent's children, in order. */
@@ -219,6 +221,13 @@ export function createEngine(deps: {
           where id = $1 and tenant_id = $2 and is_parent`,
         [parentId, tenantId, JSON.stringify(result)],
       );
+    },
+    async findByIdempotencyKey(tenantId, key) {
+      const [row] = await store.query<{ id: number }>(
+        `select id from jobs where tenant_id = $1 and idempotency_key = $2`,
+        [tenantId, key],
+      );
+      return row === undefined ? undefined : readJob(store, tenantId, row.id);
     },
     getJob(tenantId, id, q = store) {
       return readJob(q, tenantId, id);

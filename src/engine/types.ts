@@ -123,6 +123,12 @@ export interface JobHandler<P = unknown, C = unknown> {
    * result (JSON). Without `apply` the result is what `compute` returned.
    */
   apply?: (tx: Queryable, computed: C, ctx: JobContext<P>) => Promise<unknown>;
+  /**
+   * Runs in the completion transaction when the job fails for good in a worker (its last
+   * attempt failed, or its error is final): the place to release what the job held. Not run
+   * when a job is cancelled or when the reaper fails it after its lease expired.
+   */
+  onFailure?: (tx: Queryable, error: Error, ctx: JobContext<P>) => Promise<void>;
   /** Run time limit of one attempt (compute + apply). @defaultValue the engine's `defaultTimeoutMs` */
   timeoutMs?: number;
   /** @defaultValue 3 */

@@ -3,6 +3,7 @@ import { hostname } from 'node:os';
 import { coerceError, ErrorCode, isMnemoError, MnemoError } from '../core/errors.ts';
 import { createId } from '../core/ids.ts';
 import type { Logger } from '../core/logger.ts';
+import { isRetryableDatabaseError } from '../store/errors.ts';
 import { runTransactionWithRetries } from '../store/retry.ts';
 import type { Queryable, Store } from '../store/types.ts';
 import { DEFAULT_BACKOFF, retryDelayMs } from './backoff.ts';
@@ -320,7 +321,7 @@ export class Worker {
         return;
       }
       const batch = this.#toComplete.splice(0, this.#maxBatch);
-      const applies = batch.some((r) => r.outcome?.ok === true && r.handler.apply !== undefined);
+      const applies = batch.some((r) => this.#needsTransaction(r));
       this.#flushes += 1;
       this.#applyFlushes += applies ? 1 : 0;
       void this.#flush(batch, applies).finally(() => {
@@ -406,8 +407,11 @@ export class Worker {
       batch.map((r) => [r.row.id, r.outcome ?? failedUnknown()]),
     );
     const applying = batch.filter((r) => r.outcome?.ok === true && r.handler.apply !== undefined);
+    const hooked = batch.filter(
+      (r) => r.outcome?.ok === false && r.handler.onFailure !== undefined,
+    );
     const lost = new Set<number>();
-    if (applying.length > 0) {
+    if (applying.length > 0 || hooked.length > 0) {
       // The job rows first, the lane locks only in finish_jobs at the end: a lane lock held
       // through the applies would make every enqueue into those lanes wait for them. The
       // one party taking these locks the other way round is a reaper finishing the same
@@ -416,9 +420,14 @@ export class Worker {
       const held = await q.query<{ id: number; lease_token: number }>(
         `select id, lease_token from jobs where id = any($1::bigint[]) and status = 'running'
           order by id for update`,
-        [applying.map((r) => r.row.id)],
+        [[...applying, ...hooked].map((r) => r.row.id)],
       );
       const tokens = new Map(held.map((h) => [h.id, h.lease_token]));
+      for (const running of hooked) {
+        if (tokens.get(running.row.id) !== running.row.lease_token) {
+          lost.add(running.row.id);
+        }
+      }
       for (const running of applying) {
         if (tokens.get(running.row.id) !== running.row.lease_token) {
           lost.add(running.row.id);
@@ -430,6 +439,13 @@ export class Worker {
     const transitions = batch
       .filter((r) => !lost.has(r.row.id))
       .map((r) => this.#transitionFor(r, outcomes.get(r.row.id) ?? failedUnknown()));
+    for (const t of transitions) {
+      const running = batch.find((r) => r.row.id === t.id);
+      const outcome = outcomes.get(t.id);
+      if (t.to === 'failed' && running?.handler.onFailure !== undefined && outcome?.ok === false) {
+        await this.#onFailure(q, running, outcome.error);
+      }
+    }
     const result = await applyTransitions(q, this.#deps.channels, transitions, {
       limit: refill,
       leaseMs: this.#leaseMs,
@@ -476,6 +492,13 @@ export class Worker {
     this.#timers.push(timer);
   }
 
+  /** A completion that runs handler code (an apply, or a final failure's hook). */
+  #needsTransaction(r: Running): boolean {
+    return r.outcome?.ok === true
+      ? r.handler.apply !== undefined
+      : r.handler.onFailure !== undefined;
+  }
+
   async #applyOne(tx: Queryable, running: Running, isolate: boolean): Promise<Outcome> {
     const { handler, ctx, controller } = running;
     if (controller.signal.aborted) {
@@ -488,7 +511,9 @@ export class Worker {
       try {
         return { ok: true, computed: await handler.apply?.(tx, computed, ctx) };
       } catch (err) {
-        throw new ApplyFailed(err);
+        // A deadlock or serialization failure is the transaction's, not the job's: the whole
+        // completion is retried and no attempt is charged.
+        throw isRetryableDatabaseError(err) ? err : new ApplyFailed(err);
       }
     }
     await tx.query('savepoint job_apply');
@@ -497,8 +522,29 @@ export class Worker {
       await tx.query('release savepoint job_apply');
       return { ok: true, computed: result };
     } catch (err) {
+      if (isRetryableDatabaseError(err)) {
+        throw err;
+      }
       await tx.query('rollback to savepoint job_apply');
       return { ok: false, error: coerceError(err) };
+    }
+  }
+
+  /** A job's hook for its final failure, in a savepoint: a failing hook is logged only. */
+  async #onFailure(q: Queryable, running: Running, error: Error): Promise<void> {
+    await q.query('savepoint job_on_failure');
+    try {
+      await running.handler.onFailure?.(q, error, running.ctx);
+      await q.query('release savepoint job_on_failure');
+    } catch (err) {
+      if (isRetryableDatabaseError(err)) {
+        throw err;
+      }
+      await q.query('rollback to savepoint job_on_failure');
+      this.#deps.logger.error(
+        { err, job: running.row.id, kind: running.row.kind },
+        'the failure hook of a job failed',
+      );
     }
   }
 

@@ -169,7 +169,9 @@ export function registerMemoryJobs(
     async apply(tx, _none, ctx) {
       const args = [ctx.tenantId, ctx.payload.user_id];
       const counts: Record<string, number> = {};
-      // Sessions take their messages, archives and append keys with them (on delete cascade).
+      // Sessions take their messages, archives and append keys with them (on delete
+      // cascade). Sync: segments before conversations (they point at them), and the batches,
+      // so a batch still transcribing stops (its cursor finds nothing).
       const tables = [
         'memories',
         'profile_attributes',
@@ -177,6 +179,11 @@ export function registerMemoryJobs(
         'turns',
         'user_summaries',
         'sessions',
+        'sync_segments',
+        'conversations',
+        'sync_batches',
+        'sync_audio',
+        'sync_users',
       ];
       for (const table of tables) {
         const rows = await tx.query<{ n: number }>(

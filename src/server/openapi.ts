@@ -8,6 +8,7 @@ import {
   ErrorBody,
   IngestRequest,
   Operation,
+  SyncRequest,
 } from '../api/schemas.ts';
 
 const json = (schema: z.ZodType) => ({
@@ -103,6 +104,15 @@ export function openApiDocument(): object {
             ...errors,
           },
         },
+      },
+      '/v1/sync': {
+        post: {
+          requestBody: { content: json(SyncRequest) },
+          responses: operationWrite,
+        },
+      },
+      '/v1/users/{user_id}/conversations': {
+        get: { responses: { '200': { description: 'conversations in time order' }, ...errors } },
       },
       '/v1/sessions/{session_id}': {
         get: { responses: { '200': { description: 'live count and archives' }, ...errors } },

@@ -80,3 +80,12 @@ export function translateDatabaseError(err: unknown): MnemoError {
     retryable: state !== undefined && RETRYABLE_SQLSTATES.has(state),
   });
 }
+
+/** A deadlock or serialization failure (raw or translated): the transaction may run again. */
+export function isRetryableDatabaseError(err: unknown): boolean {
+  const state =
+    err instanceof MnemoError
+      ? (err.details as { sqlstate?: unknown } | undefined)?.sqlstate
+      : sqlStateOf(err);
+  return typeof state === 'string' && RETRYABLE_SQLSTATES.has(state);
+}

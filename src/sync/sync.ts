@@ -7,13 +7,17 @@
  * lock (the `sync_users` row) and moves the cursor over every consecutive finished segment,
  * assigning each in turn; a segment not finished yet stops it, and the job that finishes that
  * segment moves it on. A segment within the merge window of conversations joins the closest
- * and merges the others into it, so the result does not depend on which batch got the lock
- * first. When the cursor has passed every segment, a summarize job (in the user's lane) is
- * added to the batch: every conversation the batch touched is summarized once.
+ * and merges the others within the window into it (beyond "join the closest": without it a
+ * segment bridging two conversations of two batches would leave them apart), so with one
+ * window the conversations do not depend on which batch got the lock first. When the cursor
+ * has passed every segment, the batch's counts become its result and a summarize job (in the
+ * user's summary lane) is added to it: every conversation it touched is summarized once.
  */
+import { createHash } from 'node:crypto';
+
 import { ErrorCode, isMnemoError, MnemoError } from '../core/errors.ts';
+import { canonicalJson } from '../core/json.ts';
 import type { Engine, Job } from '../engine/index.ts';
-import { userLane } from '../memory/pipeline.ts';
 import type { Extractor } from '../memory/types.ts';
 import type { Queryable, Store } from '../store/types.ts';
 import { isSilent, parseWav } from './audio.ts';
@@ -68,6 +72,18 @@ interface BatchPayload {
   batch_id: number;
 }
 
+interface AudioPayload {
+  audio_ids: number[];
+}
+
+/**
+ * The lane of a user's conversation summaries: one summary job of the user at a time, in
+ * batch order, apart from the user's memory lane (ingests do not hold them up).
+ */
+function summaryLane(userId: string): string {
+  return `sync:${userId}`;
+}
+
 type Transcribed =
   | { state: 'ready'; text: string }
   | { state: 'skipped'; reason: string }
@@ -101,6 +117,24 @@ export async function startSync(
   segments: readonly SegmentInput[],
   options: SyncRequestOptions,
 ): Promise<Job> {
+  const requestHash = createHash('sha256')
+    .update(canonicalJson({ userId, segments, options: { ...options, idempotencyKey: null } }))
+    .digest('hex');
+  const replay = (job: Job): Job => {
+    if ((job.payload as { request_hash?: unknown } | null)?.request_hash !== requestHash) {
+      throw new MnemoError(
+        ErrorCode.IdempotencyConflict,
+        `idempotency key ${JSON.stringify(options.idempotencyKey)} was already used for a different request`,
+      );
+    }
+    return job;
+  };
+  if (options.idempotencyKey !== undefined) {
+    const existing = await engine.findByIdempotencyKey(tenantId, options.idempotencyKey);
+    if (existing !== undefined) {
+      return replay(existing);
+    }
+  }
   const audio = new Map<string, Buffer>();
   for (const s of segments) {
     if (s.audio_wav_base64 !== undefined) {
@@ -113,6 +147,10 @@ export async function startSync(
   const byId = [...segments].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   try {
     return await store.transaction(async (tx) => {
+      await tx.query(
+        `insert into sync_users (tenant_id, user_id) values ($1, $2) on conflict do nothing`,
+        [tenantId, userId],
+      );
       const [batch] = await tx.query<{ id: number }>(
         `insert into sync_batches (tenant_id, user_id, merge_window_s) values ($1, $2, $3)
          returning id::float8 as id`,
@@ -145,12 +183,13 @@ export async function startSync(
           (a.id < b.id ? -1 : a.id > b.id ? 1 : 0),
       );
       const withAudio = ordered.filter((s) => audio.has(s.id));
-      const audioIds = await tx.query<{ id: number }>(
-        `insert into sync_audio (tenant_id, user_id, wav)
-         select $1, $2, w from unnest($3::bytea[]) with ordinality as a(w, i) order by a.i
-         returning id::float8 as id`,
-        [tenantId, userId, withAudio.map((s) => audio.get(s.id))],
+      const audioIds = await tx.query<{ id: number; segment_id: string }>(
+        `insert into sync_audio (tenant_id, user_id, segment_id, wav)
+         select $1, $2, a.segment_id, a.wav from unnest($3::text[], $4::bytea[]) as a(segment_id, wav)
+         returning id::float8 as id, segment_id`,
+        [tenantId, userId, withAudio.map((s) => s.id), withAudio.map((s) => audio.get(s.id))],
       );
+      const audioOf = new Map(audioIds.map((a) => [a.segment_id, a.id]));
       await tx.query(
         `update sync_segments g set ord = o.ord, audio_id = o.audio_id
            from unnest($4::text[], $5::int[], $6::bigint[]) as o(id, ord, audio_id)
@@ -161,10 +200,7 @@ export async function startSync(
           batchId,
           ordered.map((s) => s.id),
           ordered.map((_, i) => i),
-          ordered.map((s) => {
-            const k = withAudio.indexOf(s);
-            return k < 0 ? null : (audioIds[k]?.id ?? null);
-          }),
+          ordered.map((s) => audioOf.get(s.id) ?? null),
         ],
       );
       const duplicate = segments.length - ordered.length;
@@ -180,7 +216,7 @@ export async function startSync(
               {
                 kind: SyncJob.Summarize,
                 tenantId,
-                lane: userLane(userId),
+                lane: summaryLane(userId),
                 payload: { user_id: userId, batch_id: batchId },
               },
             ];
@@ -194,6 +230,7 @@ export async function startSync(
             batch_id: batchId,
             device_id: options.deviceId ?? null,
             segments: segments.length,
+            request_hash: requestHash,
           },
           idempotencyKey: options.idempotencyKey,
         },
@@ -208,6 +245,20 @@ export async function startSync(
           where id = $1`,
         [batchId, out.parent.id, ordered.length, duplicate],
       );
+      if (ordered.length > 0) {
+        await tx.query(
+          `update sync_segments g set job_id = j.job
+             from unnest($4::text[], $5::bigint[]) as j(id, job)
+            where g.tenant_id = $1 and g.user_id = $2 and g.batch_id = $3 and g.id = j.id`,
+          [
+            tenantId,
+            userId,
+            batchId,
+            out.children.map((c) => (c.payload as SegmentPayload).segment_id),
+            out.children.map((c) => c.id),
+          ],
+        );
+      }
       if (audioIds.length > 0) {
         await engine.enqueue(tx, {
           kind: SyncJob.DeleteAudio,
@@ -220,7 +271,15 @@ export async function startSync(
     });
   } catch (err) {
     if (err instanceof Replay) {
-      return err.job;
+      return replay(err.job); // the same key won a concurrent race
+    }
+    if (isMnemoError(err, ErrorCode.IdempotencyConflict) && options.idempotencyKey !== undefined) {
+      // The engine compares whole batches, whose payloads name their own sync batch; the
+      // request's hash is what decides.
+      const existing = await engine.findByIdempotencyKey(tenantId, options.idempotencyKey);
+      if (existing !== undefined) {
+        return replay(existing);
+      }
     }
     throw err;
   }
@@ -271,78 +330,89 @@ export async function listConversations(
   };
 }
 
-interface Cursor {
-  parent_id: number;
-  merge_window_s: number;
-  finalized: boolean;
+/** A segment the cursor reaches, as `advance` reads it. */
+interface Waiting {
+  id: string;
+  state: string;
+  started_at: string;
+  ended_at: string;
+}
+
+/** A conversation while a run of segments is assigned: a stored one, or one to create. */
+export interface Span {
+  /** The stored id; undefined for a conversation this run creates (until it is inserted). */
+  id: number | undefined;
+  stored: boolean;
+  /** Ties between equally close conversations go to the lower (older) one. */
+  order: number;
+  start: number;
+  end: number;
+  alive: boolean;
+  into?: Span;
+}
+
+/** Follows merges to the conversation that absorbed `span` in the end. */
+export function finalSpan(span: Span): Span {
+  let s = span;
+  while (s.into !== undefined) {
+    s = s.into;
+  }
+  return s;
 }
 
 /**
- * Assigns one segment: joins the closest conversation within the merge window and merges
- * every other one within it into that one, or starts a conversation.
+ * Assigns `ready` (in time order) as if one by one: each segment joins the closest
+ * conversation within the window and merges every other one within it into that one, or
+ * starts a conversation. Pure: `stored` are the user's conversations the run can reach.
  */
-async function assign(
-  tx: Queryable,
-  tenantId: string,
-  userId: string,
-  segment: { id: string; started_at: Date; ended_at: Date },
-  windowS: number,
-): Promise<{ conversation: number; created: boolean; absorbed: number[] }> {
-  const near = await tx.query<{ id: number }>(
-    `select c.id::float8 as id from conversations c
-      where c.tenant_id = $1 and c.user_id = $2
-        and c.started_at <= $4::timestamptz + make_interval(secs => $5)
-        and c.finished_at >= $3::timestamptz - make_interval(secs => $5)
-      order by greatest(extract(epoch from c.started_at - $4::timestamptz),
-                        extract(epoch from $3::timestamptz - c.finished_at), 0), c.id
-      for update`,
-    [tenantId, userId, segment.started_at, segment.ended_at, windowS],
-  );
-  const [closest, ...others] = near.map((c) => c.id);
-  if (closest === undefined) {
-    const [created] = await tx.query<{ id: number }>(
-      `insert into conversations (tenant_id, user_id, started_at, finished_at, segment_count)
-       values ($1, $2, $3, $4, 1) returning id::float8 as id`,
-      [tenantId, userId, segment.started_at, segment.ended_at],
-    );
-    const id = created?.id ?? 0;
-    await tx.query(
-      `update sync_segments set conversation_id = $4
-        where tenant_id = $1 and user_id = $2 and id = $3`,
-      [tenantId, userId, segment.id, id],
-    );
-    return { conversation: id, created: true, absorbed: [] };
+export function cluster(
+  stored: readonly { id: number; started_at: Date; finished_at: Date }[],
+  ready: readonly { id: string; start: number; end: number }[],
+  windowMs: number,
+): { spans: Span[]; target: Map<string, Span> } {
+  const spans: Span[] = stored.map((c) => ({
+    id: c.id,
+    stored: true,
+    order: c.id,
+    start: c.started_at.getTime(),
+    end: c.finished_at.getTime(),
+    alive: true,
+  }));
+  const target = new Map<string, Span>();
+  for (const seg of ready) {
+    const distance = (c: Span) => Math.max(c.start - seg.end, seg.start - c.end, 0);
+    const near = spans
+      .filter((c) => c.alive && distance(c) <= windowMs)
+      .sort((a, b) => distance(a) - distance(b) || a.order - b.order);
+    let into = near[0];
+    if (into === undefined) {
+      into = {
+        id: undefined,
+        stored: false,
+        order: Number.MAX_SAFE_INTEGER - ready.length + spans.length,
+        start: seg.start,
+        end: seg.end,
+        alive: true,
+      };
+      spans.push(into);
+    }
+    for (const other of near.slice(1)) {
+      other.alive = false;
+      other.into = into;
+      into.start = Math.min(into.start, other.start);
+      into.end = Math.max(into.end, other.end);
+    }
+    into.start = Math.min(into.start, seg.start);
+    into.end = Math.max(into.end, seg.end);
+    target.set(seg.id, into);
   }
-  if (others.length > 0) {
-    // The others' segments first: deleting a conversation nulls what still points at it.
-    await tx.query(
-      `update sync_segments set conversation_id = $2 where conversation_id = any($1::bigint[])`,
-      [others, closest],
-    );
-  }
-  await tx.query(
-    `with gone as (
-       delete from conversations where id = any($2::bigint[]) and tenant_id = $1
-       returning started_at, finished_at, segment_count)
-     update conversations c set
-       started_at = least(c.started_at, $4::timestamptz, (select min(started_at) from gone)),
-       finished_at = greatest(c.finished_at, $5::timestamptz, (select max(finished_at) from gone)),
-       segment_count = c.segment_count + 1 + coalesce((select sum(segment_count) from gone), 0),
-       updated_at = now()
-      where c.id = $3`,
-    [tenantId, others, closest, segment.started_at, segment.ended_at],
-  );
-  await tx.query(
-    `update sync_segments set conversation_id = $4
-      where tenant_id = $1 and user_id = $2 and id = $3`,
-    [tenantId, userId, segment.id, closest],
-  );
-  return { conversation: closest, created: false, absorbed: others };
+  return { spans, target };
 }
 
 /**
  * Moves the batch's cursor over every consecutive finished segment, under the user's lock,
- * and adds the batch's summarize job once the cursor has passed them all.
+ * assigning the ready ones with a few set-based statements, and adds the batch's summarize
+ * job once the cursor has passed them all.
  */
 async function advance(
   tx: Queryable,
@@ -357,64 +427,121 @@ async function advance(
      on conflict (tenant_id, user_id) do update set updated_at = now()`,
     [tenantId, userId],
   );
-  const [batch] = await tx.query<Cursor>(
-    `select parent_id::float8 as parent_id, merge_window_s, finalized from sync_batches
-      where id = $1 and tenant_id = $2 for update`,
+  // The batch and the segments its cursor has not passed, in a statement after the lock.
+  const [batch] = await tx.query<{
+    parent_id: number;
+    merge_window_s: number;
+    finalized: boolean;
+    waiting: Waiting[];
+    unprocessed: number;
+  }>(
+    `select b.parent_id::float8 as parent_id, b.merge_window_s, b.finalized,
+       (select coalesce(json_agg(json_build_object('id', s.id,
+           -- A segment whose job ended without a result (cancelled, failed by the reaper)
+           -- never gets one: the cursor passes it as failed.
+           'state', case when s.state = 'pending'
+             and (select j.status from jobs j where j.id = s.job_id) in ('failed', 'cancelled')
+             then 'failed' else s.state end,
+           'started_at', s.started_at, 'ended_at', s.ended_at) order by s.ord), '[]'::json)
+          from sync_segments s where s.batch_id = b.id and not s.processed
+           -- Up to the first segment still being transcribed (included: it stops the cursor).
+           and s.ord <= coalesce((select min(p.ord) from sync_segments p
+                                   where p.batch_id = b.id and not p.processed
+                                     and p.state = 'pending'
+                                     and coalesce((select j.status from jobs j
+                                                    where j.id = p.job_id), 'pending')
+                                         not in ('failed', 'cancelled')), 2147483647))
+         as waiting,
+       (select count(*) from sync_segments s where s.batch_id = b.id and not s.processed)::int
+         as unprocessed
+       from sync_batches b where b.id = $1 and b.tenant_id = $2 for update`,
     [batchId, tenantId],
   );
   if (batch === undefined || batch.finalized) {
     return;
   }
-  const waiting = await tx.query<{
-    id: string;
-    state: string;
-    started_at: Date;
-    ended_at: Date;
-  }>(
-    `select id, state, started_at, ended_at from sync_segments
-      where batch_id = $1 and not processed order by ord`,
-    [batchId],
-  );
-  let assigned = 0;
-  let skipped = 0;
-  let failed = 0;
-  const passed: string[] = [];
-  const created: number[] = [];
-  const touched: number[] = [];
-  const absorbed: number[] = [];
-  for (const segment of waiting) {
-    if (segment.state === 'pending') {
-      break; // its job will move the cursor on
-    }
-    passed.push(segment.id);
-    if (segment.state === 'ready') {
-      const out = await assign(tx, tenantId, userId, segment, batch.merge_window_s);
-      assigned += 1;
-      touched.push(out.conversation);
-      absorbed.push(...out.absorbed);
-      if (out.created) {
-        created.push(out.conversation);
-      }
-    } else if (segment.state === 'failed') {
-      failed += 1;
-    } else {
-      skipped += 1;
-    }
-  }
+  const firstPending = batch.waiting.findIndex((w) => w.state === 'pending');
+  const passed = firstPending < 0 ? batch.waiting : batch.waiting.slice(0, firstPending);
   if (passed.length === 0) {
-    return;
+    return; // the segment at the cursor is not finished: its job moves the cursor on
   }
-  const done = passed.length === waiting.length;
+  const ready = passed
+    .filter((w) => w.state === 'ready')
+    .map((w) => ({ id: w.id, start: Date.parse(w.started_at), end: Date.parse(w.ended_at) }));
+  const windowMs = batch.merge_window_s * 1000;
+  const assignedTo = new Map<string, number>();
+  const created: number[] = [];
+  const absorbed: number[] = [];
+  if (ready.length > 0) {
+    // Every conversation the run can reach, directly or through a merge, overlaps
+    // [first start − window, last end + window]. Locked, in id order.
+    const from = Math.min(...ready.map((r) => r.start)) - windowMs;
+    const to = Math.max(...ready.map((r) => r.end)) + windowMs;
+    const stored = await tx.query<{ id: number; started_at: Date; finished_at: Date }>(
+      `select id::float8 as id, started_at, finished_at from conversations
+        where tenant_id = $1 and user_id = $2 and started_at <= $4 and finished_at >= $3
+        order by id for update`,
+      [tenantId, userId, new Date(from), new Date(to)],
+    );
+    const { spans, target } = cluster(stored, ready, windowMs);
+    const fresh = spans.filter((c) => !c.stored && c.alive);
+    const freshIds = await tx.query<{ id: number }>(
+      `insert into conversations (tenant_id, user_id, started_at, finished_at)
+       select $1, $2, c.s, c.f from unnest($3::timestamptz[], $4::timestamptz[]) with ordinality
+         as c(s, f, i) order by c.i
+       returning id::float8 as id`,
+      [tenantId, userId, fresh.map((c) => new Date(c.start)), fresh.map((c) => new Date(c.end))],
+    );
+    fresh.forEach((c, i) => {
+      c.id = freshIds[i]?.id;
+      created.push(c.id ?? 0);
+    });
+    for (const [segment, span] of target) {
+      assignedTo.set(segment, finalSpan(span).id ?? 0);
+    }
+    const gone = spans.filter((c) => c.stored && !c.alive);
+    absorbed.push(...gone.map((c) => c.id ?? 0));
+    if (gone.length > 0) {
+      // The absorbed conversations' segments first: deleting one nulls what points at it.
+      await tx.query(
+        `update sync_segments g set conversation_id = m.target
+           from unnest($1::bigint[], $2::bigint[]) as m(gone, target)
+          where g.conversation_id = m.gone`,
+        [absorbed, gone.map((c) => finalSpan(c).id)],
+      );
+      await tx.query(`delete from conversations where tenant_id = $1 and id = any($2::bigint[])`, [
+        tenantId,
+        absorbed,
+      ]);
+    }
+    const kept = spans.filter((c) => c.stored && c.alive);
+    await tx.query(
+      `update conversations c set started_at = u.s, finished_at = u.f, updated_at = now()
+         from unnest($2::bigint[], $3::timestamptz[], $4::timestamptz[]) as u(id, s, f)
+        where c.tenant_id = $1 and c.id = u.id`,
+      [
+        tenantId,
+        kept.map((c) => c.id),
+        kept.map((c) => new Date(c.start)),
+        kept.map((c) => new Date(c.end)),
+      ],
+    );
+  }
+  const touched = [...new Set(assignedTo.values())];
+  const done = passed.length === batch.unprocessed;
   await tx.query(
     `with seg as (
-       update sync_segments set processed = true,
-         state = case when state = 'ready' then 'assigned' else state end
-        where tenant_id = $2 and user_id = $3 and id = any($4::text[]) returning 1)
-     update sync_batches set cursor = cursor + $5, assigned = assigned + $6,
-       skipped = skipped + $7, failed = failed + $8,
-       created = array(select distinct x from unnest(created || $9::bigint[]) x
+       update sync_segments g set processed = true,
+         state = case when g.state = 'ready' then 'assigned' else g.state end,
+         conversation_id = coalesce(u.conversation, g.conversation_id)
+         from unnest($4::text[], $5::bigint[]) as u(id, conversation)
+        where g.tenant_id = $2 and g.user_id = $3 and g.id = u.id
+        returning 1)
+     update sync_batches set cursor = cursor + (select count(*) from seg)::int,
+       assigned = assigned + $6, skipped = skipped + $7, failed = failed + $8,
+       created = array(select distinct x from unnest(created || $10::bigint[]) x
                        where x <> all($11::bigint[])),
-       touched = array(select distinct x from unnest(touched || $10::bigint[]) x
+       touched = array(select distinct x from unnest(touched || $9::bigint[]) x
                        where x <> all($11::bigint[])),
        finalized = $12
       where id = $1`,
@@ -422,25 +549,80 @@ async function advance(
       batchId,
       tenantId,
       userId,
-      passed,
-      passed.length,
-      assigned,
-      skipped,
-      failed,
-      created,
+      passed.map((w) => w.id),
+      passed.map((w) => assignedTo.get(w.id) ?? null),
+      ready.length,
+      passed.filter((w) => w.state === 'skipped').length,
+      passed.filter((w) => w.state === 'failed').length,
       touched,
+      created,
       absorbed,
       done,
     ],
   );
+  if (touched.length > 0) {
+    // A statement after the assignment: its snapshot sees the segments just moved.
+    await tx.query(
+      `update conversations c set segment_count =
+         (select count(*) from sync_segments s where s.conversation_id = c.id)
+        where c.tenant_id = $1 and c.id = any($2::bigint[])`,
+      [tenantId, touched],
+    );
+  }
   if (done) {
+    // The counts are the batch's result from now on; the summaries add nothing to them.
+    const { parent_id: _parent, ...result } = await readResult(tx, tenantId, batchId);
+    await engine.setParentResult(tx, tenantId, batch.parent_id, result);
     await engine.addChild(tx, batch.parent_id, {
       kind: SyncJob.Summarize,
       tenantId,
-      lane: userLane(userId),
+      lane: summaryLane(userId),
       payload: { user_id: userId, batch_id: batchId },
     });
   }
+}
+
+/** A batch's result: its counts, and its conversations that still exist. */
+async function readResult(
+  q: Queryable,
+  tenantId: string,
+  batchId: number,
+): Promise<SyncResult & { parent_id: number }> {
+  const [batch] = await q.query<{
+    parent_id: number;
+    created: number[];
+    merged: number[];
+    assigned: number;
+    skipped: number;
+    duplicate: number;
+    failed: number;
+  }>(
+    `select parent_id::float8 as parent_id,
+       array(select x::float8 from unnest(created) x
+              where exists (select 1 from conversations c where c.id = x) order by x) as created,
+       array(select x::float8 from unnest(touched) x
+              where x <> all(created)
+                and exists (select 1 from conversations c where c.id = x) order by x) as merged,
+       assigned, skipped, duplicate, failed
+       from sync_batches where id = $1 and tenant_id = $2`,
+    [batchId, tenantId],
+  );
+  if (batch === undefined) {
+    throw new MnemoError(ErrorCode.Internal, `sync batch ${batchId} is gone`);
+  }
+  return {
+    parent_id: batch.parent_id,
+    conversations: {
+      created: batch.created.map(conversationId),
+      merged: batch.merged.map(conversationId),
+    },
+    segments: {
+      assigned: batch.assigned,
+      skipped: batch.skipped,
+      duplicate: batch.duplicate,
+      failed: batch.failed,
+    },
+  };
 }
 
 /** Registers the sync jobs with the engine. */
@@ -451,53 +633,41 @@ export function registerSyncJobs(
   transcriber: Transcriber | undefined,
   settings: SyncSettings,
 ): void {
+  /** Records a segment's outcome and moves its batch's cursor (the user's lock inside). */
+  async function settle(
+    tx: Queryable,
+    ctx: { tenantId: string; payload: SegmentPayload },
+    result: Transcribed,
+  ): Promise<void> {
+    const { user_id: userId, batch_id: batchId, segment_id: segmentId } = ctx.payload;
+    await tx.query(
+      `update sync_segments set state = $5, transcript = coalesce($6, transcript), reason = $7
+        where tenant_id = $1 and user_id = $2 and id = $3 and batch_id = $4
+          and state = 'pending'`,
+      [
+        ctx.tenantId,
+        userId,
+        segmentId,
+        batchId,
+        result.state,
+        result.state === 'ready' ? result.text : null,
+        result.state === 'ready' ? null : result.reason,
+      ],
+    );
+    await advance(tx, engine, ctx.tenantId, userId, batchId);
+  }
+
   engine.register<SegmentPayload, Transcribed>(SyncJob.Segment, {
     timeoutMs: settings.timeoutMs,
     maxAttempts: 3,
     backoff: { baseMs: 500, maxMs: 10_000 },
     async compute(ctx): Promise<Transcribed> {
-      const [row] = await store.query<{ transcript: string | null; wav: Uint8Array | null }>(
-        `select s.transcript, a.wav from sync_segments s left join sync_audio a on a.id = s.audio_id
-          where s.tenant_id = $1 and s.user_id = $2 and s.id = $3`,
-        [ctx.tenantId, ctx.payload.user_id, ctx.payload.segment_id],
-      );
-      if (row === undefined) {
-        return { state: 'skipped', reason: 'the segment was deleted' };
-      }
-      if (row.transcript !== null) {
-        return row.transcript.trim() === ''
-          ? { state: 'skipped', reason: 'empty transcript' }
-          : { state: 'ready', text: row.transcript };
-      }
-      if (row.wav === null) {
-        return { state: 'failed', reason: 'the audio was deleted before it was transcribed' };
-      }
-      // PGlite hands bytea over as a Uint8Array, pg as a Buffer.
-      const wav = Buffer.from(row.wav);
-      let silent: boolean;
       try {
-        silent = isSilent(parseWav(wav));
+        return await transcribeSegment(ctx);
       } catch (err) {
-        return { state: 'failed', reason: (err as Error).message };
-      }
-      if (silent) {
-        return { state: 'skipped', reason: 'silent audio' };
-      }
-      if (transcriber === undefined) {
-        return {
-          state: 'failed',
-          reason: 'no transcriber is configured (set MNEMO_STT_BASE_URL and MNEMO_STT_MODEL)',
-        };
-      }
-      try {
-        const text = await transcriber.transcribe(wav, ctx.signal);
-        return text.trim() === ''
-          ? { state: 'skipped', reason: 'empty transcription' }
-          : { state: 'ready', text };
-      } catch (err) {
-        const retry = isMnemoError(err) && err.retryable && ctx.attempt < ctx.maxAttempts;
+        const retry = !(isMnemoError(err) && !err.retryable) && ctx.attempt < ctx.maxAttempts;
         if (retry || ctx.signal.aborted) {
-          throw err; // the engine retries (or the worker is stopping)
+          throw err; // the engine retries (or the worker is stopping, or the run timed out)
         }
         // The segment fails; the batch goes on without it.
         return {
@@ -507,27 +677,61 @@ export function registerSyncJobs(
       }
     },
     async apply(tx, result, ctx) {
-      const { user_id: userId, batch_id: batchId, segment_id: segmentId } = ctx.payload;
-      await tx.query(
-        `update sync_segments set state = $5, transcript = coalesce($6, transcript), reason = $7
-          where tenant_id = $1 and user_id = $2 and id = $3 and batch_id = $4
-            and state = 'pending'`,
-        [
-          ctx.tenantId,
-          userId,
-          segmentId,
-          batchId,
-          result.state,
-          result.state === 'ready' ? result.text : null,
-          result.state === 'ready' ? null : result.reason,
-        ],
-      );
-      await advance(tx, engine, ctx.tenantId, userId, batchId);
+      await settle(tx, ctx, result);
       return result.state === 'ready'
-        ? { segment_id: segmentId, state: 'ready' }
-        : { segment_id: segmentId, ...result };
+        ? { segment_id: ctx.payload.segment_id, state: 'ready' }
+        : { segment_id: ctx.payload.segment_id, ...result };
+    },
+    // The job failed for good (a run timeout on its last attempt, an apply that kept
+    // failing): the segment releases its turn as failed, so the batch goes on.
+    async onFailure(tx, error, ctx) {
+      await settle(tx, ctx, { state: 'failed', reason: error.message });
     },
   });
+
+  async function transcribeSegment(ctx: {
+    tenantId: string;
+    payload: SegmentPayload;
+    signal: AbortSignal;
+  }): Promise<Transcribed> {
+    const [row] = await store.query<{ transcript: string | null; wav: Uint8Array | null }>(
+      `select s.transcript, a.wav from sync_segments s left join sync_audio a on a.id = s.audio_id
+        where s.tenant_id = $1 and s.user_id = $2 and s.id = $3`,
+      [ctx.tenantId, ctx.payload.user_id, ctx.payload.segment_id],
+    );
+    if (row === undefined) {
+      return { state: 'skipped', reason: 'the segment was deleted' };
+    }
+    if (row.transcript !== null) {
+      return row.transcript.trim() === ''
+        ? { state: 'skipped', reason: 'empty transcript' }
+        : { state: 'ready', text: row.transcript };
+    }
+    if (row.wav === null) {
+      return { state: 'failed', reason: 'the audio was deleted before it was transcribed' };
+    }
+    // PGlite hands bytea over as a Uint8Array, pg as a Buffer.
+    const wav = Buffer.from(row.wav);
+    let silent: boolean;
+    try {
+      silent = isSilent(parseWav(wav));
+    } catch (err) {
+      return { state: 'failed', reason: (err as Error).message };
+    }
+    if (silent) {
+      return { state: 'skipped', reason: 'silent audio' };
+    }
+    if (transcriber === undefined) {
+      return {
+        state: 'failed',
+        reason: 'no transcriber is configured (set MNEMO_STT_BASE_URL and MNEMO_STT_MODEL)',
+      };
+    }
+    const text = await transcriber.transcribe(wav, ctx.signal);
+    return text.trim() === ''
+      ? { state: 'skipped', reason: 'empty transcription' }
+      : { state: 'ready', text };
+  }
 
   engine.register<BatchPayload, Map<number, string>>(SyncJob.Summarize, {
     timeoutMs: settings.timeoutMs,
@@ -543,14 +747,22 @@ export function registerSyncJobs(
         [ctx.payload.batch_id, ctx.tenantId],
       );
       const summaries = new Map<number, string>();
-      for (const row of rows) {
-        summaries.set(
-          row.id,
-          await extractor.summarize(
-            row.transcripts.map((content) => ({ role: 'user' as const, content })),
-            ctx.signal,
-          ),
-        );
+      try {
+        for (const row of rows) {
+          summaries.set(
+            row.id,
+            await extractor.summarize(
+              row.transcripts.map((content) => ({ role: 'user' as const, content })),
+              ctx.signal,
+            ),
+          );
+        }
+      } catch (err) {
+        if (ctx.attempt < ctx.maxAttempts || ctx.signal.aborted) {
+          throw err;
+        }
+        // The last attempt: the batch is done without summaries rather than failed.
+        return new Map();
       }
       return summaries;
     },
@@ -563,55 +775,42 @@ export function registerSyncJobs(
           where c.id = s.id and c.tenant_id = $1`,
         [ctx.tenantId, ids, ids.map((id) => summaries.get(id) ?? '')],
       );
-      const [batch] = await tx.query<{
-        parent_id: number;
-        created: number[];
-        merged: number[];
-        assigned: number;
-        skipped: number;
-        duplicate: number;
-        failed: number;
-      }>(
-        `select parent_id::float8 as parent_id,
-           array(select x::float8 from unnest(created) x
-                  where exists (select 1 from conversations c where c.id = x) order by x) as created,
-           array(select x::float8 from unnest(touched) x
-                  where x <> all(created)
-                    and exists (select 1 from conversations c where c.id = x) order by x) as merged,
-           assigned, skipped, duplicate, failed
-           from sync_batches where id = $1 and tenant_id = $2`,
-        [ctx.payload.batch_id, ctx.tenantId],
+      const { parent_id: parentId, ...result } = await readResult(
+        tx,
+        ctx.tenantId,
+        ctx.payload.batch_id,
       );
-      if (batch === undefined) {
-        throw new MnemoError(ErrorCode.Internal, `sync batch ${ctx.payload.batch_id} is gone`);
-      }
-      const result: SyncResult = {
-        conversations: {
-          created: batch.created.map(conversationId),
-          merged: batch.merged.map(conversationId),
-        },
-        segments: {
-          assigned: batch.assigned,
-          skipped: batch.skipped,
-          duplicate: batch.duplicate,
-          failed: batch.failed,
-        },
-      };
-      await engine.setParentResult(tx, ctx.tenantId, batch.parent_id, result);
+      await engine.setParentResult(tx, ctx.tenantId, parentId, result);
       return result;
     },
   });
 
-  engine.register<{ audio_ids: number[] }, void>(SyncJob.DeleteAudio, {
+  engine.register<AudioPayload, void>(SyncJob.DeleteAudio, {
     maxAttempts: 10,
+    // Audio still waiting for its transcription is kept, and looked at again one retention
+    // delay later: deletion never beats the transcription.
     async apply(tx, _none, ctx) {
-      const [row] = await tx.query<{ n: number }>(
-        `with gone as (delete from sync_audio where tenant_id = $1 and id = any($2::bigint[])
-           returning 1)
-         select count(*)::int as n from gone`,
+      const gone = await tx.query<{ id: number }>(
+        `delete from sync_audio a where a.tenant_id = $1 and a.id = any($2::bigint[])
+           and not exists (select 1 from sync_segments s
+                            where s.audio_id = a.id and s.state = 'pending'
+                              and s.tenant_id = a.tenant_id and s.user_id = a.user_id)
+         returning id::float8 as id`,
         [ctx.tenantId, ctx.payload.audio_ids],
       );
-      return { deleted: row?.n ?? 0 };
+      const kept = await tx.query<{ id: number }>(
+        `select id::float8 as id from sync_audio where tenant_id = $1 and id = any($2::bigint[])`,
+        [ctx.tenantId, ctx.payload.audio_ids],
+      );
+      if (kept.length > 0) {
+        await engine.enqueue(tx, {
+          kind: SyncJob.DeleteAudio,
+          tenantId: ctx.tenantId,
+          payload: { audio_ids: kept.map((k) => k.id) },
+          runAt: new Date(Date.now() + settings.audioRetentionMs),
+        });
+      }
+      return { deleted: gone.length, kept: kept.length };
     },
   });
 }

@@ -327,6 +327,36 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       expect(await store.query('select id from jobs')).toEqual([]);
     });
 
+    it('runs onFailure in the completion transaction only when a job fails for good', async () => {
+      engine.register<{ final: boolean }, void>('flaky', {
+        maxAttempts: 2,
+        backoff: { baseMs: 10, maxMs: 10 },
+        compute: (ctx) =>
+          Promise.reject(
+            new MnemoError(
+              ctx.payload.final ? ErrorCode.InvalidRequest : ErrorCode.Unavailable,
+              'x',
+            ),
+          ),
+        onFailure: async (tx, error, ctx) => {
+          await tx.query('insert into effects (job_id, lane) values ($1, $2)', [
+            ctx.id,
+            `${ctx.attempt}:${error.message}`,
+          ]);
+        },
+      });
+      const retried = await enqueue({ kind: 'flaky', payload: { final: false } });
+      const final = await enqueue({ kind: 'flaky', payload: { final: true } });
+      await engine.startWorker({ concurrency: 2 });
+      expect((await waitDone(retried.job.id)).status).toBe('failed');
+      expect((await waitDone(final.job.id)).status).toBe('failed');
+      // Once per job, on its last attempt: after the retry for the first, at once for the other.
+      expect(await store.query('select job_id, lane from effects order by job_id')).toEqual([
+        { job_id: retried.job.id, lane: '2:x' },
+        { job_id: final.job.id, lane: '1:x' },
+      ]);
+    });
+
     it('derives a batch parent status and counts from mixed child outcomes', async () => {
       engine.register<{ outcome: string }, string>('child', {
         maxAttempts: 1,

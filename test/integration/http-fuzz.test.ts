@@ -53,7 +53,33 @@ const sessionLike = fc.record(
   },
   { requiredKeys: [] },
 );
+const segmentLike = fc.record(
+  {
+    id: fc.oneof(fc.constantFrom('s1', 's2'), hostileString, anyJson),
+    started_at: fc.oneof(
+      fc.date({ noInvalidDate: true }).map((d) => d.toISOString()),
+      anyJson,
+    ),
+    ended_at: fc.oneof(
+      fc.date({ noInvalidDate: true }).map((d) => d.toISOString()),
+      anyJson,
+    ),
+    transcript: fc.oneof(fc.string({ maxLength: 40 }), hostileString, anyJson),
+    audio_wav_base64: fc.oneof(fc.base64String({ maxLength: 60 }), anyJson),
+  },
+  { requiredKeys: [] },
+);
+const syncLike = fc.record(
+  {
+    user_id: fc.oneof(fc.constantFrom('u1'), hostileString, anyJson),
+    device_id: anyJson,
+    segments: fc.oneof(fc.array(segmentLike, { maxLength: 3 }), anyJson),
+    merge_window_s: anyJson,
+  },
+  { requiredKeys: [] },
+);
 const body = fc.oneof(
+  syncLike.map((v) => JSON.stringify(v)),
   anyJson.map((v) => JSON.stringify(v)),
   ingestLike.map((v) => JSON.stringify({ ...v, wait: false })),
   sessionLike.map((v) => JSON.stringify({ ...v, wait: false })),
@@ -105,7 +131,8 @@ describe('HTTP API under random input (fast-check)', () => {
     (
       await h.mnemo.store.query<{ n: number }>(
         `select ((select count(*) from jobs) + (select count(*) from sessions)
-           + (select count(*) from session_messages))::int as n`,
+           + (select count(*) from session_messages) + (select count(*) from sync_segments)
+           + (select count(*) from sync_batches) + (select count(*) from sync_audio))::int as n`,
       )
     )[0]?.n ?? -1;
 
@@ -113,7 +140,7 @@ describe('HTTP API under random input (fast-check)', () => {
     const routes = fc.oneof(
       fc.tuple(
         fc.constant('POST'),
-        fc.constantFrom('/v1/memory/ingest', '/v1/memory/batch-ingest'),
+        fc.constantFrom('/v1/memory/ingest', '/v1/memory/batch-ingest', '/v1/sync'),
         body,
       ),
       fc.tuple(
@@ -149,6 +176,7 @@ describe('HTTP API under random input (fast-check)', () => {
               '/v1/users/u1/profile',
               '/v1/users/u1/memories',
               '/v1/users/u1/events',
+              '/v1/users/u1/conversations',
             ),
             query,
           )

@@ -195,6 +195,28 @@ export function syncSuite(kind: 'pglite' | 'postgres'): void {
       ).toBe(1);
     });
 
+    it('replays an upload by idempotency key and refuses the key for another upload', async () => {
+      const body = {
+        user_id: 'u6',
+        segments: [{ id: 'k1', started_at: at(0), ended_at: at(1), transcript: 'Hello there.' }],
+        idempotency_key: 'upload-1',
+      };
+      const [a, b] = await Promise.all([
+        h.call('POST', '/v1/sync', body),
+        h.call('POST', '/v1/sync', body),
+      ]);
+      expect(a.body['id']).toBe(b.body['id']);
+      const again = await h.call('POST', '/v1/sync', body);
+      expect(again.body['id']).toBe(a.body['id']);
+      const other = await h.call('POST', '/v1/sync', {
+        ...body,
+        segments: [{ ...body.segments[0], transcript: 'Something else.' }],
+      });
+      expect(other.status).toBe(409);
+      expect(other.body['error'].code).toBe('idempotency_conflict');
+      expect(await count('select count(*)::int as n from sync_batches')).toBe(1);
+    });
+
     it('refuses bad uploads with 400 and writes nothing', async () => {
       const ok = { id: 'x', started_at: at(0), ended_at: at(1), transcript: 'Hi there.' };
       const bad: unknown[] = [
