@@ -1,7 +1,7 @@
 /**
  * `npm run bench -- sync`: one upload of N audio segments to `mnemo serve` (its own process,
- * PostgreSQL), a fake OpenAI-compatible transcriber with latency S (jittered ±40 %) in this
- * process, P worker slots. Reports the wall time (request to finished operation, `wait:
+ * PostgreSQL), a fake OpenAI-compatible transcriber with latency S (jittered ±40 %; S = 50 and
+ * 250 ms by default, BENCH_STT_MS) in this process, P worker slots. Reports the wall time (request to finished operation, `wait:
  * true`) against the pipelined ideal max(ceil(N/P)·S, N·a), where a — the cost of one
  * segment's assignment — is measured by the same upload with transcripts (no transcription),
  * and against a one-by-one baseline (the same upload with one worker slot). Bounded by N.
@@ -18,7 +18,7 @@ const url =
   process.env['MNEMO_TEST_DATABASE_URL'] ??
   'postgres://root@127.0.0.1:5432/test';
 const N = Number(process.env['BENCH_SEGMENTS'] ?? '500');
-const S = Number(process.env['BENCH_STT_MS'] ?? '50');
+const LATENCIES = (process.env['BENCH_STT_MS'] ?? '50,250').split(',').map(Number);
 const P = Number(process.env['BENCH_SLOTS'] ?? '10');
 
 function startServer(env: Record<string, string>): Promise<{ url: string; child: ChildProcess }> {
@@ -43,7 +43,7 @@ function startServer(env: Record<string, string>): Promise<{ url: string; child:
 }
 
 /** N segments, 5 s apart in clusters of 50 (10 conversations), each its own audio. */
-function segments(user: string, stt: FakeStt, audio: boolean, seed: number) {
+function segments(user: string, stt: FakeStt, audio: boolean, seed: number, S = 0) {
   const t0 = Date.parse('2026-06-01T08:00:00.000Z');
   return Array.from({ length: N }, (_, i) => {
     const start = t0 + (Math.floor(i / 50) * 1000 + (i % 50) * 5) * 1000;
@@ -97,27 +97,40 @@ export async function runSyncBench(): Promise<void> {
     await upload(server.url, 'warm', segments('warm', stt, false, 0));
     const assignOnly = await upload(server.url, 'text', segments('text', stt, false, 1));
     const a = assignOnly / N;
-    const pipelined = await upload(server.url, 'audio', segments('audio', stt, true, 2));
+    const pipelined = new Map<number, number>();
+    for (const [k, S] of LATENCIES.entries()) {
+      pipelined.set(
+        S,
+        await upload(server.url, `audio${k}`, segments(`audio${k}`, stt, true, 10 + k, S)),
+      );
+    }
     server.child.kill('SIGTERM');
     await new Promise((resolve) => server.child.on('exit', resolve));
     server = await startServer({ ...env(1), MNEMO_LOG_LEVEL: 'info' });
-    const oneByOne = await upload(server.url, 'serial', segments('serial', stt, true, 3));
-    const ideal = Math.max(Math.ceil(N / P) * (S / 1000), N * a);
-    report({
-      system: 'mnemo',
-      store: 'postgres',
-      scenario: 'offline_sync',
-      segments: N,
-      transcriber_latency_ms: S,
-      jitter: '±40%',
-      slots: P,
-      assignment_ms_per_segment: Number((a * 1000).toFixed(2)),
-      wall_s: Number(pipelined.toFixed(3)),
-      ideal_s: Number(ideal.toFixed(3)),
-      over_ideal_pct: Number(((pipelined / ideal - 1) * 100).toFixed(1)),
-      one_by_one_s: Number(oneByOne.toFixed(3)),
-      speedup_vs_one_by_one: Number((oneByOne / pipelined).toFixed(2)),
-    });
+    for (const [k, S] of LATENCIES.entries()) {
+      const oneByOne = await upload(
+        server.url,
+        `serial${k}`,
+        segments(`serial${k}`, stt, true, 20 + k, S),
+      );
+      const wall = pipelined.get(S) ?? Number.NaN;
+      const ideal = Math.max(Math.ceil(N / P) * (S / 1000), N * a);
+      report({
+        system: 'mnemo',
+        store: 'postgres',
+        scenario: 'offline_sync',
+        segments: N,
+        transcriber_latency_ms: S,
+        jitter: '±40%',
+        slots: P,
+        assignment_ms_per_segment: Number((a * 1000).toFixed(2)),
+        wall_s: Number(wall.toFixed(3)),
+        ideal_s: Number(ideal.toFixed(3)),
+        over_ideal_pct: Number(((wall / ideal - 1) * 100).toFixed(1)),
+        one_by_one_s: Number(oneByOne.toFixed(3)),
+        speedup_vs_one_by_one: Number((oneByOne / wall).toFixed(2)),
+      });
+    }
   } finally {
     server.child.kill('SIGTERM');
     await new Promise((resolve) => server.child.on('exit', resolve));

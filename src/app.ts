@@ -13,6 +13,7 @@ import {
   type Worker,
   type WorkerOptions,
 } from './engine/index.ts';
+import { type Authenticator, createAuthenticator } from './keys/keys.ts';
 import { createOpenAiExtractor } from './memory/extractors/openai.ts';
 import { rulesExtractor } from './memory/extractors/rules.ts';
 import { type IngestPayload, MemoryJob, registerMemoryJobs, userLane } from './memory/pipeline.ts';
@@ -128,6 +129,8 @@ export interface Mnemo {
   readonly config: Config;
   readonly store: Store;
   readonly engine: Engine;
+  /** Resolves API keys to tenants. */
+  readonly auth: Authenticator;
   ingest(
     tenantId: string,
     userId: string,
@@ -278,6 +281,7 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
     config,
     store,
     engine,
+    auth: createAuthenticator(store),
     async ingest(tenantId, userId, input, opts) {
       const payload: IngestPayload = { user_id: userId, ...input };
       // One statement in autocommit: no transaction round trips around it.

@@ -68,6 +68,9 @@ const settings = {
     schema: intFrom(1024, 1024 * 1024 * 1024).default(64 * 1024 * 1024),
   },
   audioRetentionS: { env: 'MNEMO_AUDIO_RETENTION_S', schema: intFrom(0, 30 * 86_400).default(480) },
+  rateLimitPerS: { env: 'MNEMO_RATE_LIMIT_PER_S', schema: intFrom(0, 1_000_000).default(100) },
+  rateLimitBurst: { env: 'MNEMO_RATE_LIMIT_BURST', schema: intFrom(1, 1_000_000).default(200) },
+  metricsToken: { env: 'MNEMO_METRICS_TOKEN', schema: z.string().min(16).optional() },
   workerConcurrency: { env: 'MNEMO_WORKER_CONCURRENCY', schema: intFrom(1, 1000).default(10) },
   workerLeaseMs: { env: 'MNEMO_WORKER_LEASE_MS', schema: intFrom(1000, 3_600_000).default(30_000) },
   maxBodyBytes: {
@@ -139,7 +142,8 @@ export function describeConfig(config: Config): Record<string, unknown> {
     out[setting.env] =
       key === 'databaseUrl' && typeof value === 'string'
         ? redactUrl(value)
-        : (key === 'llmApiKey' || key === 'sttApiKey') && value !== undefined
+        : (key === 'llmApiKey' || key === 'sttApiKey' || key === 'metricsToken') &&
+            value !== undefined
           ? '***'
           : value;
   }

@@ -245,6 +245,15 @@ CREATE FUNCTION mnemo.lane_lock_key(tenant text, lane text) RETURNS bigint
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$ select hashtextextended('lane:' || length(tenant) || ':' || tenant || ':' || lane, 0) $$;
 
+CREATE TABLE mnemo.api_keys (
+    id text NOT NULL,
+    tenant_id text NOT NULL,
+    name text,
+    secret_hash text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    revoked_at timestamp with time zone
+);
+
 CREATE TABLE mnemo.conversations (
     id bigint NOT NULL,
     tenant_id text NOT NULL,
@@ -502,6 +511,12 @@ CREATE TABLE mnemo.user_summaries (
     last_ingested_at timestamp with time zone
 );
 
+ALTER TABLE ONLY mnemo.api_keys
+    ADD CONSTRAINT api_keys_pkey PRIMARY KEY (id);
+
+ALTER TABLE ONLY mnemo.api_keys
+    ADD CONSTRAINT api_keys_secret_hash_uniq UNIQUE (secret_hash);
+
 ALTER TABLE ONLY mnemo.conversations
     ADD CONSTRAINT conversations_pkey PRIMARY KEY (id);
 
@@ -559,6 +574,8 @@ ALTER TABLE ONLY mnemo.turns
 ALTER TABLE ONLY mnemo.user_summaries
     ADD CONSTRAINT user_summaries_pkey PRIMARY KEY (tenant_id, user_id);
 
+CREATE INDEX api_keys_active_idx ON mnemo.api_keys USING btree (secret_hash) WHERE (revoked_at IS NULL);
+
 CREATE INDEX conversations_user_time_idx ON mnemo.conversations USING btree (tenant_id, user_id, started_at);
 
 CREATE INDEX events_search_idx ON mnemo.events USING gin (search);
@@ -606,6 +623,9 @@ CREATE INDEX turns_search_idx ON mnemo.turns USING gin (search);
 CREATE INDEX turns_user_idx ON mnemo.turns USING btree (tenant_id, user_id, id);
 
 CREATE TRIGGER jobs_notify_insert_trg AFTER INSERT ON mnemo.jobs FOR EACH STATEMENT EXECUTE FUNCTION mnemo.jobs_notify_insert();
+
+ALTER TABLE ONLY mnemo.api_keys
+    ADD CONSTRAINT api_keys_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES mnemo.tenants(id);
 
 ALTER TABLE ONLY mnemo.conversations
     ADD CONSTRAINT conversations_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES mnemo.tenants(id);

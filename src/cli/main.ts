@@ -10,8 +10,9 @@ import pino from 'pino';
 
 import { createMnemo } from '../app.ts';
 import { type Config, type ConfigOverrides, describeConfig, loadConfig } from '../config.ts';
-import { coerceError, isMnemoError } from '../core/errors.ts';
+import { coerceError, ErrorCode, isMnemoError, MnemoError } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
+import { createKey, listKeys, revokeKey } from '../keys/keys.ts';
 import { startServer } from '../server/node.ts';
 import { createStore } from '../store/index.ts';
 import { bundledMigrations, migrate, migrationStatus } from '../store/migrate.ts';
@@ -23,6 +24,10 @@ Commands:
   serve [--no-worker] HTTP API on MNEMO_HOST:MNEMO_PORT (applies migrations; workers in-process)
   worker              run job workers only (applies migrations)
   migrate [--print]   apply pending migrations (--print: show their SQL, apply nothing)
+  keys create --tenant T [--name N]
+                      create an API key for tenant T (shown once; store it)
+  keys list           list API keys (never their secrets)
+  keys revoke ID      revoke an API key
   doctor              print the effective configuration and check the database
   help                show this help
 
@@ -62,6 +67,8 @@ export async function runCli(argv: readonly string[], io: Io = defaultIo): Promi
         host: { type: 'string' },
         port: { type: 'string' },
         'no-worker': { type: 'boolean' },
+        tenant: { type: 'string' },
+        name: { type: 'string' },
         print: { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -95,6 +102,8 @@ export async function runCli(argv: readonly string[], io: Io = defaultIo): Promi
         return await runServe(config, values['no-worker'] !== true);
       case 'worker':
         return await runWorker(config);
+      case 'keys':
+        return await runKeys(config, positionals.slice(1), values.tenant, values.name, io);
       default:
         io.err(`mnemo: unknown command ${JSON.stringify(command)}`);
         io.err('Run `mnemo --help` for usage.');
@@ -158,7 +167,83 @@ async function runDoctor(config: Config, io: Io): Promise<number> {
 }
 
 function createLogger(config: Config): Logger {
-  return pino({ level: config.logLevel, base: { pid: process.pid } });
+  return pino({
+    level: config.logLevel,
+    base: { pid: process.pid },
+    // Belt and braces: Mnemo logs no headers, keys or settings' secrets; should a future line
+    // carry one of these fields, it is censored.
+    redact: {
+      paths: [
+        'authorization',
+        '*.authorization',
+        'headers.authorization',
+        '*.headers.authorization',
+        'key',
+        '*.key',
+        'apiKey',
+        '*.apiKey',
+        'llmApiKey',
+        'sttApiKey',
+        'metricsToken',
+        '*.llmApiKey',
+        '*.sttApiKey',
+        '*.metricsToken',
+      ],
+      censor: '[redacted]',
+    },
+  });
+}
+
+/** Addresses only this machine can reach. */
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127(\.\d{1,3}){3}$/.test(host);
+}
+
+async function runKeys(
+  config: Config,
+  args: readonly string[],
+  tenant: string | undefined,
+  name: string | undefined,
+  io: Io,
+): Promise<number> {
+  const [action, id] = args;
+  if (action !== 'create' && action !== 'list' && action !== 'revoke') {
+    io.err('usage: mnemo keys create --tenant T [--name N] | keys list | keys revoke ID');
+    return ExitCode.Usage;
+  }
+  if ((action === 'create' && tenant === undefined) || (action === 'revoke' && id === undefined)) {
+    io.err(
+      action === 'create' ? 'mnemo: keys create needs --tenant' : 'mnemo: keys revoke needs an ID',
+    );
+    return ExitCode.Usage;
+  }
+  const store = await createStore(config);
+  try {
+    await migrate(store);
+    if (action === 'create') {
+      const created = await store.transaction((tx) => createKey(tx, tenant ?? '', name));
+      io.out(created.key);
+      io.err(
+        `created ${created.id} for tenant ${created.tenant_id}; the key above is shown only once`,
+      );
+    } else if (action === 'list') {
+      const keys = await listKeys(store);
+      if (keys.length === 0) {
+        io.out('no API keys: the server serves tenant "default" on loopback only');
+      }
+      for (const k of keys) {
+        io.out(
+          `${k.id}\ttenant=${k.tenant_id}\tname=${k.name ?? ''}\tcreated=${k.created_at}\t${k.revoked_at === null ? 'active' : `revoked=${k.revoked_at}`}`,
+        );
+      }
+    } else {
+      await revokeKey(store, id ?? '');
+      io.out(`revoked ${id}`);
+    }
+    return ExitCode.Ok;
+  } finally {
+    await store.close();
+  }
 }
 
 /** Resolves when the process is asked to stop (SIGINT or SIGTERM, once). */
@@ -174,6 +259,15 @@ async function runServe(config: Config, withWorker: boolean): Promise<number> {
   const mnemo = await createMnemo(config, { logger });
   let server;
   try {
+    if (!isLoopback(config.host) && !(await mnemo.auth.keysExist())) {
+      throw new MnemoError(
+        ErrorCode.InvalidConfig,
+        `refusing to listen on ${config.host} without API keys: every request would be served ` +
+          'as tenant "default" to anyone who can reach it. Create a key (mnemo keys create ' +
+          '--tenant T) or listen on 127.0.0.1.',
+        { details: { variable: 'MNEMO_HOST' } },
+      );
+    }
     if (withWorker) {
       await mnemo.startWorker();
     }

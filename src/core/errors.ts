@@ -14,6 +14,8 @@ export const ErrorCode = {
   PayloadTooLarge: 'payload_too_large',
   /** Admission control refused new work; retry later. */
   QueueFull: 'queue_full',
+  /** The API key sent more requests than its rate limit allows; retry later. */
+  RateLimited: 'rate_limited',
   /** Another worker holds the job now; stop work and do not retry this attempt. */
   LeaseLost: 'lease_lost',
   /** A job's run exceeded its time limit. */
@@ -44,6 +46,7 @@ const RETRYABLE_BY_DEFAULT: ReadonlySet<ErrorCode> = new Set([
   ErrorCode.Unavailable,
   ErrorCode.Timeout,
   ErrorCode.QueueFull,
+  ErrorCode.RateLimited,
 ]);
 
 /** The error every Mnemo layer throws: a code from {@link ErrorCode} and a `retryable` flag. */

@@ -2,6 +2,8 @@
  * createApp: the HTTP surface as a Hono app that never listens (server/node.ts does).
  * Routes only translate HTTP to calls of the application object and back.
  */
+import { timingSafeEqual } from 'node:crypto';
+
 import type { Context } from 'hono';
 import { Hono } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
@@ -26,8 +28,10 @@ import {
 import type { Mnemo, WriteOutcome } from '../app.ts';
 import { ErrorCode, MnemoError } from '../core/errors.ts';
 import { type Logger, silentLogger } from '../core/logger.ts';
+import { hashKey } from '../keys/keys.ts';
 import { httpStatusFor } from './errors.ts';
 import { openApiDocument } from './openapi.ts';
+import { createRateLimiter } from './rate-limit.ts';
 
 /** What the HTTP app needs. */
 export interface AppDeps {
@@ -37,13 +41,16 @@ export interface AppDeps {
   maxBodyBytes?: number;
   /** Body limit of `POST /v1/sync` (audio uploads). @defaultValue 64 MiB */
   syncMaxBodyBytes?: number;
+  /** Requests a second per API key (0: no limit), and the burst. */
+  rateLimitPerS?: number;
+  rateLimitBurst?: number;
+  /** A bearer token that may read `/metrics` without an API key. */
+  metricsToken?: string | undefined;
   /** Show internal error messages to clients (never in production). @defaultValue false */
   exposeErrors?: boolean;
 }
 
-type Env = { Variables: { requestId: string } };
-
-const DEFAULT_TENANT = 'default';
+type Env = { Variables: { requestId: string; tenant: string } };
 
 function invalid(error: z.ZodError): MnemoError {
   return new MnemoError(ErrorCode.InvalidRequest, 'the request is invalid', {
@@ -116,6 +123,63 @@ export function createApp(deps: AppDeps): Hono<Env> {
   const app = new Hono<Env>();
 
   app.use(requestId());
+
+  // Access log: one line per request, with its request id (never headers or bodies).
+  app.use(async (c, next) => {
+    const started = performance.now();
+    await next();
+    logger.info(
+      {
+        request_id: c.get('requestId'),
+        method: c.req.method,
+        path: c.req.path,
+        status: c.res.status,
+        ms: Math.round(performance.now() - started),
+      },
+      'request',
+    );
+  });
+
+  // Who is asking: a valid API key's tenant, or tenant `default` while no key exists.
+  const limiter = createRateLimiter(deps.rateLimitPerS ?? 0, deps.rateLimitBurst ?? 1);
+  const metricsToken = deps.metricsToken === undefined ? undefined : hashKey(deps.metricsToken);
+  app.use(async (c, next) => {
+    const path = c.req.path;
+    if (path === '/healthz' || path === '/readyz') {
+      return next();
+    }
+    const presented = /^Bearer +(\S+)$/i.exec(c.req.header('authorization') ?? '')?.[1];
+    if (
+      path === '/metrics' &&
+      metricsToken !== undefined &&
+      presented !== undefined &&
+      timingSafeEqual(Buffer.from(hashKey(presented)), Buffer.from(metricsToken))
+    ) {
+      return next();
+    }
+    if (!(await mnemo.auth.keysExist())) {
+      c.set('tenant', 'default');
+      return next();
+    }
+    if (presented === undefined) {
+      throw new MnemoError(
+        ErrorCode.Unauthorized,
+        'an API key is required: Authorization: Bearer <key>',
+      );
+    }
+    const principal = await mnemo.auth.resolve(presented);
+    if (principal === null) {
+      throw new MnemoError(ErrorCode.Unauthorized, 'unknown or revoked API key');
+    }
+    const waitMs = limiter.take(principal.keyId ?? principal.tenantId);
+    if (waitMs > 0) {
+      throw new MnemoError(ErrorCode.RateLimited, 'rate limit exceeded for this API key', {
+        retryAfterMs: waitMs,
+      });
+    }
+    c.set('tenant', principal.tenantId);
+    return next();
+  });
   // Uploads of audio (POST /v1/sync) have a limit of their own.
   const limitOf = (maxSize: number) =>
     bodyLimit({
@@ -178,7 +242,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
     const { user_id, wait: _w, timeout_ms: _t, idempotency_key, ...input } = body;
     return written(
       c,
-      await mnemo.ingest(DEFAULT_TENANT, user_id, input, {
+      await mnemo.ingest(c.get('tenant'), user_id, input, {
         ...waitOptions(body, true),
         idempotencyKey: idempotencyKey(c, idempotency_key),
       }),
@@ -189,7 +253,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
     const body = parse(BatchIngestRequest, await jsonBody(c));
     return written(
       c,
-      await mnemo.batchIngest(DEFAULT_TENANT, body.user_id, body.items, {
+      await mnemo.batchIngest(c.get('tenant'), body.user_id, body.items, {
         ...waitOptions(body, false),
         idempotencyKey: idempotencyKey(c, body.idempotency_key),
       }),
@@ -199,18 +263,18 @@ export function createApp(deps: AppDeps): Hono<Env> {
   app.get('/v1/operations/:id', async (c) => {
     const query = parse(OperationQuery, c.req.query());
     return c.json(
-      await mnemo.getOperation(DEFAULT_TENANT, c.req.param('id'), query.include === 'children'),
+      await mnemo.getOperation(c.get('tenant'), c.req.param('id'), query.include === 'children'),
     );
   });
 
   app.post('/v1/operations/:id/cancel', async (c) =>
-    c.json(await mnemo.cancelOperation(DEFAULT_TENANT, c.req.param('id'))),
+    c.json(await mnemo.cancelOperation(c.get('tenant'), c.req.param('id'))),
   );
 
   app.get('/v1/operations', async (c) => {
     const query = parse(OperationsQuery, c.req.query());
     return c.json(
-      await mnemo.listOperations(DEFAULT_TENANT, {
+      await mnemo.listOperations(c.get('tenant'), {
         userId: query.user_id,
         status: query.status,
         kind: query.kind,
@@ -223,28 +287,28 @@ export function createApp(deps: AppDeps): Hono<Env> {
   app.get('/v1/memory/search', async (c) => {
     const query = parse(SearchQuery, c.req.query());
     return c.json(
-      await mnemo.search(DEFAULT_TENANT, query.user_id, query.q, query.types, query.limit),
+      await mnemo.search(c.get('tenant'), query.user_id, query.q, query.types, query.limit),
     );
   });
 
   app.get('/v1/users/:user_id/profile', async (c) =>
-    c.json(await mnemo.profile(DEFAULT_TENANT, userIdParam(c))),
+    c.json(await mnemo.profile(c.get('tenant'), userIdParam(c))),
   );
 
   app.get('/v1/users/:user_id/memories', async (c) => {
     const query = parse(MemoriesQuery, c.req.query());
     const cursor = query.cursor === undefined ? undefined : Number(query.cursor);
-    return c.json(await mnemo.memories(DEFAULT_TENANT, userIdParam(c), query.limit, cursor));
+    return c.json(await mnemo.memories(c.get('tenant'), userIdParam(c), query.limit, cursor));
   });
 
   app.get('/v1/users/:user_id/events', async (c) => {
     const query = parse(EventsQuery, c.req.query());
-    return c.json(await mnemo.events(DEFAULT_TENANT, userIdParam(c), query.from, query.to));
+    return c.json(await mnemo.events(c.get('tenant'), userIdParam(c), query.from, query.to));
   });
 
   app.delete('/v1/users/:user_id', async (c) => {
     const body = parse(DeleteUserRequest, await jsonBody(c, true));
-    const outcome = await mnemo.deleteUser(DEFAULT_TENANT, userIdParam(c), {
+    const outcome = await mnemo.deleteUser(c.get('tenant'), userIdParam(c), {
       ...waitOptions(body, false),
       idempotencyKey: idempotencyKey(c, body.idempotency_key),
     });
@@ -256,7 +320,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
     const body = parse(AppendMessagesRequest, await jsonBody(c));
     return c.json(
       await mnemo.appendMessages(
-        DEFAULT_TENANT,
+        c.get('tenant'),
         sessionId,
         body.user_id,
         body.messages,
@@ -268,7 +332,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
   app.post('/v1/sessions/:session_id/commit', async (c) => {
     const sessionId = sessionIdParam(c);
     const body = parse(CommitRequest, await jsonBody(c, true));
-    const { finished, ...out } = await mnemo.commitSession(DEFAULT_TENANT, sessionId, {
+    const { finished, ...out } = await mnemo.commitSession(c.get('tenant'), sessionId, {
       ...waitOptions(body, true),
       idempotencyKey: idempotencyKey(c, body.idempotency_key),
     });
@@ -278,7 +342,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
   app.post('/v1/sync', async (c) => {
     const body = parse(SyncRequest, await jsonBody(c));
     const outcome = await mnemo.sync(
-      DEFAULT_TENANT,
+      c.get('tenant'),
       body.user_id,
       body.segments,
       { mergeWindowS: body.merge_window_s ?? 120, deviceId: body.device_id },
@@ -292,11 +356,11 @@ export function createApp(deps: AppDeps): Hono<Env> {
 
   app.get('/v1/users/:user_id/conversations', async (c) => {
     const query = parse(ConversationsQuery, c.req.query());
-    return c.json(await mnemo.conversations(DEFAULT_TENANT, userIdParam(c), query.from, query.to));
+    return c.json(await mnemo.conversations(c.get('tenant'), userIdParam(c), query.from, query.to));
   });
 
   app.get('/v1/sessions/:session_id', async (c) =>
-    c.json(await mnemo.session(DEFAULT_TENANT, sessionIdParam(c))),
+    c.json(await mnemo.session(c.get('tenant'), sessionIdParam(c))),
   );
 
   return app;

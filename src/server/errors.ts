@@ -9,6 +9,7 @@ export const httpStatusFor: Record<ErrorCode, 400 | 401 | 404 | 409 | 413 | 429 
   idempotency_conflict: 409,
   payload_too_large: 413,
   queue_full: 429,
+  rate_limited: 429,
   lease_lost: 409,
   timeout: 503,
   unavailable: 503,

@@ -25,6 +25,9 @@ export function startServer(
     logger: options.logger,
     maxBodyBytes: mnemo.config.maxBodyBytes,
     syncMaxBodyBytes: mnemo.config.syncMaxBodyBytes,
+    rateLimitPerS: mnemo.config.rateLimitPerS,
+    rateLimitBurst: mnemo.config.rateLimitBurst,
+    metricsToken: mnemo.config.metricsToken,
   });
   return new Promise((resolve, reject) => {
     const server = serve(

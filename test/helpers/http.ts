@@ -22,6 +22,9 @@ export async function openHttp(
     mnemo,
     maxBodyBytes: mnemo.config.maxBodyBytes,
     syncMaxBodyBytes: mnemo.config.syncMaxBodyBytes,
+    rateLimitPerS: mnemo.config.rateLimitPerS,
+    rateLimitBurst: mnemo.config.rateLimitBurst,
+    metricsToken: mnemo.config.metricsToken,
   });
   const call = async (
     method: string,

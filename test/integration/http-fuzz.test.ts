@@ -197,7 +197,7 @@ describe('HTTP API under random input (fast-check)', () => {
           expect(await jobs()).toBe(before);
         }
       }),
-      { numRuns: Number(process.env['MNEMO_FUZZ_RUNS'] ?? '400') },
+      { numRuns: Number(process.env['MNEMO_FUZZ_RUNS'] ?? '2000') },
     );
   });
 });
