@@ -70,9 +70,15 @@ async function upload(base: string, user: string, body: unknown[]): Promise<numb
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ user_id: user, segments: body, wait: true, timeout_ms: 120_000 }),
   });
-  const op = (await res.json()) as { status: string; result: { segments: { assigned: number } } };
-  if (res.status !== 200 || op.status !== 'succeeded' || op.result.segments.assigned !== N) {
-    throw new Error(`sync answered ${res.status} ${JSON.stringify(op).slice(0, 300)}`);
+  type Op = { id: string; status: string; result: { segments: { assigned: number } } | null };
+  let op = (await res.json()) as Op;
+  // Past the longest wait (a slow one-by-one run), poll every 50 ms.
+  while (op.status === 'pending' || op.status === 'running') {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    op = (await (await fetch(`${base}/v1/operations/${op.id}`)).json()) as Op;
+  }
+  if (op.status !== 'succeeded' || op.result?.segments.assigned !== N) {
+    throw new Error(`sync ended ${JSON.stringify(op).slice(0, 300)}`);
   }
   return (performance.now() - t) / 1000;
 }

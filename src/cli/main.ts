@@ -13,7 +13,7 @@ import { type Config, type ConfigOverrides, describeConfig, loadConfig } from '.
 import { coerceError, ErrorCode, isMnemoError, MnemoError } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
 import { createKey, listKeys, revokeKey } from '../keys/keys.ts';
-import { startServer } from '../server/node.ts';
+import { isLoopback, startServer } from '../server/node.ts';
 import { createStore } from '../store/index.ts';
 import { bundledMigrations, migrate, migrationStatus } from '../store/migrate.ts';
 import { ExitCode, exitCodeFor } from './exit-codes.ts';
@@ -192,11 +192,6 @@ function createLogger(config: Config): Logger {
       censor: '[redacted]',
     },
   });
-}
-
-/** Addresses only this machine can reach. */
-function isLoopback(host: string): boolean {
-  return host === 'localhost' || host === '::1' || /^127(\.\d{1,3}){3}$/.test(host);
 }
 
 async function runKeys(

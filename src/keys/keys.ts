@@ -119,10 +119,16 @@ export function createAuthenticator(q: Queryable, ttlMs = 2000) {
         [hash],
       );
       const principal = row === undefined ? null : { tenantId: row.tenant_id, keyId: row.id };
-      if (cache.size > 10_000) {
-        cache.clear(); // bounded: a flood of random keys cannot grow it without limit
-      }
+      // Bounded: the oldest entries go first, so a flood of random keys cannot grow the
+      // cache, and known keys come back after one lookup.
+      cache.delete(hash);
       cache.set(hash, { principal, at: now });
+      for (const oldest of cache.keys()) {
+        if (cache.size <= 10_000) {
+          break;
+        }
+        cache.delete(oldest);
+      }
       return principal;
     },
   };

@@ -44,13 +44,20 @@ export interface AppDeps {
   /** Requests a second per API key (0: no limit), and the burst. */
   rateLimitPerS?: number;
   rateLimitBurst?: number;
-  /** A bearer token that may read `/metrics` without an API key. */
+  /** When set, `/metrics` answers only to this bearer token. */
   metricsToken?: string | undefined;
+  /**
+   * Whether requests without a key are served (as tenant `default`) while no key exists:
+   * true on loopback, false when listening beyond it. @defaultValue true
+   */
+  allowAnonymous?: boolean;
   /** Show internal error messages to clients (never in production). @defaultValue false */
   exposeErrors?: boolean;
 }
 
 type Env = { Variables: { requestId: string; tenant: string } };
+
+const LOOPBACK_HOSTS = new Set(['localhost', '127.0.0.1', '::1']);
 
 function invalid(error: z.ZodError): MnemoError {
   return new MnemoError(ErrorCode.InvalidRequest, 'the request is invalid', {
@@ -73,6 +80,10 @@ async function jsonBody(c: Context<Env>, optional = false): Promise<unknown> {
       return {};
     }
     throw new MnemoError(ErrorCode.InvalidRequest, 'the request body must be a JSON object');
+  }
+  // A browser sends other types (text/plain, forms) across sites without asking first.
+  if (!/^application\/json\b/i.test(c.req.header('content-type') ?? '')) {
+    throw new MnemoError(ErrorCode.InvalidRequest, 'Content-Type must be application/json');
   }
   try {
     return JSON.parse(text) as unknown;
@@ -149,15 +160,30 @@ export function createApp(deps: AppDeps): Hono<Env> {
       return next();
     }
     const presented = /^Bearer +(\S+)$/i.exec(c.req.header('authorization') ?? '')?.[1];
-    if (
-      path === '/metrics' &&
-      metricsToken !== undefined &&
-      presented !== undefined &&
-      timingSafeEqual(Buffer.from(hashKey(presented)), Buffer.from(metricsToken))
-    ) {
+    if (path === '/metrics' && metricsToken !== undefined) {
+      // With a metrics token configured, it alone reads the metrics (totals of all tenants).
+      if (
+        presented === undefined ||
+        !timingSafeEqual(Buffer.from(hashKey(presented)), Buffer.from(metricsToken))
+      ) {
+        throw new MnemoError(ErrorCode.Unauthorized, 'the metrics token is required');
+      }
       return next();
     }
     if (!(await mnemo.auth.keysExist())) {
+      if (deps.allowAnonymous === false) {
+        // Listening beyond loopback, and every key was revoked: nobody is let in.
+        throw new MnemoError(ErrorCode.Unauthorized, 'no API key is configured on this server');
+      }
+      // Anonymous mode is for this machine only: a web page cannot reach it by a
+      // rebinding DNS name (the Host header stays that name).
+      const host = new URL(c.req.url).hostname.replace(/^\[|\]$/g, '');
+      if (!LOOPBACK_HOSTS.has(host)) {
+        throw new MnemoError(
+          ErrorCode.Unauthorized,
+          'without API keys this server answers requests for localhost only',
+        );
+      }
       c.set('tenant', 'default');
       return next();
     }
@@ -201,7 +227,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
     const code = known?.code ?? ErrorCode.Internal;
     const status = httpStatusFor[code];
     if (status >= 500) {
-      logger.error({ err, requestId: requestIdValue, path: c.req.path }, 'request failed');
+      logger.error({ err, request_id: requestIdValue, path: c.req.path }, 'request failed');
     }
     const message =
       status >= 500 && code === ErrorCode.Internal && deps.exposeErrors !== true

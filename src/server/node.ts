@@ -8,6 +8,11 @@ import type { Mnemo } from '../app.ts';
 import type { Logger } from '../core/logger.ts';
 import { createApp } from './app.ts';
 
+/** Addresses only this machine can reach. */
+export function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || /^127(\.\d{1,3}){3}$/.test(host);
+}
+
 /** A running server. */
 export interface RunningServer {
   url: string;
@@ -28,6 +33,7 @@ export function startServer(
     rateLimitPerS: mnemo.config.rateLimitPerS,
     rateLimitBurst: mnemo.config.rateLimitBurst,
     metricsToken: mnemo.config.metricsToken,
+    allowAnonymous: isLoopback(options.host),
   });
   return new Promise((resolve, reject) => {
     const server = serve(

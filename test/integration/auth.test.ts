@@ -1,0 +1,67 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { createMnemo, type Mnemo } from '../../src/app.ts';
+import { loadConfig } from '../../src/config.ts';
+import { createKey } from '../../src/keys/keys.ts';
+import { createApp } from '../../src/server/app.ts';
+
+const TOKEN = 'metrics-token-0123456789';
+
+describe('who may call, with and without keys (PGlite)', () => {
+  let mnemo: Mnemo;
+
+  beforeAll(async () => {
+    mnemo = await createMnemo(loadConfig({ MNEMO_DATA_DIR: 'memory://' }));
+  });
+
+  afterAll(async () => {
+    await mnemo.close();
+  });
+
+  const ingest = (
+    app: ReturnType<typeof createApp>,
+    url: string,
+    headers: Record<string, string>,
+  ) =>
+    app.request(url, {
+      method: 'POST',
+      headers,
+      body: JSON.stringify({ user_id: 'u', user_query: 'I like tea.', wait: false }),
+    });
+
+  it('serves anonymous requests for localhost only, and none beyond loopback', async () => {
+    const local = createApp({ mnemo });
+    const json = { 'content-type': 'application/json' };
+    expect((await ingest(local, 'http://localhost/v1/memory/ingest', json)).status).toBe(202);
+    expect((await ingest(local, 'http://127.0.0.1/v1/memory/ingest', json)).status).toBe(202);
+    // A rebinding DNS name reaches loopback with its own Host.
+    const rebound = await ingest(local, 'http://attacker.example/v1/memory/ingest', json);
+    expect(rebound.status).toBe(401);
+    // A cross-site form or text/plain body is refused before anything is parsed.
+    const plain = await ingest(local, 'http://localhost/v1/memory/ingest', {
+      'content-type': 'text/plain',
+    });
+    expect(plain.status).toBe(400);
+    const exposed = createApp({ mnemo, allowAnonymous: false });
+    expect((await ingest(exposed, 'http://localhost/v1/memory/ingest', json)).status).toBe(401);
+    expect((await exposed.request('http://localhost/healthz')).status).toBe(200);
+  });
+
+  it('answers /metrics to the metrics token alone when one is configured', async () => {
+    const app = createApp({ mnemo, metricsToken: TOKEN });
+    expect((await app.request('/metrics')).status).toBe(401);
+    const key = (await mnemo.store.transaction((tx) => createKey(tx, 'acme'))).key;
+    const withKey = await app.request('/metrics', { headers: { authorization: `Bearer ${key}` } });
+    expect(withKey.status).toBe(401);
+    const withToken = await app.request('/metrics', {
+      headers: { authorization: `Bearer ${TOKEN}` },
+    });
+    expect(withToken.status).toBe(200);
+    expect(await withToken.text()).toContain('mnemo_jobs');
+    // The key serves its tenant's routes.
+    const ops = await app.request('/v1/operations', {
+      headers: { authorization: `Bearer ${key}` },
+    });
+    expect(ops.status).toBe(200);
+  });
+});
