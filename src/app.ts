@@ -295,6 +295,12 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
       return finish(tenantId, job, opts);
     },
     async batchIngest(tenantId, userId, items, opts) {
+      if (items.length > config.batchMaxItems) {
+        throw new MnemoError(
+          ErrorCode.InvalidRequest,
+          `a batch carries at most ${config.batchMaxItems} items (MNEMO_BATCH_MAX_ITEMS)`,
+        );
+      }
       const { parent } = await store.transaction((tx) =>
         engine.enqueueBatch(
           tx,

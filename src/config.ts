@@ -62,6 +62,7 @@ const settings = {
   sttModel: { env: 'MNEMO_STT_MODEL', schema: z.string().trim().min(1).default('whisper-1') },
   sttApiKey: { env: 'MNEMO_STT_API_KEY', schema: z.string().min(1).optional() },
   sttTimeoutMs: { env: 'MNEMO_STT_TIMEOUT_MS', schema: intFrom(100, 600_000).default(60_000) },
+  batchMaxItems: { env: 'MNEMO_BATCH_MAX_ITEMS', schema: intFrom(1, 1000).default(100) },
   syncMaxSegments: { env: 'MNEMO_SYNC_MAX_SEGMENTS', schema: intFrom(1, 10_000).default(1000) },
   syncMaxBodyBytes: {
     env: 'MNEMO_SYNC_MAX_BODY_BYTES',

@@ -47,7 +47,8 @@ export const Limits = {
   userQuery: 32_000,
   agentResponse: 64_000,
   metadataBytes: 16_000,
-  batchItems: 100,
+  /** The hard cap; MNEMO_BATCH_MAX_ITEMS (default 100) is the limit in force. */
+  batchItems: 1000,
   messageContent: 32_000,
   messagesPerAppend: 100,
   /** The hard cap; MNEMO_SYNC_MAX_SEGMENTS (default 1000) is the limit in force. */

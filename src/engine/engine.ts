@@ -159,8 +159,8 @@ export function createEngine(deps: {
       JobRow & { child_pending: number | null; child_running: number | null }
     >(
       `select ${JOB_COLUMNS},
-         case when j.is_parent then (select count(*) from jobs c where c.parent_id = j.id and c.status = 'pending') end::int as child_pending,
-         case when j.is_parent then (select count(*) from jobs c where c.parent_id = j.id and c.status = 'running') end::int as child_running
+         case when j.is_parent then (select count(*) from jobs c where c.parent_id = j.id and c.tenant_id = j.tenant_id and c.status = 'pending') end::int as child_pending,
+         case when j.is_parent then (select count(*) from jobs c where c.parent_id = j.id and c.tenant_id = j.tenant_id and c.status = 'running') end::int as child_running
        from jobs j where j.id = $1 and j.tenant_id = $2`,
       [id, tenantId],
     );
@@ -234,7 +234,7 @@ export function createEngine(deps: {
     },
     async getChildren(tenantId, id) {
       const parent = await readJob(store, tenantId, id);
-      return parent === undefined ? [] : childrenOf(store, id);
+      return parent === undefined ? [] : childrenOf(store, id, tenantId);
     },
     async cancel(tenantId, id) {
       const job = await store.transaction(async (tx) => {
@@ -243,7 +243,7 @@ export function createEngine(deps: {
           throw new MnemoError(ErrorCode.NotFound, `operation ${id} not found`);
         }
         const targets = current.isParent
-          ? (await childrenOf(tx, id)).filter((c) => c.status === 'pending')
+          ? (await childrenOf(tx, id, tenantId)).filter((c) => c.status === 'pending')
           : current.status === 'pending'
             ? [current]
             : [];

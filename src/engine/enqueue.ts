@@ -287,7 +287,7 @@ export async function enqueueBatchJobs(
     if (existing !== undefined) {
       return {
         parent: toJob(existing),
-        children: await childrenOf(tx, existing.id),
+        children: await childrenOf(tx, existing.id, tenantId),
         created: false,
       };
     }
@@ -309,7 +309,11 @@ export async function enqueueBatchJobs(
     if (existing === undefined) {
       throw new MnemoError(ErrorCode.Internal, 'batch enqueue inserted nothing');
     }
-    return { parent: toJob(existing), children: await childrenOf(tx, existing.id), created: false };
+    return {
+      parent: toJob(existing),
+      children: await childrenOf(tx, existing.id, tenantId),
+      created: false,
+    };
   }
   const childRows = await insertJobs(tx, ctx, tenantId, prepared, parentRow.id);
   return {
@@ -351,10 +355,10 @@ export async function addChildJob(
 }
 
 /** A parent's children in enqueue order. */
-export async function childrenOf(q: Queryable, parentId: number): Promise<Job[]> {
+export async function childrenOf(q: Queryable, parentId: number, tenantId: string): Promise<Job[]> {
   const rows = await q.query<JobRow>(
-    `select ${JOB_COLUMNS} from jobs j where j.parent_id = $1 order by j.id`,
-    [parentId],
+    `select ${JOB_COLUMNS} from jobs j where j.parent_id = $1 and j.tenant_id = $2 order by j.id`,
+    [parentId, tenantId],
   );
   return rows.map((row) => toJob(row));
 }

@@ -374,7 +374,7 @@ export async function readSession(
        (select coalesce(json_agg(json_build_object('index', a.archive_index,
             'message_count', a.message_count, 'summary', a.summary, 'status', j.status,
             'operation_id', a.operation_id) order by a.archive_index), '[]'::json)
-          from session_archives a join jobs j on j.id = a.operation_id
+          from session_archives a join jobs j on j.id = a.operation_id and j.tenant_id = a.tenant_id
          where a.tenant_id = s.tenant_id and a.session_id = s.id) as archives
        from sessions s where s.tenant_id = $1 and s.id = $2`,
     [tenantId, sessionId],

@@ -242,8 +242,8 @@ export async function startSync(
       await tx.query(
         `update sync_batches set parent_id = $2, total = $3, duplicate = $4,
            finalized = ($3 = 0)
-          where id = $1`,
-        [batchId, out.parent.id, ordered.length, duplicate],
+          where id = $1 and tenant_id = $5`,
+        [batchId, out.parent.id, ordered.length, duplicate, tenantId],
       );
       if (ordered.length > 0) {
         await tx.query(
@@ -311,7 +311,7 @@ export async function listConversations(
   }>(
     `select c.id::float8 as id, c.started_at, c.finished_at, c.summary,
        (select array_agg(s.id order by s.started_at, s.id) from sync_segments s
-         where s.conversation_id = c.id) as segment_ids
+         where s.conversation_id = c.id and s.tenant_id = c.tenant_id) as segment_ids
        from conversations c
       where c.tenant_id = $1 and c.user_id = $2
         and ($3::timestamptz is null or c.finished_at >= $3)
@@ -443,16 +443,19 @@ async function advance(
              and (select j.status from jobs j where j.id = s.job_id) in ('failed', 'cancelled')
              then 'failed' else s.state end,
            'started_at', s.started_at, 'ended_at', s.ended_at) order by s.ord), '[]'::json)
-          from sync_segments s where s.batch_id = b.id and not s.processed
+          from sync_segments s where s.batch_id = b.id and s.tenant_id = b.tenant_id
+            and not s.processed
            -- Up to the first segment still being transcribed (included: it stops the cursor).
            and s.ord <= coalesce((select min(p.ord) from sync_segments p
-                                   where p.batch_id = b.id and not p.processed
+                                   where p.batch_id = b.id and p.tenant_id = b.tenant_id
+                                     and not p.processed
                                      and p.state = 'pending'
                                      and coalesce((select j.status from jobs j
                                                     where j.id = p.job_id), 'pending')
                                          not in ('failed', 'cancelled')), 2147483647))
          as waiting,
-       (select count(*) from sync_segments s where s.batch_id = b.id and not s.processed)::int
+       (select count(*) from sync_segments s
+         where s.batch_id = b.id and s.tenant_id = b.tenant_id and not s.processed)::int
          as unprocessed
        from sync_batches b where b.id = $1 and b.tenant_id = $2 for update`,
     [batchId, tenantId],
@@ -506,8 +509,8 @@ async function advance(
       await tx.query(
         `update sync_segments g set conversation_id = m.target
            from unnest($1::bigint[], $2::bigint[]) as m(gone, target)
-          where g.conversation_id = m.gone`,
-        [absorbed, gone.map((c) => finalSpan(c).id)],
+          where g.conversation_id = m.gone and g.tenant_id = $3`,
+        [absorbed, gone.map((c) => finalSpan(c).id), tenantId],
       );
       await tx.query(`delete from conversations where tenant_id = $1 and id = any($2::bigint[])`, [
         tenantId,
@@ -544,7 +547,7 @@ async function advance(
        touched = array(select distinct x from unnest(touched || $9::bigint[]) x
                        where x <> all($11::bigint[])),
        finalized = $12
-      where id = $1`,
+      where id = $1 and tenant_id = $2`,
     [
       batchId,
       tenantId,
@@ -564,7 +567,8 @@ async function advance(
     // A statement after the assignment: its snapshot sees the segments just moved.
     await tx.query(
       `update conversations c set segment_count =
-         (select count(*) from sync_segments s where s.conversation_id = c.id)
+         (select count(*) from sync_segments s
+           where s.conversation_id = c.id and s.tenant_id = c.tenant_id)
         where c.tenant_id = $1 and c.id = any($2::bigint[])`,
       [tenantId, touched],
     );
@@ -695,7 +699,8 @@ export function registerSyncJobs(
     signal: AbortSignal;
   }): Promise<Transcribed> {
     const [row] = await store.query<{ transcript: string | null; wav: Uint8Array | null }>(
-      `select s.transcript, a.wav from sync_segments s left join sync_audio a on a.id = s.audio_id
+      `select s.transcript, a.wav from sync_segments s
+         left join sync_audio a on a.id = s.audio_id and a.tenant_id = s.tenant_id
         where s.tenant_id = $1 and s.user_id = $2 and s.id = $3`,
       [ctx.tenantId, ctx.payload.user_id, ctx.payload.segment_id],
     );
@@ -740,9 +745,11 @@ export function registerSyncJobs(
       const rows = await store.query<{ id: number; transcripts: string[] }>(
         `select c.id::float8 as id,
            array(select s.transcript from sync_segments s
-                  where s.conversation_id = c.id and s.transcript is not null
+                  where s.conversation_id = c.id and s.tenant_id = c.tenant_id
+                    and s.transcript is not null
                   order by s.started_at, s.id) as transcripts
-           from sync_batches b join conversations c on c.id = any(b.touched)
+           from sync_batches b
+           join conversations c on c.id = any(b.touched) and c.tenant_id = b.tenant_id
           where b.id = $1 and b.tenant_id = $2`,
         [ctx.payload.batch_id, ctx.tenantId],
       );

@@ -194,7 +194,11 @@ describePg('sessions through 2 server processes sharing PostgreSQL', () => {
     const commit = await call(0, 'POST', '/v1/sessions/crash/commit', { wait: false });
     expect(commit.status).toBe(202);
     const opId = String(commit.body['operation'].id);
-    await eventually(() => llm.requests.length > 0, 20_000);
+    // Claimed: the worker is inside the model call (which answers after a minute).
+    await eventually(
+      async () => (await call(0, 'GET', `/v1/operations/${opId}`)).body['status'] === 'running',
+      20_000,
+    );
     doomed.kill('SIGKILL');
     await doomed.exited;
     llm.latencyMs = 0;

@@ -9,6 +9,7 @@ const TOKEN = 'metrics-token-0123456789';
 
 describe('who may call, with and without keys (PGlite)', () => {
   let mnemo: Mnemo;
+  let keyOfAcme = '';
 
   beforeAll(async () => {
     mnemo = await createMnemo(loadConfig({ MNEMO_DATA_DIR: 'memory://' }));
@@ -51,6 +52,7 @@ describe('who may call, with and without keys (PGlite)', () => {
     const app = createApp({ mnemo, metricsToken: TOKEN });
     expect((await app.request('/metrics')).status).toBe(401);
     const key = (await mnemo.store.transaction((tx) => createKey(tx, 'acme'))).key;
+    keyOfAcme = key;
     const withKey = await app.request('/metrics', { headers: { authorization: `Bearer ${key}` } });
     expect(withKey.status).toBe(401);
     const withToken = await app.request('/metrics', {
@@ -63,5 +65,21 @@ describe('who may call, with and without keys (PGlite)', () => {
       headers: { authorization: `Bearer ${key}` },
     });
     expect(ops.status).toBe(200);
+  });
+
+  it('holds a batch to MNEMO_BATCH_MAX_ITEMS (default 100) and writes nothing past it', async () => {
+    const app = createApp({ mnemo });
+    const items = Array.from({ length: 101 }, (_, i) => ({ user_query: `Item ${i} here.` }));
+    const res = await app.request('http://localhost/v1/memory/batch-ingest', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${keyOfAcme}` },
+      body: JSON.stringify({ user_id: 'batcher', items }),
+    });
+    expect(res.status).toBe(400);
+    expect(JSON.stringify(await res.json())).toContain('MNEMO_BATCH_MAX_ITEMS');
+    const [row] = await mnemo.store.query<{ n: number }>(
+      `select count(*)::int as n from jobs where payload->>'user_id' = 'batcher'`,
+    );
+    expect(row?.n).toBe(0);
   });
 });
