@@ -2,6 +2,7 @@
  * Benchmarks: `npm run bench -- <name> [parts]`. Each prints JSON lines to stdout and writes
  * them to bench/results/. Bounded in count and time; loopback services only.
  */
+import { runAbuseBench } from './abuse.ts';
 import { runEngineBench } from './engine.ts';
 import { runIngestBench } from './ingest.ts';
 import { runSyncBench } from './sync.ts';
@@ -14,12 +15,15 @@ switch (name) {
   case 'ingest':
     await runIngestBench(parts);
     break;
+  case 'abuse':
+    await runAbuseBench();
+    break;
   case 'sync':
     await runSyncBench();
     break;
   default:
     process.stderr.write(
-      'usage: npm run bench -- engine [throughput,latency,memory] | ingest [postgres,postgres-split,pglite] | sync\n',
+      'usage: npm run bench -- engine [throughput,latency,memory] | ingest [postgres,postgres-split,pglite] | sync | abuse\n',
     );
     process.exitCode = 2;
 }

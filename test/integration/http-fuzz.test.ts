@@ -1,6 +1,7 @@
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
+import { createKey } from '../../src/keys/keys.ts';
 import { openHttp } from '../helpers/http.ts';
 
 type Harness = Awaited<ReturnType<typeof openHttp>>;
@@ -115,6 +116,54 @@ const pathPart = fc.oneof(
   fc.constantFrom('op_1', 'op_99999999999', 'u1'),
 );
 
+const routes = fc.oneof(
+  fc.tuple(
+    fc.constant('POST'),
+    fc.constantFrom('/v1/memory/ingest', '/v1/memory/batch-ingest', '/v1/sync'),
+    body,
+  ),
+  fc.tuple(
+    fc.constant('DELETE'),
+    pathPart.map((p) => `/v1/users/${encodeURIComponent(p)}`),
+    body,
+  ),
+  fc.tuple(
+    fc.constant('POST'),
+    pathPart.map((p) => `/v1/operations/${encodeURIComponent(p)}/cancel`),
+    body,
+  ),
+  fc.tuple(
+    fc.constant('POST'),
+    fc
+      .tuple(pathPart, fc.constantFrom('messages', 'commit'))
+      .map(([p, action]) => `/v1/sessions/${encodeURIComponent(p)}/${action}`),
+    body,
+  ),
+  fc.tuple(
+    fc.constant('GET'),
+    pathPart.map((p) => `/v1/sessions/${encodeURIComponent(p)}`),
+    fc.constant(undefined),
+  ),
+  fc.tuple(
+    fc.constant('GET'),
+    fc
+      .tuple(
+        fc.constantFrom(
+          '/v1/memory/search',
+          '/v1/operations',
+          '/v1/operations/op_1',
+          '/v1/users/u1/profile',
+          '/v1/users/u1/memories',
+          '/v1/users/u1/events',
+          '/v1/users/u1/conversations',
+        ),
+        query,
+      )
+      .map(([p, q]) => `${p}?${new URLSearchParams(q).toString()}`),
+    fc.constant(undefined),
+  ),
+);
+
 describe('HTTP API under random input (fast-check)', () => {
   let h: Harness;
 
@@ -137,53 +186,6 @@ describe('HTTP API under random input (fast-check)', () => {
     )[0]?.n ?? -1;
 
   it('never answers 500, always with an error body on 4xx, and writes nothing when it refuses', async () => {
-    const routes = fc.oneof(
-      fc.tuple(
-        fc.constant('POST'),
-        fc.constantFrom('/v1/memory/ingest', '/v1/memory/batch-ingest', '/v1/sync'),
-        body,
-      ),
-      fc.tuple(
-        fc.constant('DELETE'),
-        pathPart.map((p) => `/v1/users/${encodeURIComponent(p)}`),
-        body,
-      ),
-      fc.tuple(
-        fc.constant('POST'),
-        pathPart.map((p) => `/v1/operations/${encodeURIComponent(p)}/cancel`),
-        body,
-      ),
-      fc.tuple(
-        fc.constant('POST'),
-        fc
-          .tuple(pathPart, fc.constantFrom('messages', 'commit'))
-          .map(([p, action]) => `/v1/sessions/${encodeURIComponent(p)}/${action}`),
-        body,
-      ),
-      fc.tuple(
-        fc.constant('GET'),
-        pathPart.map((p) => `/v1/sessions/${encodeURIComponent(p)}`),
-        fc.constant(undefined),
-      ),
-      fc.tuple(
-        fc.constant('GET'),
-        fc
-          .tuple(
-            fc.constantFrom(
-              '/v1/memory/search',
-              '/v1/operations',
-              '/v1/operations/op_1',
-              '/v1/users/u1/profile',
-              '/v1/users/u1/memories',
-              '/v1/users/u1/events',
-              '/v1/users/u1/conversations',
-            ),
-            query,
-          )
-          .map(([p, q]) => `${p}?${new URLSearchParams(q).toString()}`),
-        fc.constant(undefined),
-      ),
-    );
     await fc.assert(
       fc.asyncProperty(routes, async ([method, path, payload]) => {
         const before = await jobs();
@@ -199,5 +201,48 @@ describe('HTTP API under random input (fast-check)', () => {
       }),
       { numRuns: Number(process.env['MNEMO_FUZZ_RUNS'] ?? '2000') },
     );
+  });
+
+  it('with API keys: anything without a valid key is 401 and writes nothing', async () => {
+    const keyed = await openHttp('pglite', 'fuzz-keys', { worker: false });
+    try {
+      const key = (await keyed.mnemo.store.transaction((tx) => createKey(tx, 'acme'))).key;
+      const count = async () =>
+        (
+          await keyed.mnemo.store.query<{ n: number }>(
+            `select ((select count(*) from jobs) + (select count(*) from sessions)
+               + (select count(*) from sync_segments))::int as n`,
+          )
+        )[0]?.n ?? -1;
+      const authorization = fc.oneof(
+        fc.constant(`Bearer ${key}`),
+        fc.constant(undefined),
+        fc.string({ maxLength: 30 }).map((v) => `Bearer ${v}`),
+        fc.constant(`Bearer ${key.slice(0, -1)}`),
+        fc.constant(`Basic ${Buffer.from(`x:${key}`).toString('base64')}`),
+        fc.string({ maxLength: 30 }),
+      );
+      await fc.assert(
+        fc.asyncProperty(routes, authorization, async ([method, path, payload], auth) => {
+          const before = await count();
+          const res = await keyed.call(
+            method,
+            path,
+            payload,
+            auth === undefined ? {} : { authorization: auth },
+          );
+          expect(res.status).toBeLessThan(500);
+          if (auth !== `Bearer ${key}`) {
+            expect(res.status).toBe(401);
+          }
+          if (res.status >= 400) {
+            expect(await count()).toBe(before);
+          }
+        }),
+        { numRuns: Math.ceil(Number(process.env['MNEMO_FUZZ_RUNS'] ?? '2000') / 2) },
+      );
+    } finally {
+      await keyed.dispose();
+    }
   });
 });
