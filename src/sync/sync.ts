@@ -427,36 +427,50 @@ async function advance(
      on conflict (tenant_id, user_id) do update set updated_at = now()`,
     [tenantId, userId],
   );
-  // The batch and the segments its cursor has not passed, in a statement after the lock.
+  // In one statement after the lock: the batch, the segments its cursor can pass (up to the
+  // first one still being transcribed, included: it stops the cursor), and every conversation
+  // those segments can reach, directly or through a merge — all overlap [first ready start −
+  // window, last ready end + window]. (No row locks on them: every writer of a user's
+  // conversation spans holds the user's lock.)
   const [batch] = await tx.query<{
     parent_id: number;
     merge_window_s: number;
     finalized: boolean;
     waiting: Waiting[];
     unprocessed: number;
+    stored: { id: number; started_at: string; finished_at: string; segment_count: number }[];
   }>(
-    `select b.parent_id::float8 as parent_id, b.merge_window_s, b.finalized,
-       (select coalesce(json_agg(json_build_object('id', s.id,
-           -- A segment whose job ended without a result (cancelled, failed by the reaper)
-           -- never gets one: the cursor passes it as failed.
-           'state', case when s.state = 'pending'
-             and (select j.status from jobs j where j.id = s.job_id) in ('failed', 'cancelled')
-             then 'failed' else s.state end,
-           'started_at', s.started_at, 'ended_at', s.ended_at) order by s.ord), '[]'::json)
-          from sync_segments s where s.batch_id = b.id and s.tenant_id = b.tenant_id
-            and not s.processed
-           -- Up to the first segment still being transcribed (included: it stops the cursor).
-           and s.ord <= coalesce((select min(p.ord) from sync_segments p
-                                   where p.batch_id = b.id and p.tenant_id = b.tenant_id
-                                     and not p.processed
-                                     and p.state = 'pending'
-                                     and coalesce((select j.status from jobs j
-                                                    where j.id = p.job_id), 'pending')
-                                         not in ('failed', 'cancelled')), 2147483647))
-         as waiting,
+    `with w as (
+       select s.id, s.ord, s.started_at, s.ended_at,
+         -- A segment whose job ended without a result (cancelled, failed by the reaper)
+         -- never gets one: the cursor passes it as failed.
+         case when s.state = 'pending'
+           and (select j.status from jobs j where j.id = s.job_id and j.tenant_id = s.tenant_id)
+               in ('failed', 'cancelled')
+           then 'failed' else s.state end as state
+       from sync_segments s
+       where s.batch_id = $1 and s.tenant_id = $2 and not s.processed
+         and s.ord <= coalesce((select min(p.ord) from sync_segments p
+                                 where p.batch_id = $1 and p.tenant_id = $2 and not p.processed
+                                   and p.state = 'pending'
+                                   and coalesce((select j.status from jobs j
+                                                  where j.id = p.job_id), 'pending')
+                                       not in ('failed', 'cancelled')), 2147483647)),
+     r as (select min(started_at) as lo, max(ended_at) as hi from w where state = 'ready')
+     select b.parent_id::float8 as parent_id, b.merge_window_s, b.finalized,
+       (select coalesce(json_agg(json_build_object('id', w.id, 'state', w.state,
+           'started_at', w.started_at, 'ended_at', w.ended_at) order by w.ord), '[]'::json)
+          from w) as waiting,
        (select count(*) from sync_segments s
          where s.batch_id = b.id and s.tenant_id = b.tenant_id and not s.processed)::int
-         as unprocessed
+         as unprocessed,
+       (select coalesce(json_agg(json_build_object('id', c.id, 'started_at', c.started_at,
+           'finished_at', c.finished_at, 'segment_count', c.segment_count) order by c.id),
+           '[]'::json)
+          from conversations c, r
+         where r.lo is not null and c.tenant_id = b.tenant_id and c.user_id = b.user_id
+           and c.started_at <= r.hi + make_interval(secs => b.merge_window_s)
+           and c.finished_at >= r.lo - make_interval(secs => b.merge_window_s)) as stored
        from sync_batches b where b.id = $1 and b.tenant_id = $2 for update`,
     [batchId, tenantId],
   );
@@ -476,25 +490,43 @@ async function advance(
   const created: number[] = [];
   const absorbed: number[] = [];
   if (ready.length > 0) {
-    // Every conversation the run can reach, directly or through a merge, overlaps
-    // [first start − window, last end + window]. Locked, in id order.
-    const from = Math.min(...ready.map((r) => r.start)) - windowMs;
-    const to = Math.max(...ready.map((r) => r.end)) + windowMs;
-    const stored = await tx.query<{ id: number; started_at: Date; finished_at: Date }>(
-      `select id::float8 as id, started_at, finished_at from conversations
-        where tenant_id = $1 and user_id = $2 and started_at <= $4 and finished_at >= $3
-        order by id for update`,
-      [tenantId, userId, new Date(from), new Date(to)],
-    );
+    const stored = batch.stored.map((c) => ({
+      id: c.id,
+      started_at: new Date(c.started_at),
+      finished_at: new Date(c.finished_at),
+      segment_count: c.segment_count,
+    }));
     const { spans, target } = cluster(stored, ready, windowMs);
+    // Segments per conversation in the end: its own, those of what it absorbed, the new ones.
+    const totals = new Map<Span, number>();
+    const add = (span: Span, n: number) => {
+      const f = finalSpan(span);
+      totals.set(f, (totals.get(f) ?? 0) + n);
+    };
+    stored.forEach((c, i) => add(spans[i] as Span, c.segment_count));
+    for (const span of target.values()) {
+      add(span, 1);
+    }
+    const targets = new Set([...target.values()].map(finalSpan));
     const fresh = spans.filter((c) => !c.stored && c.alive);
-    const freshIds = await tx.query<{ id: number }>(
-      `insert into conversations (tenant_id, user_id, started_at, finished_at)
-       select $1, $2, c.s, c.f from unnest($3::timestamptz[], $4::timestamptz[]) with ordinality
-         as c(s, f, i) order by c.i
-       returning id::float8 as id`,
-      [tenantId, userId, fresh.map((c) => new Date(c.start)), fresh.map((c) => new Date(c.end))],
-    );
+    const freshIds =
+      fresh.length === 0
+        ? []
+        : await tx.query<{ id: number }>(
+            `insert into conversations (tenant_id, user_id, started_at, finished_at, segment_count)
+             select $1, $2, c.s, c.f, c.n
+             from unnest($3::timestamptz[], $4::timestamptz[], $5::int[]) with ordinality
+               as c(s, f, n, i)
+             order by c.i
+             returning id::float8 as id`,
+            [
+              tenantId,
+              userId,
+              fresh.map((c) => new Date(c.start)),
+              fresh.map((c) => new Date(c.end)),
+              fresh.map((c) => totals.get(c) ?? 0),
+            ],
+          );
     fresh.forEach((c, i) => {
       c.id = freshIds[i]?.id;
       created.push(c.id ?? 0);
@@ -517,18 +549,23 @@ async function advance(
         absorbed,
       ]);
     }
-    const kept = spans.filter((c) => c.stored && c.alive);
-    await tx.query(
-      `update conversations c set started_at = u.s, finished_at = u.f, updated_at = now()
-         from unnest($2::bigint[], $3::timestamptz[], $4::timestamptz[]) as u(id, s, f)
-        where c.tenant_id = $1 and c.id = u.id`,
-      [
-        tenantId,
-        kept.map((c) => c.id),
-        kept.map((c) => new Date(c.start)),
-        kept.map((c) => new Date(c.end)),
-      ],
-    );
+    const kept = spans.filter((c) => c.stored && c.alive && targets.has(c));
+    if (kept.length > 0) {
+      await tx.query(
+        `update conversations c set started_at = u.s, finished_at = u.f, segment_count = u.n,
+           updated_at = now()
+           from unnest($2::bigint[], $3::timestamptz[], $4::timestamptz[], $5::int[])
+             as u(id, s, f, n)
+          where c.tenant_id = $1 and c.id = u.id`,
+        [
+          tenantId,
+          kept.map((c) => c.id),
+          kept.map((c) => new Date(c.start)),
+          kept.map((c) => new Date(c.end)),
+          kept.map((c) => totals.get(c) ?? 0),
+        ],
+      );
+    }
   }
   const touched = [...new Set(assignedTo.values())];
   const done = passed.length === batch.unprocessed;
@@ -563,16 +600,6 @@ async function advance(
       done,
     ],
   );
-  if (touched.length > 0) {
-    // A statement after the assignment: its snapshot sees the segments just moved.
-    await tx.query(
-      `update conversations c set segment_count =
-         (select count(*) from sync_segments s
-           where s.conversation_id = c.id and s.tenant_id = c.tenant_id)
-        where c.tenant_id = $1 and c.id = any($2::bigint[])`,
-      [tenantId, touched],
-    );
-  }
   if (done) {
     // The counts are the batch's result from now on; the summaries add nothing to them.
     const { parent_id: _parent, ...result } = await readResult(tx, tenantId, batchId);
