@@ -4,15 +4,13 @@
  * tenant's latency against the same trickle alone, and how the flood was answered. Loopback,
  * bounded by time (2 × 5 s).
  */
-import { type ChildProcess, spawn } from 'node:child_process';
 import { Agent, request } from 'node:http';
-import { createInterface } from 'node:readline';
 
 import { createKey } from '../src/keys/keys.ts';
 import { migrate } from '../src/store/migrate.ts';
 import { createPostgresStore } from '../src/store/postgres.ts';
 import { dropSchema } from '../test/helpers/pg.ts';
-import { createReporter, percentile, repoRoot } from './lib.ts';
+import { createReporter, percentile, startMnemoServe as startServer } from './lib.ts';
 
 const url =
   process.env['MNEMO_BENCH_DATABASE_URL'] ??
@@ -20,27 +18,6 @@ const url =
   'postgres://root@127.0.0.1:5432/test';
 const LIMIT = 50; // requests a second per key
 const SECONDS = 5;
-
-function startServer(env: Record<string, string>): Promise<{ url: string; child: ChildProcess }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve'], {
-    cwd: repoRoot,
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  return new Promise((resolve, reject) => {
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      try {
-        const entry = JSON.parse(line) as { url?: string; msg?: string };
-        if (entry.url !== undefined && entry.msg?.startsWith('Mnemo listening') === true) {
-          resolve({ url: entry.url, child });
-        }
-      } catch {
-        // not a log line
-      }
-    });
-    child.on('exit', (code) => reject(new Error(`mnemo serve exited (${code})`)));
-  });
-}
 
 function get(agent: Agent, target: URL, key: string): Promise<number> {
   return new Promise((resolve, reject) => {

@@ -200,3 +200,27 @@ export function percentile(sorted: readonly number[], p: number): number {
   const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
   return sorted[i]!;
 }
+
+/** Starts `mnemo serve` from the sources with `env`; resolves with its URL once it listens. */
+export function startMnemoServe(
+  env: Record<string, string>,
+): Promise<{ url: string; child: ChildProcess }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve'], {
+    cwd: repoRoot,
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  return new Promise((resolve, reject) => {
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      try {
+        const entry = JSON.parse(line) as { url?: string; msg?: string };
+        if (entry.url !== undefined && entry.msg?.startsWith('Mnemo listening') === true) {
+          resolve({ url: entry.url, child });
+        }
+      } catch {
+        // not a log line
+      }
+    });
+    child.on('exit', (code) => reject(new Error(`mnemo serve exited (${code})`)));
+  });
+}

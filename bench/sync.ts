@@ -6,12 +6,10 @@
  * segment's assignment — is measured by the same upload with transcripts (no transcription),
  * and against a one-by-one baseline (the same upload with one worker slot). Bounded by N.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { createInterface } from 'node:readline';
 
 import { type FakeStt, speechWav, startFakeStt } from '../test/helpers/fake-stt.ts';
 import { dropSchema } from '../test/helpers/pg.ts';
-import { createReporter, repoRoot } from './lib.ts';
+import { createReporter, startMnemoServe as startServer } from './lib.ts';
 
 const url =
   process.env['MNEMO_BENCH_DATABASE_URL'] ??
@@ -20,27 +18,6 @@ const url =
 const N = Number(process.env['BENCH_SEGMENTS'] ?? '500');
 const LATENCIES = (process.env['BENCH_STT_MS'] ?? '50,250').split(',').map(Number);
 const P = Number(process.env['BENCH_SLOTS'] ?? '10');
-
-function startServer(env: Record<string, string>): Promise<{ url: string; child: ChildProcess }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'serve'], {
-    cwd: repoRoot,
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  return new Promise((resolve, reject) => {
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      try {
-        const entry = JSON.parse(line) as { url?: string; msg?: string };
-        if (entry.url !== undefined && entry.msg?.startsWith('Mnemo listening') === true) {
-          resolve({ url: entry.url, child });
-        }
-      } catch {
-        // not a log line
-      }
-    });
-    child.on('exit', (code) => reject(new Error(`mnemo serve exited (${code})`)));
-  });
-}
 
 /** N segments, 5 s apart in clusters of 50 (10 conversations), each its own audio. */
 function segments(user: string, stt: FakeStt, audio: boolean, seed: number, S = 0) {

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 
-import { ErrorCode, MnemoError } from '../core/errors.ts';
+import { postToEndpoint } from '../core/endpoint.ts';
 
 /** Turns speech into text. Implementations must honour `signal`. */
 export interface Transcriber {
@@ -19,14 +19,6 @@ export interface OpenAiTranscriberOptions {
 
 const answerSchema = z.object({ text: z.string() });
 
-function failure(message: string, retryable: boolean, cause?: unknown): MnemoError {
-  return new MnemoError(
-    retryable ? ErrorCode.Unavailable : ErrorCode.Internal,
-    `transcriber: ${message}`,
-    { retryable, cause },
-  );
-}
-
 /**
  * Transcribes with any OpenAI-compatible `POST /audio/transcriptions` endpoint (multipart:
  * `file`, `model`; JSON answer `{"text"}`). Network errors, timeouts, 408/429/5xx and
@@ -41,32 +33,17 @@ export function createOpenAiTranscriber(options: OpenAiTranscriberOptions): Tran
       form.append('file', new Blob([wav], { type: 'audio/wav' }), 'segment.wav');
       form.append('model', options.model);
       form.append('response_format', 'json');
-      let response: Response;
-      try {
-        response = await fetch(url, {
-          method: 'POST',
-          headers:
-            options.apiKey === undefined ? {} : { authorization: `Bearer ${options.apiKey}` },
-          body: form,
-          signal: AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]),
-        });
-      } catch (err) {
-        throw failure(
-          signal.aborted ? 'aborted' : `request failed (${(err as Error).name})`,
-          true,
-          err,
-        );
-      }
-      if (!response.ok) {
-        const retryable =
-          response.status === 408 || response.status === 429 || response.status >= 500;
-        throw failure(`endpoint answered HTTP ${response.status}`, retryable);
-      }
-      try {
-        return answerSchema.parse(await response.json()).text;
-      } catch (err) {
-        throw failure('the endpoint did not answer with {"text"}', true, err);
-      }
+      const answer = await postToEndpoint({
+        label: 'transcriber',
+        url,
+        apiKey: options.apiKey,
+        body: form,
+        timeoutMs,
+        signal,
+        schema: answerSchema,
+        malformed: 'the endpoint did not answer with {"text"}',
+      });
+      return answer.text;
     },
   };
 }

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 
-import { ErrorCode, MnemoError } from '../../core/errors.ts';
+import { endpointFailure, postToEndpoint } from '../../core/endpoint.ts';
 import type { Extraction, Extractor, Message, Turn } from '../types.ts';
 import { MAX_SUMMARY } from '../types.ts';
 
@@ -12,7 +12,6 @@ export interface OpenAiExtractorOptions {
   apiKey?: string | undefined;
   /** Per request. @defaultValue 30000 */
   timeoutMs?: number;
-  fetch?: typeof fetch;
 }
 
 const extractionSchema = z.object({
@@ -35,16 +34,8 @@ Answer with one JSON object and nothing else:
 Use "set" for stable profile attributes the user states, "unset" for attributes the user asks
 to forget, "events" for dated events, "memories" for other facts. Empty lists when nothing applies.`;
 
-function failure(message: string, retryable: boolean, cause?: unknown): MnemoError {
-  return new MnemoError(
-    retryable ? ErrorCode.Unavailable : ErrorCode.Internal,
-    `LLM extractor: ${message}`,
-    {
-      retryable,
-      cause,
-    },
-  );
-}
+const failure = (message: string, retryable: boolean, cause?: unknown) =>
+  endpointFailure('LLM extractor', message, retryable, cause);
 
 const SUMMARY_PROMPT = `You summarize a conversation between a user and an assistant for the
 user's long-term memory, in at most five sentences. Answer with the summary text only.`;
@@ -54,7 +45,6 @@ user's long-term memory, in at most five sentences. Answer with the summary text
  * Network errors, timeouts, 408/429/5xx and malformed output are retryable; other 4xx are not.
  */
 export function createOpenAiExtractor(options: OpenAiExtractorOptions): Extractor {
-  const doFetch = options.fetch ?? fetch;
   const url = `${options.baseUrl.replace(/\/+$/, '')}/chat/completions`;
   const timeoutMs = options.timeoutMs ?? 30_000;
 
@@ -65,42 +55,26 @@ export function createOpenAiExtractor(options: OpenAiExtractorOptions): Extracto
     json: boolean,
     signal: AbortSignal,
   ): Promise<string> {
-    let response: Response;
-    try {
-      response = await doFetch(url, {
-        method: 'POST',
-        headers: {
-          'content-type': 'application/json',
-          ...(options.apiKey === undefined ? {} : { authorization: `Bearer ${options.apiKey}` }),
-        },
-        body: JSON.stringify({
-          model: options.model,
-          temperature: 0,
-          ...(json ? { response_format: { type: 'json_object' } } : {}),
-          messages: [
-            { role: 'system', content: system },
-            { role: 'user', content: user },
-          ],
-        }),
-        signal: AbortSignal.any([signal, AbortSignal.timeout(timeoutMs)]),
-      });
-    } catch (err) {
-      throw failure(
-        signal.aborted ? 'aborted' : `request failed (${(err as Error).name})`,
-        true,
-        err,
-      );
-    }
-    if (!response.ok) {
-      const retryable =
-        response.status === 408 || response.status === 429 || response.status >= 500;
-      throw failure(`endpoint answered HTTP ${response.status}`, retryable);
-    }
-    try {
-      return completionSchema.parse(await response.json()).choices[0]?.message.content ?? '';
-    } catch (err) {
-      throw failure('the endpoint did not answer with a chat completion', true, err);
-    }
+    const answer = await postToEndpoint({
+      label: 'LLM extractor',
+      url,
+      headers: { 'content-type': 'application/json' },
+      apiKey: options.apiKey,
+      body: JSON.stringify({
+        model: options.model,
+        temperature: 0,
+        ...(json ? { response_format: { type: 'json_object' } } : {}),
+        messages: [
+          { role: 'system', content: system },
+          { role: 'user', content: user },
+        ],
+      }),
+      timeoutMs,
+      signal,
+      schema: completionSchema,
+      malformed: 'the endpoint did not answer with a chat completion',
+    });
+    return answer.choices[0]?.message.content ?? '';
   }
 
   return {
