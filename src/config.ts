@@ -22,6 +22,12 @@ const postgresUrl = z
   });
 
 /** Each setting: its variable, its schema (parsing the raw string) and its default. */
+/** An http(s) URL (a model endpoint's base). */
+const httpUrl = z
+  .string()
+  .trim()
+  .refine((v) => /^https?:\/\//.test(v) && URL.canParse(v), { message: 'must be an http(s) URL' });
+
 const settings = {
   databaseUrl: { env: 'MNEMO_DATABASE_URL', schema: postgresUrl.optional() },
   dataDir: { env: 'MNEMO_DATA_DIR', schema: z.string().trim().min(1).default('./.mnemo') },
@@ -38,26 +44,14 @@ const settings = {
   extractor: { env: 'MNEMO_EXTRACTOR', schema: z.enum(['rules', 'openai']).default('rules') },
   llmBaseUrl: {
     env: 'MNEMO_LLM_BASE_URL',
-    schema: z
-      .string()
-      .trim()
-      .refine((v) => /^https?:\/\//.test(v) && URL.canParse(v), {
-        message: 'must be an http(s) URL',
-      })
-      .optional(),
+    schema: httpUrl.optional(),
   },
   llmModel: { env: 'MNEMO_LLM_MODEL', schema: z.string().trim().min(1).optional() },
   llmApiKey: { env: 'MNEMO_LLM_API_KEY', schema: z.string().min(1).optional() },
   llmTimeoutMs: { env: 'MNEMO_LLM_TIMEOUT_MS', schema: intFrom(100, 600_000).default(30_000) },
   sttBaseUrl: {
     env: 'MNEMO_STT_BASE_URL',
-    schema: z
-      .string()
-      .trim()
-      .refine((v) => /^https?:\/\//.test(v) && URL.canParse(v), {
-        message: 'must be an http(s) URL',
-      })
-      .optional(),
+    schema: httpUrl.optional(),
   },
   sttModel: { env: 'MNEMO_STT_MODEL', schema: z.string().trim().min(1).default('whisper-1') },
   sttApiKey: { env: 'MNEMO_STT_API_KEY', schema: z.string().min(1).optional() },

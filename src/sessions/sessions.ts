@@ -60,17 +60,20 @@ export type CommitOutcome =
   | { status: 'nothing_to_commit' }
   | { status: 'committed'; archive: { index: number; message_count: number }; job: Job };
 
+/** An archive as a session read shows it; `Id` is how its operation is named. */
+interface ArchiveView<Id> {
+  index: number;
+  message_count: number;
+  summary: string | null;
+  status: Job['status'];
+  operation_id: Id;
+}
+
 /** A session as `GET /v1/sessions/{id}` shows it. */
 export interface SessionView {
   user_id: string;
   live_count: number;
-  archives: {
-    index: number;
-    message_count: number;
-    summary: string | null;
-    status: Job['status'];
-    operation_id: string;
-  }[];
+  archives: ArchiveView<string>[];
 }
 
 /** The result of an archive's job: the archive with its summary, and what memory took in. */
@@ -359,13 +362,7 @@ export async function readSession(
   const [session] = await store.query<{
     user_id: string;
     live_count: number;
-    archives: {
-      index: number;
-      message_count: number;
-      summary: string | null;
-      status: Job['status'];
-      operation_id: number;
-    }[];
+    archives: ArchiveView<number>[];
   }>(
     `select s.user_id,
        (select count(*) from session_messages m

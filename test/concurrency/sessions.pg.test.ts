@@ -2,30 +2,18 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 
 import { createPostgresStore } from '../../src/store/postgres.ts';
 import type { Store } from '../../src/store/types.ts';
-import { type JsonProcess, startJsonProcess } from '../helpers/cli.ts';
 import { eventually } from '../helpers/engine.ts';
 import { type FakeLlm, startFakeLlm } from '../helpers/fake-llm.ts';
 import { describePg, dropSchema, testDatabaseUrl, testSchemaName } from '../helpers/pg.ts';
-
-// eslint-disable-next-line @typescript-eslint/no-explicit-any -- tests probe response JSON freely
-type Json = Record<string, any>;
-
-const listening = (l: Record<string, unknown>) =>
-  typeof l['url'] === 'string' && String(l['msg']).startsWith('Mnemo listening');
+import { type Json, processGroup } from '../helpers/serve.ts';
 
 describePg('sessions through 2 server processes sharing PostgreSQL', () => {
   const schema = testSchemaName('session-processes');
-  const processes: JsonProcess[] = [];
-  const urls: string[] = [];
   let llm: FakeLlm;
   let store: Store;
-  let env: Record<string, string>;
-
-  const start = (args: string[]) => {
-    const p = startJsonProcess('src/cli/main.ts', env, args);
-    processes.push(p);
-    return p;
-  };
+  let env: Record<string, string> = {};
+  const group = processGroup(() => env);
+  const { call } = group;
 
   beforeAll(async () => {
     llm = await startFakeLlm(0);
@@ -40,31 +28,16 @@ describePg('sessions through 2 server processes sharing PostgreSQL', () => {
       MNEMO_LOG_LEVEL: 'info',
     };
     // Two HTTP servers with workers, and nothing else yet.
-    const servers = [start(['serve']), start(['serve'])];
-    urls.push(
-      ...(await Promise.all(servers.map((s) => s.waitFor(listening)))).map((l) => String(l['url'])),
-    );
+    await Promise.all([group.start(['serve']), group.start(['serve'])]);
     store = createPostgresStore({ url: testDatabaseUrl, schema, maxConnections: 2 });
   });
 
   afterAll(async () => {
-    for (const p of processes) {
-      p.kill('SIGTERM');
-    }
-    await Promise.all(processes.map((p) => p.exited));
+    await group.stopAll();
     await store?.close();
     await llm?.close();
     await dropSchema(schema);
   });
-
-  const call = async (i: number, method: string, path: string, body?: unknown) => {
-    const res = await fetch(`${urls[i % urls.length]}${path}`, {
-      method,
-      headers: { 'content-type': 'application/json' },
-      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-    });
-    return { status: res.status, body: (await res.json()) as Json };
-  };
 
   const messages = (prefix: string, n: number) =>
     Array.from({ length: n }, (_, i) => ({
@@ -173,15 +146,9 @@ describePg('sessions through 2 server processes sharing PostgreSQL', () => {
 
   it('a worker killed during phase 2: the archive is summarized and its memory applied once, after recovery', async () => {
     // Only a dedicated worker runs jobs now; the servers stop theirs by restarting without.
-    for (const p of processes.splice(0)) {
-      p.kill('SIGTERM');
-      await p.exited;
-    }
-    urls.length = 0;
-    const http = start(['serve', '--no-worker']);
-    urls.push(String((await http.waitFor(listening))['url']));
-    const doomed = start(['worker']);
-    await doomed.waitFor((l) => String(l['msg']).startsWith('Mnemo worker running'));
+    await group.stopAll();
+    await group.start(['serve', '--no-worker']);
+    const doomed = await group.start(['worker']);
 
     await call(0, 'POST', '/v1/sessions/crash/messages', {
       user_id: 'cu',
@@ -203,8 +170,7 @@ describePg('sessions through 2 server processes sharing PostgreSQL', () => {
     await doomed.exited;
     llm.latencyMs = 0;
 
-    const rescuer = start(['worker']);
-    await rescuer.waitFor((l) => String(l['msg']).startsWith('Mnemo worker running'));
+    await group.start(['worker']);
     let op: Json = {};
     await eventually(async () => {
       op = (await call(0, 'GET', `/v1/operations/${opId}`)).body;

@@ -2,16 +2,10 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 
 import { createPostgresStore } from '../../src/store/postgres.ts';
 import type { Store } from '../../src/store/types.ts';
-import { type JsonProcess, startJsonProcess } from '../helpers/cli.ts';
 import { eventually } from '../helpers/engine.ts';
 import { type FakeStt, speechWav, startFakeStt } from '../helpers/fake-stt.ts';
 import { describePg, dropSchema, testDatabaseUrl, testSchemaName } from '../helpers/pg.ts';
-
-// eslint-disable-next-line @typescript-eslint/no-explicit-any -- tests probe response JSON freely
-type Json = Record<string, any>;
-
-const listening = (l: Record<string, unknown>) =>
-  typeof l['url'] === 'string' && String(l['msg']).startsWith('Mnemo listening');
+import { type Json, processGroup } from '../helpers/serve.ts';
 
 const T0 = Date.parse('2026-06-01T08:00:00.000Z');
 const at = (s: number) => new Date(T0 + s * 1000).toISOString();
@@ -30,17 +24,12 @@ function shuffle<T>(items: T[], seed: number): T[] {
 
 describePg('offline sync through 2 server processes sharing PostgreSQL', () => {
   const schema = testSchemaName('sync-processes');
-  const processes: JsonProcess[] = [];
-  const urls: string[] = [];
   let stt: FakeStt;
   let store: Store;
-  let env: Record<string, string>;
-
-  const startServer = async () => {
-    const p = startJsonProcess('src/cli/main.ts', env, ['serve']);
-    processes.push(p);
-    urls.push(String((await p.waitFor(listening))['url']));
-  };
+  let env: Record<string, string> = {};
+  const group = processGroup(() => env);
+  const { call } = group;
+  const startServer = () => group.start(['serve']);
 
   beforeAll(async () => {
     stt = await startFakeStt();
@@ -57,23 +46,11 @@ describePg('offline sync through 2 server processes sharing PostgreSQL', () => {
   });
 
   afterAll(async () => {
-    for (const p of processes) {
-      p.kill('SIGTERM');
-    }
-    await Promise.all(processes.map((p) => p.exited));
+    await group.stopAll();
     await store?.close();
     await stt?.close();
     await dropSchema(schema);
   });
-
-  const call = async (i: number, method: string, path: string, body?: unknown) => {
-    const res = await fetch(`${urls[i % urls.length]}${path}`, {
-      method,
-      headers: { 'content-type': 'application/json' },
-      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-    });
-    return { status: res.status, body: (await res.json()) as Json };
-  };
 
   const finished = async (opId: string) => {
     let op: Json = {};
@@ -163,11 +140,7 @@ describePg('offline sync through 2 server processes sharing PostgreSQL', () => {
     );
     expect(before?.n).toBe(1);
     // Every process goes away before the delay is up; a new one comes.
-    for (const p of processes.splice(0)) {
-      p.kill('SIGTERM');
-      await p.exited;
-    }
-    urls.length = 0;
+    await group.stopAll();
     await startServer();
     await eventually(async () => {
       const [row] = await store.query<{ n: number }>(
