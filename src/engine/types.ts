@@ -124,9 +124,9 @@ export interface JobHandler<P = unknown, C = unknown> {
    */
   apply?: (tx: Queryable, computed: C, ctx: JobContext<P>) => Promise<unknown>;
   /**
-   * Runs in the completion transaction when the job fails for good in a worker (its last
-   * attempt failed, or its error is final): the place to release what the job held. Not run
-   * when a job is cancelled or when the reaper fails it after its lease expired.
+   * Runs in the transaction that fails the job for good — its completion (the last attempt
+   * failed, or its error is final), or the reaper's (its worker stopped on the last attempt):
+   * the place to release what the job held. Not run when a pending job is cancelled.
    */
   onFailure?: (tx: Queryable, error: Error, ctx: JobContext<P>) => Promise<void>;
   /** Run time limit of one attempt (compute + apply). @defaultValue the engine's `defaultTimeoutMs` */

@@ -531,7 +531,11 @@ export class Worker {
   }
 
   /** A job's hook for its final failure, in a savepoint: a failing hook is logged only. */
-  async #onFailure(q: Queryable, running: Running, error: Error): Promise<void> {
+  async #onFailure(
+    q: Queryable,
+    running: { row: { id: number; kind: string }; handler: JobHandler; ctx: JobContext },
+    error: Error,
+  ): Promise<void> {
     await q.query('savepoint job_on_failure');
     try {
       await running.handler.onFailure?.(q, error, running.ctx);
@@ -654,7 +658,48 @@ export class Worker {
           expiredOnly: true,
         };
       });
-      const result = await applyTransitions(this.#deps.store, this.#deps.channels, transitions);
+      // A job failing for good here (its last attempt's worker died) gets its failure hook
+      // too, in the transaction that fails it; the rest moves in one autocommit statement.
+      const hooked = expired.filter(
+        (row) =>
+          row.attempts >= row.max_attempts &&
+          this.#deps.handlers.get(row.kind)?.onFailure !== undefined,
+      );
+      const result =
+        hooked.length === 0
+          ? await applyTransitions(this.#deps.store, this.#deps.channels, transitions)
+          : await this.#deps.store.transaction(async (tx) => {
+              // Row locks first: a job completed or reaped meanwhile gets no hook.
+              const still = await tx.query<{ id: number }>(
+                `select id from jobs where id = any($1::bigint[]) and status = 'running'
+                   and lease_expires_at < now() order by id for update`,
+                [hooked.map((r) => r.id)],
+              );
+              const ids = new Set(still.map((r) => r.id));
+              for (const row of hooked.filter((r) => ids.has(r.id))) {
+                const handler = this.#deps.handlers.get(row.kind);
+                const ctx: JobContext = {
+                  id: row.id,
+                  tenantId: row.tenant_id,
+                  kind: row.kind,
+                  lane: row.lane,
+                  payload: row.payload,
+                  attempt: row.attempts,
+                  maxAttempts: row.max_attempts,
+                  parentId: row.parent_id,
+                  leaseToken: row.lease_token,
+                  signal: this.#stopController.signal,
+                };
+                if (handler !== undefined) {
+                  await this.#onFailure(
+                    tx,
+                    { row: { id: row.id, kind: row.kind }, handler, ctx },
+                    new MnemoError(ErrorCode.Timeout, 'the worker running this job stopped'),
+                  );
+                }
+              }
+              return applyTransitions(tx, this.#deps.channels, transitions);
+            });
       for (const row of expired) {
         if (result.moved.has(row.id)) {
           this.#deps.metrics.reaped.inc({ kind: row.kind });

@@ -572,7 +572,11 @@ async function advance(
   await tx.query(
     `with seg as (
        update sync_segments g set processed = true,
-         state = case when g.state = 'ready' then 'assigned' else g.state end,
+         -- Still pending here means its job ended without a result (cancelled, reaped).
+         reason = case when g.state = 'pending'
+           then 'its transcription job ended without a result' else g.reason end,
+         state = case when g.state = 'ready' then 'assigned'
+           when g.state = 'pending' then 'failed' else g.state end,
          conversation_id = coalesce(u.conversation, g.conversation_id)
          from unnest($4::text[], $5::bigint[]) as u(id, conversation)
         where g.tenant_id = $2 and g.user_id = $3 and g.id = u.id

@@ -357,6 +357,41 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       ]);
     });
 
+    it('runs onFailure when the reaper fails a job whose worker stopped on its last attempt', async () => {
+      engine.register<unknown, void>('stalled', {
+        maxAttempts: 1,
+        // Never finishes on its own (stands for a worker that hangs or died).
+        compute: (ctx) =>
+          new Promise((resolve) => ctx.signal.addEventListener('abort', () => resolve())),
+        onFailure: async (tx, error, ctx) => {
+          await tx.query('insert into effects (job_id, lane) values ($1, $2)', [
+            ctx.id,
+            `reaped:${error.message}`,
+          ]);
+        },
+      });
+      const { job } = await enqueue({ kind: 'stalled' });
+      // This worker takes the job and stops heartbeating; the other one reaps.
+      await engine.startWorker({
+        concurrency: 1,
+        leaseMs: 300,
+        heartbeatMs: 60_000,
+        reapIntervalMs: 0,
+        shutdownGraceMs: 100,
+      });
+      await eventually(async () => (await engine.getJob('default', job.id))?.status === 'running');
+      await engine.startWorker({
+        concurrency: 1,
+        leaseMs: 300,
+        reapIntervalMs: 100,
+        shutdownGraceMs: 100,
+      });
+      expect((await waitDone(job.id)).status).toBe('failed');
+      expect(await store.query('select job_id, lane from effects')).toEqual([
+        { job_id: job.id, lane: expect.stringMatching(/^reaped:/) },
+      ]);
+    });
+
     it('derives a batch parent status and counts from mixed child outcomes', async () => {
       engine.register<{ outcome: string }, string>('child', {
         maxAttempts: 1,

@@ -136,6 +136,25 @@ describePg('tenants and API keys (PostgreSQL)', () => {
       expect(res.status, path).toBe(404);
       expect(res.body['error'].code).toBe('not_found');
     }
+    // Writes with another tenant's ids reach nothing of it: a session only acme has is
+    // unknown to globex, and globex's append to that id makes globex's own session.
+    expect(
+      (
+        await call('acme', 'POST', '/v1/sessions/acme-only/messages', {
+          user_id: 'u',
+          messages: [{ role: 'user', content: 'Acme secret plan.' }],
+        })
+      ).status,
+    ).toBe(200);
+    const foreignCommit = await call('globex', 'POST', '/v1/sessions/acme-only/commit');
+    expect(foreignCommit.status).toBe(404);
+    expect((await call('globex', 'GET', '/v1/sessions/acme-only')).status).toBe(404);
+    const ownAppend = await call('globex', 'POST', '/v1/sessions/acme-only/messages', {
+      user_id: 'u',
+      messages: [{ role: 'user', content: 'Globex note.' }],
+    });
+    expect(ownAppend.body).toEqual({ live_count: 1 });
+    expect((await call('acme', 'GET', '/v1/sessions/acme-only')).body['live_count']).toBe(1);
     // Deleting "u" in globex leaves acme's "u" whole.
     expect((await call('globex', 'DELETE', '/v1/users/u', { wait: true })).status).toBe(200);
     expect((await call('globex', 'GET', '/v1/sessions/s')).status).toBe(404);

@@ -62,12 +62,15 @@ export interface ExpiredRow {
   attempts: number;
   max_attempts: number;
   lease_token: number;
+  payload: unknown;
+  parent_id: number | null;
 }
 
 /** Up to `limit` running jobs whose lease has expired, oldest first. */
 export function findExpired(q: Queryable, limit: number): Promise<ExpiredRow[]> {
   return q.query<ExpiredRow>(
-    `select id, tenant_id, kind, lane, attempts, max_attempts, lease_token from jobs
+    `select id, tenant_id, kind, lane, attempts, max_attempts, lease_token, payload, parent_id
+       from jobs
       where status = 'running' and lease_expires_at < now()
       order by lease_expires_at limit $1`,
     [limit],
