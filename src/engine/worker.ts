@@ -53,6 +53,36 @@ export interface WorkerDeps {
   onFinished?: (ids: number[]) => void;
 }
 
+/** What a handler sees of a job row (claimed, or expired for the reaper). */
+function contextOf(
+  row: Pick<
+    ClaimedRow,
+    | 'id'
+    | 'tenant_id'
+    | 'kind'
+    | 'lane'
+    | 'payload'
+    | 'attempts'
+    | 'max_attempts'
+    | 'parent_id'
+    | 'lease_token'
+  >,
+  signal: AbortSignal,
+): JobContext {
+  return {
+    id: row.id,
+    tenantId: row.tenant_id,
+    kind: row.kind,
+    lane: row.lane,
+    payload: row.payload,
+    attempt: row.attempts,
+    maxAttempts: row.max_attempts,
+    parentId: row.parent_id,
+    leaseToken: row.lease_token,
+    signal,
+  };
+}
+
 type Outcome = { ok: true; computed: unknown } | { ok: false; error: Error; release?: boolean };
 
 interface Completed {
@@ -241,18 +271,7 @@ export class Worker {
       return; // cannot happen: only registered kinds are claimed
     }
     const controller = new AbortController();
-    const ctx: JobContext = {
-      id: row.id,
-      tenantId: row.tenant_id,
-      kind: row.kind,
-      lane: row.lane,
-      payload: row.payload,
-      attempt: row.attempts,
-      maxAttempts: row.max_attempts,
-      parentId: row.parent_id,
-      leaseToken: row.lease_token,
-      signal: controller.signal,
-    };
+    const ctx = contextOf(row, controller.signal);
     const running: Running = { row, handler, controller, ctx, startedAt: performance.now() };
     this.#slots.set(row.id, running);
     this.#deps.metrics.waitSeconds.observe({ kind: row.kind }, row.waited_s);
@@ -678,18 +697,7 @@ export class Worker {
               const ids = new Set(still.map((r) => r.id));
               for (const row of hooked.filter((r) => ids.has(r.id))) {
                 const handler = this.#deps.handlers.get(row.kind);
-                const ctx: JobContext = {
-                  id: row.id,
-                  tenantId: row.tenant_id,
-                  kind: row.kind,
-                  lane: row.lane,
-                  payload: row.payload,
-                  attempt: row.attempts,
-                  maxAttempts: row.max_attempts,
-                  parentId: row.parent_id,
-                  leaseToken: row.lease_token,
-                  signal: this.#stopController.signal,
-                };
+                const ctx = contextOf(row, this.#stopController.signal);
                 if (handler !== undefined) {
                   await this.#onFailure(
                     tx,
