@@ -2,70 +2,42 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 
 import { createPostgresStore } from '../../src/store/postgres.ts';
 import type { Store } from '../../src/store/types.ts';
-import { type JsonProcess, startJsonProcess } from '../helpers/cli.ts';
 import { eventually } from '../helpers/engine.ts';
 import { type FakeLlm, startFakeLlm } from '../helpers/fake-llm.ts';
 import { describePg, dropSchema, testDatabaseUrl, testSchemaName } from '../helpers/pg.ts';
+import { processGroup } from '../helpers/serve.ts';
 
 const LLM_LATENCY_MS = 50;
 
-// eslint-disable-next-line @typescript-eslint/no-explicit-any -- tests probe response JSON freely
-type Json = Record<string, any>;
-
 describePg('memory ingestion through 2 server processes sharing PostgreSQL', () => {
   const schema = testSchemaName('ingest-processes');
-  const servers: JsonProcess[] = [];
-  const urls: string[] = [];
   let llm: FakeLlm;
   let store: Store;
+  let env: Record<string, string> = {};
+  const group = processGroup(() => env);
+  const post = (i: number, path: string, body: unknown) => group.call(i, 'POST', path, body);
 
   beforeAll(async () => {
     llm = await startFakeLlm(LLM_LATENCY_MS);
-    for (let i = 0; i < 2; i++) {
-      const server = startJsonProcess(
-        'src/cli/main.ts',
-        {
-          MNEMO_DATABASE_URL: testDatabaseUrl,
-          MNEMO_DATABASE_SCHEMA: schema,
-          MNEMO_PORT: '0',
-          MNEMO_EXTRACTOR: 'openai',
-          MNEMO_LLM_BASE_URL: llm.url,
-          MNEMO_LLM_MODEL: 'fake',
-          MNEMO_WORKER_CONCURRENCY: '10',
-        },
-        ['serve'],
-      );
-      servers.push(server);
-    }
-    const started = await Promise.all(
-      servers.map((s) =>
-        s.waitFor(
-          (l) => typeof l['url'] === 'string' && String(l['msg']).startsWith('Mnemo listening'),
-        ),
-      ),
-    );
-    urls.push(...started.map((l) => l['url'] as string));
+    env = {
+      MNEMO_DATABASE_URL: testDatabaseUrl,
+      MNEMO_DATABASE_SCHEMA: schema,
+      MNEMO_PORT: '0',
+      MNEMO_EXTRACTOR: 'openai',
+      MNEMO_LLM_BASE_URL: llm.url,
+      MNEMO_LLM_MODEL: 'fake',
+      MNEMO_WORKER_CONCURRENCY: '10',
+    };
+    await Promise.all([group.start(['serve']), group.start(['serve'])]);
     store = createPostgresStore({ url: testDatabaseUrl, schema, maxConnections: 2 });
   });
 
   afterAll(async () => {
-    for (const s of servers) {
-      s.kill('SIGTERM');
-    }
-    await Promise.all(servers.map((s) => s.exited));
+    await group.stopAll();
     await store?.close();
     await llm?.close();
     await dropSchema(schema);
   });
-
-  const post = async (i: number, path: string, body: unknown) => {
-    const res = await fetch(`${urls[i % urls.length]}${path}`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify(body),
-    });
-    return { status: res.status, body: (await res.json()) as Json };
-  };
 
   it('keeps every attribute of 90 concurrent ingests from 3 sources, counts 90 turns, lets the last one win, and never overlaps them', async () => {
     const sources = ['mcp', 'sdk', 'extension'];
@@ -82,7 +54,7 @@ describePg('memory ingestion through 2 server processes sharing PostgreSQL', () 
     );
     expect(responses.every((r) => r.status === 200 && r.body['status'] === 'succeeded')).toBe(true);
 
-    const profile = (await (await fetch(`${urls[0]}/v1/users/shared-user/profile`)).json()) as Json;
+    const profile = (await group.call(0, 'GET', '/v1/users/shared-user/profile')).body;
     const attributes = profile['attributes'] as Record<
       string,
       { value: string; operation_id: string }
