@@ -264,11 +264,30 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
   };
   registerSyncJobs(engine, store, extractor, transcriber, syncSettings);
 
+  /**
+   * Before a write that will wait: listening for finished jobs first lets `finish` skip
+   * its first read of the job.
+   */
+  async function prepare(opts: WriteOptions): Promise<void> {
+    if (opts.wait) {
+      await engine.prepareWait();
+    }
+  }
+
+  /** Whether this request waits for its job (in this process) or answers at once. */
+  const waiterOf = (opts: WriteOptions) => (opts.wait ? ('local' as const) : ('none' as const));
+
+  /** After a write's enqueue (which ran after `prepare`): waits for its job if asked to. */
   async function finish(tenantId: string, job: Job, opts: WriteOptions): Promise<WriteOutcome> {
-    engine.wakeWorkers();
+    if (job.status === 'pending') {
+      engine.wakeWorkers(); // a claimed job runs already; a finished one needs nobody
+    }
     let current = job;
     if (opts.wait && !TERMINAL.has(job.status)) {
-      current = await engine.waitFor(tenantId, job.id, { timeoutMs: opts.timeoutMs });
+      current = await engine.waitFor(tenantId, job.id, {
+        timeoutMs: opts.timeoutMs,
+        enqueued: job,
+      });
     }
     return { operation: toOperation(current), finished: TERMINAL.has(current.status) };
   }
@@ -283,6 +302,7 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
     engine,
     auth: createAuthenticator(store),
     async ingest(tenantId, userId, input, opts) {
+      await prepare(opts);
       const payload: IngestPayload = { user_id: userId, ...input };
       // One statement in autocommit: no transaction round trips around it.
       const { job } = await engine.enqueue(store, {
@@ -291,6 +311,7 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
         lane: userLane(userId),
         payload,
         idempotencyKey: clientKey(opts.idempotencyKey),
+        waiter: waiterOf(opts),
       });
       return finish(tenantId, job, opts);
     },
@@ -301,6 +322,7 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
           `a batch carries at most ${config.batchMaxItems} items (MNEMO_BATCH_MAX_ITEMS)`,
         );
       }
+      await prepare(opts);
       const { parent } = await store.transaction((tx) =>
         engine.enqueueBatch(
           tx,
@@ -309,30 +331,35 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
             tenantId,
             payload: { user_id: userId },
             idempotencyKey: clientKey(opts.idempotencyKey),
+            waiter: waiterOf(opts),
           },
           items.map((item) => ({
             kind: MemoryJob.Ingest,
             tenantId,
             lane: userLane(userId),
             payload: { user_id: userId, ...item },
+            waiter: 'none' as const, // callers wait for the batch, not its items
           })),
         ),
       );
       return finish(tenantId, parent, opts);
     },
     async deleteUser(tenantId, userId, opts) {
+      await prepare(opts);
       const { job } = await engine.enqueue(store, {
         kind: MemoryJob.DeleteUser,
         tenantId,
         lane: userLane(userId),
         payload: { user_id: userId },
         idempotencyKey: clientKey(opts.idempotencyKey),
+        waiter: waiterOf(opts),
       });
       return finish(tenantId, job, opts);
     },
     appendMessages: (tenantId, sessionId, userId, messages, idempotencyKey) =>
       appendMessages(store, tenantId, sessionId, userId, messages, idempotencyKey),
     async commitSession(tenantId, sessionId, opts) {
+      await prepare(opts);
       const out = await commitSession(store, engine, tenantId, sessionId, opts.idempotencyKey);
       if (out.status === 'nothing_to_commit') {
         return { status: out.status, finished: true };
@@ -348,6 +375,7 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
           `a sync carries at most ${config.syncMaxSegments} segments (MNEMO_SYNC_MAX_SEGMENTS)`,
         );
       }
+      await prepare(opts);
       const parent = await startSync(store, engine, syncSettings, tenantId, userId, segments, {
         ...syncOptions,
         idempotencyKey: clientKey(opts.idempotencyKey),
@@ -411,6 +439,7 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
     startWorker: (workerOptions) =>
       engine.startWorker({
         concurrency: config.workerConcurrency,
+        prefetch: config.workerPrefetch,
         leaseMs: config.workerLeaseMs,
         ...workerOptions,
       }),

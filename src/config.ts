@@ -67,6 +67,7 @@ const settings = {
   rateLimitBurst: { env: 'MNEMO_RATE_LIMIT_BURST', schema: intFrom(1, 1_000_000).default(200) },
   metricsToken: { env: 'MNEMO_METRICS_TOKEN', schema: z.string().min(16).optional() },
   workerConcurrency: { env: 'MNEMO_WORKER_CONCURRENCY', schema: intFrom(1, 1000).default(10) },
+  workerPrefetch: { env: 'MNEMO_WORKER_PREFETCH', schema: intFrom(0, 1000).default(2) },
   workerLeaseMs: { env: 'MNEMO_WORKER_LEASE_MS', schema: intFrom(1000, 3_600_000).default(30_000) },
   maxBodyBytes: {
     env: 'MNEMO_MAX_BODY_BYTES',

@@ -1,5 +1,22 @@
 CREATE SCHEMA mnemo;
 
+CREATE FUNCTION mnemo.assert_moved(finished jsonb, must_move bigint[]) RETURNS jsonb
+    LANGUAGE plpgsql
+    AS $$
+declare
+  missing bigint[];
+begin
+  select array_agg(m) into missing from unnest(must_move) as m
+  where not exists (
+    select 1 from jsonb_array_elements(finished -> 'moved') as e where (e ->> 0)::bigint = m);
+  if missing is not null then
+    raise exception using errcode = 'MNL01',
+      message = format('jobs %s are no longer held by this worker', missing);
+  end if;
+  return finished;
+end
+$$;
+
 CREATE FUNCTION mnemo.claim_jobs(lim integer, lease_ms integer, worker text, kinds text[]) RETURNS TABLE(id bigint, tenant_id text, kind text, payload jsonb, lane text, attempts integer, max_attempts integer, lease_token bigint, timeout_ms integer, parent_id bigint, waited_s double precision)
     LANGUAGE plpgsql
     AS $$
@@ -67,6 +84,7 @@ CREATE TABLE mnemo.jobs (
     started_at timestamp with time zone,
     finished_at timestamp with time zone,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    waiter text,
     CONSTRAINT jobs_kind_length_chk CHECK (((length(kind) >= 1) AND (length(kind) <= 200))),
     CONSTRAINT jobs_lane_length_chk CHECK (((lane IS NULL) OR ((length(lane) >= 1) AND (length(lane) <= 600)))),
     CONSTRAINT jobs_max_attempts_chk CHECK (((max_attempts >= 1) AND (max_attempts <= 1000))),
@@ -74,7 +92,9 @@ CREATE TABLE mnemo.jobs (
     CONSTRAINT jobs_status_chk CHECK ((status = ANY (ARRAY['pending'::text, 'running'::text, 'succeeded'::text, 'failed'::text, 'cancelled'::text])))
 );
 
-CREATE FUNCTION mnemo.enqueue_jobs(p_tenant text, p_jobs jsonb, p_parent bigint, p_lane_limit integer) RETURNS SETOF mnemo.jobs
+COMMENT ON COLUMN mnemo.jobs.waiter IS 'who waits for the job: null = anyone (announce its finish), '''' = nobody, else the engine id of the process whose caller waits (announced only when another process finishes it)';
+
+CREATE FUNCTION mnemo.enqueue_jobs(p_tenant text, p_jobs jsonb, p_parent bigint, p_lane_limit integer, p_claim_worker text DEFAULT NULL::text, p_lease_ms integer DEFAULT NULL::integer, p_claim_kinds text[] DEFAULT NULL::text[], p_defer_notify boolean DEFAULT false) RETURNS SETOF mnemo.jobs
     LANGUAGE plpgsql
     AS $$
 declare
@@ -104,30 +124,57 @@ begin
     end if;
   end loop;
 
+  if p_defer_notify then
+    perform set_config('mnemo.defer_notify', 'on', true);
+  end if;
   return query
   insert into jobs as j (tenant_id, kind, payload, lane, ready, run_at, max_attempts, timeout_ms,
-    idempotency_key, payload_hash, parent_id)
-  select p_tenant, r.kind, r.payload, r.lane,
-    r.lane is null or (r.first and not exists (
-      select 1 from jobs a
-      where a.tenant_id = p_tenant and a.lane = r.lane and a.status in ('pending', 'running'))),
-    coalesce(r.run_at, now()), r.max_attempts, r.timeout_ms, r.idempotency_key, r.payload_hash,
-    p_parent
-  from jsonb_to_recordset(p_jobs) as r(ord integer, kind text, payload jsonb, lane text,
-    first boolean, run_at timestamptz, max_attempts integer, timeout_ms integer,
-    idempotency_key text, payload_hash text)
-  order by r.ord
+    idempotency_key, payload_hash, parent_id, waiter, status, attempts, lease_token,
+    lease_expires_at, locked_by, started_at)
+  select p_tenant, c.kind, c.payload, c.lane, c.ready, coalesce(c.run_at, now()), c.max_attempts,
+    c.timeout_ms, c.idempotency_key, c.payload_hash, p_parent, c.waiter,
+    case when c.claim then 'running' else 'pending' end,
+    case when c.claim then 1 else 0 end,
+    case when c.claim then 1 else 0 end,
+    case when c.claim then now() + make_interval(secs => p_lease_ms / 1000.0) end,
+    case when c.claim then p_claim_worker end,
+    case when c.claim then now() end
+  from (
+    select r.*, r.ready and p_claim_worker is not null and p_parent is null
+      and jsonb_array_length(p_jobs) = 1 and r.kind = any(p_claim_kinds)
+      and (r.run_at is null or r.run_at <= now()) as claim
+    from (
+      -- A scalar subquery, probed per job through jobs_lane_active_idx: as NOT EXISTS the
+      -- planner (which takes jsonb_to_recordset for 100 rows) hashed every active job of
+      -- the tenant on each call.
+      select r.*, r.lane is null or (r.first and (
+          select a.id from jobs a
+          where a.tenant_id = p_tenant and a.lane = r.lane and a.status in ('pending', 'running')
+          limit 1) is null)
+        as ready
+      from jsonb_to_recordset(p_jobs) as r(ord integer, kind text, payload jsonb, lane text,
+        first boolean, run_at timestamptz, max_attempts integer, timeout_ms integer,
+        idempotency_key text, payload_hash text, waiter text)
+    ) as r
+  ) as c
+  order by c.ord
   on conflict (tenant_id, idempotency_key) where idempotency_key is not null do nothing
   returning j.*;
+  if p_defer_notify then
+    perform set_config('mnemo.defer_notify', '', true);
+  end if;
 end
 $$;
 
-CREATE FUNCTION mnemo.finish_jobs(transitions jsonb, ids bigint[], jobs_channel text, done_channel text, claim_limit integer, lease_ms integer, worker text, kinds text[]) RETURNS jsonb
+CREATE FUNCTION mnemo.finish_jobs(transitions jsonb, ids bigint[], jobs_channel text, done_channel text, claim_limit integer, lease_ms integer, worker text, kinds text[], announcer text, defer_notify boolean) RETURNS jsonb
     LANGUAGE plpgsql
     AS $$
 declare
   result jsonb;
   claimed jsonb := '[]';
+  promoted_ids bigint[];
+  announce text[];
+  wake boolean;
 begin
   -- Lane locks of every terminal move, in one global order (no deadlock between lockers).
   perform pg_advisory_xact_lock(k) from (
@@ -165,7 +212,7 @@ begin
     where j.id = any(ids) and j.id = o.id and j.status = o.from_status and not j.is_parent
       and (o.token is null or j.lease_token = o.token)
       and (not coalesce(o.expired_only, false) or j.lease_expires_at < now())
-    returning j.id, j.tenant_id, j.lane, j.parent_id, j.status
+    returning j.id, j.tenant_id, j.lane, j.parent_id, j.status, j.waiter
   ),
   terminal as (select * from done where status in ('succeeded', 'failed', 'cancelled')),
   lanes as (select distinct t.tenant_id, t.lane from terminal t where t.lane is not null),
@@ -206,29 +253,42 @@ begin
           >= p.children_total then now() else null end,
       updated_at = now()
     from counts c where p.id = c.parent_id
-    returning p.id, p.status
+    returning p.id, p.status, p.waiter
   ),
   finished as (
-    select t.id from terminal t
-    union all select p.id from parents p where p.status in ('succeeded', 'failed', 'cancelled')
+    select t.id, t.waiter from terminal t
+    union all
+    select p.id, p.waiter from parents p where p.status in ('succeeded', 'failed', 'cancelled')
+  ),
+  -- NOTIFY payloads stop at 8000 bytes: 300 ids a notification.
+  chunks as (
+    select string_agg(x.id::text, ',') as id_list
+    from (select fin.id, (row_number() over ()) / 300 as chunk from finished fin
+          where fin.waiter is null or (fin.waiter <> '' and fin.waiter <> announcer)) x
+    group by x.chunk
   )
   select jsonb_build_object(
     'moved', (select coalesce(jsonb_agg(jsonb_build_array(d.id, d.status)), '[]') from done d),
     'promoted', (select count(*) from promoted),
-    'parents', (select coalesce(jsonb_agg(jsonb_build_array(p.id, p.status)), '[]') from parents p),
-    'woke', (select count(pg_notify(jobs_channel, '')) from promoted limit 1),
-    -- NOTIFY payloads stop at 8000 bytes: 300 ids a notification.
-    'announced', (select count(pg_notify(done_channel, f.ids)) from (
-      select string_agg(x.id::text, ',') as ids
-      from (select fin.id, (row_number() over ()) / 300 as chunk from finished fin) x
-      group by x.chunk) f))
-  into result;
+    'parents', (select coalesce(jsonb_agg(jsonb_build_array(p.id, p.status)), '[]') from parents p)),
+    (select array_agg(pr.id) from promoted pr),
+    (select coalesce(array_agg(ch.id_list), '{}') from chunks ch)
+  into result, promoted_ids, announce;
 
   if claim_limit > 0 then
     select coalesce(jsonb_agg(to_jsonb(c)), '[]') into claimed
     from claim_jobs(claim_limit, lease_ms, worker, kinds) c;
   end if;
-  return result || jsonb_build_object('claimed', claimed);
+  wake := promoted_ids is not null
+    and exists (select 1 from jobs w where w.id = any(promoted_ids) and w.status = 'pending');
+  if not defer_notify then
+    if wake then
+      perform pg_notify(jobs_channel, '');
+    end if;
+    perform pg_notify(done_channel, a) from unnest(announce) as a;
+  end if;
+  return result || jsonb_build_object('claimed', claimed, 'wake', wake,
+    'announce', to_jsonb(announce));
 end
 $$;
 
@@ -236,7 +296,10 @@ CREATE FUNCTION mnemo.jobs_notify_insert() RETURNS trigger
     LANGUAGE plpgsql
     AS $$
 begin
-  perform pg_notify(tg_table_schema || '_jobs', '');
+  if coalesce(current_setting('mnemo.defer_notify', true), '') <> 'on'
+     and exists (select 1 from inserted where status = 'pending' and ready) then
+    perform pg_notify(tg_table_schema || '_jobs', '');
+  end if;
   return null;
 end
 $$;
@@ -622,7 +685,7 @@ CREATE INDEX turns_search_idx ON mnemo.turns USING gin (search);
 
 CREATE INDEX turns_user_idx ON mnemo.turns USING btree (tenant_id, user_id, id);
 
-CREATE TRIGGER jobs_notify_insert_trg AFTER INSERT ON mnemo.jobs FOR EACH STATEMENT EXECUTE FUNCTION mnemo.jobs_notify_insert();
+CREATE TRIGGER jobs_notify_insert_trg AFTER INSERT ON mnemo.jobs REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION mnemo.jobs_notify_insert();
 
 ALTER TABLE ONLY mnemo.api_keys
     ADD CONSTRAINT api_keys_tenant_id_fkey FOREIGN KEY (tenant_id) REFERENCES mnemo.tenants(id);

@@ -1,10 +1,14 @@
+import { hostname } from 'node:os';
+
 import { ErrorCode, MnemoError } from '../core/errors.ts';
+import { createId } from '../core/ids.ts';
 import { type Logger, silentLogger } from '../core/logger.ts';
 import { runTransactionWithRetries } from '../store/retry.ts';
 import type { Queryable, Store } from '../store/types.ts';
 import {
   addChildJob,
   childrenOf,
+  type ClaimFor,
   enqueueBatchJobs,
   type EnqueueContext,
   enqueueJob,
@@ -12,7 +16,7 @@ import {
 } from './enqueue.ts';
 import { createEngineMetrics, type EngineMetrics } from './metrics.ts';
 import { JOB_COLUMNS, type JobRow, toJob } from './sql/rows.ts';
-import { applyTransitions, type Transition } from './sql/transition.ts';
+import { applyTransitions, type Channels, type Transition } from './sql/transition.ts';
 import {
   type BatchParentSpec,
   type Enqueued,
@@ -48,6 +52,12 @@ export interface WaitOptions {
   /** Give up after this long and return the job as it stands. */
   timeoutMs: number;
   signal?: AbortSignal;
+  /**
+   * The job as its enqueue returned it, when that enqueue ran after
+   * {@link Engine.prepareWait} resolved: the waiter has been listening since before the job
+   * existed, so the first read is skipped.
+   */
+  enqueued?: Job;
 }
 
 /** The durable job engine: lanes, leases, fencing, batches. Knows nothing of memory. */
@@ -100,6 +110,8 @@ export interface Engine {
   cancel(tenantId: string, id: number): Promise<Job>;
   /** Waits until the job is finished or the timeout passes; returns it as it stands then. */
   waitFor(tenantId: string, id: number, options: WaitOptions): Promise<Job>;
+  /** Resolves once this process hears of finished jobs (see {@link WaitOptions.enqueued}). */
+  prepareWait(): Promise<void>;
   /**
    * Optional: tells this process's workers that a transaction which enqueued work has just
    * committed, so they claim without waiting for the NOTIFY to come back from the database.
@@ -124,7 +136,11 @@ export function createEngine(deps: {
   const defaultMaxAttempts = options.defaultMaxAttempts ?? 3;
   const handlers = new Map<string, JobHandler>();
   const metrics = createEngineMetrics(store);
-  const channels = { jobs: `${store.schema}_jobs`, done: `${store.schema}_done` };
+  const channels: Channels = {
+    jobs: `${store.schema}_jobs`,
+    done: `${store.schema}_done`,
+    engineId: `${hostname()}:${process.pid}:${createId('e').slice(2, 10)}`,
+  };
   const waiter = new CompletionWaiter(store, channels.done, logger);
   const workers = new Set<Worker>();
   const pendingCount = { value: 0, at: -Infinity };
@@ -138,6 +154,7 @@ export function createEngine(deps: {
         timeoutMs: null,
       };
     },
+    channels,
     maxPendingPerLane: options.maxPendingPerLane ?? 10_000,
     maxPendingTotal: options.maxPendingTotal ?? 1_000_000,
     retryAfterMs: options.queueFullRetryAfterMs ?? 1000,
@@ -180,14 +197,40 @@ export function createEngine(deps: {
       handlers.set(kind, handler as JobHandler);
     },
     async enqueue(tx, spec) {
+      if (tx.inTransaction) {
+        const out = await enqueueJob(tx, enqueueContext, spec);
+        if (out.created) {
+          metrics.enqueued.inc({ kind: spec.kind });
+        }
+        return { job: out.job, created: out.created };
+      }
       // In autocommit the statement is the whole transaction: a deadlock is retried here.
-      const out = tx.inTransaction
-        ? await enqueueJob(tx, enqueueContext, spec)
-        : await runTransactionWithRetries(() => enqueueJob(tx, enqueueContext, spec), 5);
+      // A worker of this process with a free slot takes the job in the same statement.
+      let worker: Worker | undefined;
+      let claim: ClaimFor | undefined;
+      for (const w of workers) {
+        claim = w.reserve();
+        if (claim !== undefined) {
+          worker = w;
+          break;
+        }
+      }
+      let out: Awaited<ReturnType<typeof enqueueJob>>;
+      try {
+        out = await runTransactionWithRetries(() => enqueueJob(tx, enqueueContext, spec, claim), 5);
+      } catch (err) {
+        worker?.unreserve();
+        throw err;
+      }
+      if (out.claimed !== undefined && worker !== undefined) {
+        worker.adopt(out.claimed);
+      } else {
+        worker?.unreserve();
+      }
       if (out.created) {
         metrics.enqueued.inc({ kind: spec.kind });
       }
-      return out;
+      return { job: out.job, created: out.created };
     },
     async enqueueMany(tx, tenantId, specs) {
       const jobs = tx.inTransaction
@@ -268,14 +311,29 @@ export function createEngine(deps: {
       }
       return job;
     },
-    async waitFor(tenantId, id, { timeoutMs, signal }) {
+    async waitFor(tenantId, id, { timeoutMs, signal, enqueued }) {
       const deadline = performance.now() + timeoutMs;
       const poll = options.waitPollIntervalMs ?? 1000;
       // Watch before reading: a finish between the read and the wait still wakes us.
       const watch = await waiter.watch(id);
+      let known = enqueued?.id === id && enqueued.tenantId === tenantId ? enqueued : undefined;
+      let handOver = true;
       try {
         for (;;) {
-          const job = await readJob(store, tenantId, id);
+          const seen = waiter.finished(id);
+          if (seen !== undefined && seen !== null && seen.tenantId === tenantId) {
+            return seen; // handed over by a completion in this process
+          }
+          if (seen === null && handOver && [...workers].some((w) => w.holds(id))) {
+            // The news came first; the completion in this process that sent it is about
+            // to hand the row over. Wait a little for it rather than read.
+            handOver = false;
+            await watch.wait(Math.max(0, Math.min(deadline - performance.now(), 100)), signal);
+            continue;
+          }
+          const job =
+            seen === undefined && known !== undefined ? known : await readJob(store, tenantId, id);
+          known = undefined;
           if (job === undefined) {
             throw new MnemoError(ErrorCode.NotFound, `operation ${id} not found`);
           }
@@ -288,6 +346,9 @@ export function createEngine(deps: {
       } finally {
         watch.close();
       }
+    },
+    prepareWait() {
+      return waiter.listening();
     },
     wakeWorkers() {
       for (const worker of workers) {
@@ -303,7 +364,8 @@ export function createEngine(deps: {
           logger,
           channels,
           defaultTimeoutMs,
-          onFinished: (ids) => waiter.wake(ids),
+          onFinished: (ids, rows) => waiter.wake(ids, rows),
+          watched: (ids) => waiter.watched(ids),
         },
         workerOptions,
       );

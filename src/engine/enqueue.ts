@@ -3,12 +3,16 @@ import { createHash } from 'node:crypto';
 import { ErrorCode, MnemoError } from '../core/errors.ts';
 import { canonicalJson } from '../core/json.ts';
 import type { Queryable } from '../store/types.ts';
+import type { ClaimedRow } from './sql/claim.ts';
 import { JOB_COLUMNS, type JobRow, toJob } from './sql/rows.ts';
+import type { Channels } from './sql/transition.ts';
 import type { BatchParentSpec, Enqueued, EnqueuedBatch, Job, JobSpec } from './types.ts';
 
 /** What enqueueing needs from the engine: per-kind defaults and admission control. */
 export interface EnqueueContext {
   defaultsFor(kind: string): { maxAttempts: number; timeoutMs: number | null };
+  /** Where wake-ups go, and this engine's id (a `waiter: 'local'` job records it). */
+  channels: Channels;
   /** Pending jobs per lane past which enqueue fails with `queue_full`. */
   maxPendingPerLane: number;
   /** Pending jobs overall past which enqueue fails with `queue_full`. */
@@ -30,6 +34,7 @@ interface Prepared {
   timeout_ms: number | null;
   idempotency_key: string | null;
   payload_hash: string | null;
+  waiter: string | null;
 }
 
 const MAX_KIND = 200;
@@ -91,6 +96,7 @@ function prepare(ctx: EnqueueContext, spec: JobSpec, ord: number, first: boolean
     max_attempts: maxAttempts,
     timeout_ms: timeoutMs,
     idempotency_key: spec.idempotencyKey ?? null,
+    waiter: spec.waiter === undefined ? null : spec.waiter === 'local' ? ctx.channels.engineId : '',
     payload_hash:
       spec.idempotencyKey === undefined
         ? null
@@ -120,9 +126,12 @@ function queueFull(ctx: EnqueueContext, reason: string): MnemoError {
 const LANE_FULL = 'MNQ01';
 
 /**
- * Admission control and the insert, in one statement (`enqueue_jobs`, migration 0004): it
+ * Admission control and the insert, in one statement (`enqueue_jobs`, migration 0008): it
  * takes the lane locks, refuses a lane over its limit and inserts; outside a transaction it
  * is atomic on its own. Jobs whose idempotency key exists are skipped (not returned).
+ * Outside a transaction the wake-up of idle workers is sent after the statement's commit
+ * (a NOTIFY inside it would serialize it with every other notifying commit); inside one, the
+ * insert trigger's NOTIFY goes out when the caller commits.
  * @throws MnemoError `queue_full`
  */
 async function insertJobs(
@@ -131,7 +140,8 @@ async function insertJobs(
   tenantId: string,
   jobs: readonly Prepared[],
   parentId: number | null,
-): Promise<JobRow[]> {
+  claim?: ClaimFor,
+): Promise<(JobRow & { timeout_ms: number | null })[]> {
   const total = await ctx.pendingTotal(q);
   if (total + jobs.length > ctx.maxPendingTotal) {
     throw queueFull(ctx, `the queue holds ${total} pending jobs (limit ${ctx.maxPendingTotal})`);
@@ -139,10 +149,25 @@ async function insertJobs(
   // The payload travels as text inside the JSON document and is cast back to jsonb.
   const records = jobs.map((job) => ({ ...job, payload: JSON.parse(job.payload) as unknown }));
   try {
-    const rows = await q.query<JobRow>(
-      `select ${JOB_COLUMNS} from enqueue_jobs($1, $2::jsonb, $3, $4) as j`,
-      [tenantId, JSON.stringify(records), parentId, ctx.maxPendingPerLane],
+    const defer = !q.inTransaction;
+    const rows = await q.query<JobRow & { timeout_ms: number | null; ready: boolean }>(
+      `select ${JOB_COLUMNS}, j.timeout_ms, j.ready
+         from enqueue_jobs($1, $2::jsonb, $3, $4, $5, $6, $7::text[], $8) as j`,
+      [
+        tenantId,
+        JSON.stringify(records),
+        parentId,
+        ctx.maxPendingPerLane,
+        claim?.workerId ?? null,
+        claim?.leaseMs ?? null,
+        claim?.kinds ?? null,
+        defer,
+      ],
     );
+    if (defer && rows.some((r) => r.status === 'pending' && r.ready)) {
+      // Committed: wake idle workers elsewhere, without waiting (they also poll).
+      q.query('select pg_notify($1, $2)', [ctx.channels.jobs, '']).catch(() => undefined);
+    }
     return rows.sort((a, b) => a.id - b.id);
   } catch (err) {
     const details = err instanceof MnemoError ? (err.details as { sqlstate?: unknown }) : undefined;
@@ -188,16 +213,28 @@ async function replay(
   return existing;
 }
 
+/** A worker of this process with a slot reserved for the job being enqueued. */
+export interface ClaimFor {
+  workerId: string;
+  leaseMs: number;
+  kinds: readonly string[];
+}
+
 /**
  * Writes one job (one statement, plus a lookup when it has an idempotency key), in the caller's
- * transaction or in autocommit.
+ * transaction or in autocommit. With `claim` (autocommit only), a job claimable at once is
+ * written already claimed by that worker and returned as `claimed`.
  * @throws MnemoError `invalid_request`, `idempotency_conflict`, `queue_full`
  */
 export async function enqueueJob(
   tx: Queryable,
   ctx: EnqueueContext,
   spec: JobSpec,
-): Promise<Enqueued> {
+  claim?: ClaimFor,
+): Promise<Enqueued & { claimed?: ClaimedRow }> {
+  if (claim !== undefined && tx.inTransaction) {
+    throw new MnemoError(ErrorCode.Internal, 'a job can be claimed at enqueue in autocommit only');
+  }
   const tenantId = spec.tenantId ?? 'default';
   const [job] = prepareAll(ctx, [spec]);
   if (job === undefined) {
@@ -210,9 +247,25 @@ export async function enqueueJob(
       return { job: toJob(existing), created: false };
     }
   }
-  const [row] = await insertJobs(tx, ctx, tenantId, [job], null);
+  const [row] = await insertJobs(tx, ctx, tenantId, [job], null, claim);
   if (row !== undefined) {
-    return { job: toJob(row), created: true };
+    if (row.status !== 'running') {
+      return { job: toJob(row), created: true };
+    }
+    const claimed: ClaimedRow = {
+      id: row.id,
+      tenant_id: row.tenant_id,
+      kind: row.kind,
+      payload: row.payload,
+      lane: row.lane,
+      attempts: row.attempts,
+      max_attempts: row.max_attempts,
+      lease_token: row.lease_token,
+      timeout_ms: row.timeout_ms,
+      parent_id: row.parent_id,
+      waited_s: 0,
+    };
+    return { job: toJob(row), created: true, claimed };
   }
   // A concurrent transaction inserted the same key first and has committed.
   const existing =
@@ -297,11 +350,20 @@ export async function enqueueBatchJobs(
     throw new MnemoError(ErrorCode.Internal, 'enqueueBatch must run inside store.transaction()');
   }
   const [parentRow] = await tx.query<JobRow>(
-    `insert into jobs as j (tenant_id, kind, payload, is_parent, idempotency_key, payload_hash, children_total)
-     values ($1, $2, $3::jsonb, true, $4, $5, $6)
+    `insert into jobs as j (tenant_id, kind, payload, is_parent, idempotency_key, payload_hash,
+       children_total, waiter)
+     values ($1, $2, $3::jsonb, true, $4, $5, $6, $7)
      on conflict (tenant_id, idempotency_key) where idempotency_key is not null do nothing
      returning ${JOB_COLUMNS}`,
-    [tenantId, parent.kind, serialise(parent.payload), key, hash, children.length],
+    [
+      tenantId,
+      parent.kind,
+      serialise(parent.payload),
+      key,
+      hash,
+      children.length,
+      parent.waiter === undefined ? null : parent.waiter === 'local' ? ctx.channels.engineId : '',
+    ],
   );
   if (parentRow === undefined) {
     const existing =

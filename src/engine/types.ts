@@ -30,6 +30,12 @@ export interface JobSpec {
    * returns the existing job; with anything different it fails with `idempotency_conflict`.
    */
   idempotencyKey?: string;
+  /**
+   * Who will wait for the job to finish: `local` — a caller in this process (other
+   * processes announce its finish, this one hands it over in memory), `none` — nobody (its
+   * finish is never announced). Absent: every process hears of its finish.
+   */
+  waiter?: 'local' | 'none';
 }
 
 /** The parent of a batch: it has no handler; its status is derived from its children. */
@@ -38,6 +44,8 @@ export interface BatchParentSpec {
   payload?: unknown;
   tenantId?: string;
   idempotencyKey?: string;
+  /** As {@link JobSpec.waiter}. */
+  waiter?: 'local' | 'none';
 }
 
 /** A job as stored. */
@@ -112,8 +120,9 @@ export interface JobContext<P = unknown> {
 
 /**
  * A job kind's code, in two phases. `compute` may be slow and holds no transaction;
- * `apply` runs in the transaction that completes the job, after the lease was checked,
- * so its writes commit exactly when the job succeeds and never from a stale worker.
+ * `apply` runs in the transaction that completes the job, which commits only if the
+ * worker's lease still holds, so its writes commit exactly when the job succeeds and never
+ * from a stale worker.
  */
 export interface JobHandler<P = unknown, C = unknown> {
   /** Slow work (LLM, transcription). No database transaction may be held across it. */

@@ -3,15 +3,26 @@ import { hostname } from 'node:os';
 import { coerceError, ErrorCode, isMnemoError, MnemoError } from '../core/errors.ts';
 import { createId } from '../core/ids.ts';
 import type { Logger } from '../core/logger.ts';
-import { isRetryableDatabaseError } from '../store/errors.ts';
+import { databaseStateOf, isRetryableDatabaseError } from '../store/errors.ts';
 import { runTransactionWithRetries } from '../store/retry.ts';
-import type { Queryable, Store } from '../store/types.ts';
+import type { Queryable, Store, Transaction } from '../store/types.ts';
 import { DEFAULT_BACKOFF, retryDelayMs } from './backoff.ts';
 import type { EngineMetrics } from './metrics.ts';
 import { WakeSignal } from './signal.ts';
 import { type ClaimedRow, claimJobs, extendLeases, findExpired } from './sql/claim.ts';
-import { applyTransitions, type Transition } from './sql/transition.ts';
+import { JOB_COLUMNS, type JobRow, toJob } from './sql/rows.ts';
 import {
+  applyTransitions,
+  type Channels,
+  type FinishedRow,
+  finishStatement,
+  notifyStatement,
+  parseFinished,
+  type Transition,
+  type TransitionOutcome,
+} from './sql/transition.ts';
+import {
+  type Job,
   type JobContext,
   type JobError,
   type JobHandler,
@@ -33,6 +44,12 @@ export interface WorkerOptions {
   reapIntervalMs?: number;
   /** On stop, how long running jobs may take to finish before they are released. @defaultValue 10000 */
   shutdownGraceMs?: number;
+  /**
+   * Jobs claimed ahead while every slot computes, started the moment a slot frees (their
+   * lease runs, their run time does not). Hides the claim's round trip under load.
+   * @defaultValue 2
+   */
+  prefetch?: number;
   /** Completions per transaction at most. @defaultValue 200 */
   maxBatch?: number;
   /** Completion transactions in flight at once (they touch different lanes). @defaultValue 4 */
@@ -47,10 +64,15 @@ export interface WorkerDeps {
   handlers: ReadonlyMap<string, JobHandler>;
   metrics: EngineMetrics;
   logger: Logger;
-  channels: { jobs: string; done: string };
+  channels: Channels;
   defaultTimeoutMs: number;
-  /** Called after a completion commits with the ids of jobs (and parents) it finished. */
-  onFinished?: (ids: number[]) => void;
+  /**
+   * Called after a completion commits with the ids of jobs (and parents) it finished, and the
+   * finished rows of those that {@link WorkerDeps.watched} named (read in the same round trip).
+   */
+  onFinished?: (ids: number[], jobs: ReadonlyMap<number, Job>) => void;
+  /** Of these job ids, the ones someone in this process waits for. */
+  watched?: (ids: readonly number[]) => number[];
 }
 
 /** What a handler sees of a job row (claimed, or expired for the reaper). */
@@ -83,6 +105,9 @@ function contextOf(
   };
 }
 
+/** How carefully a completion transaction runs its applies (see Worker.#complete). */
+type CompletionMode = 'fast' | 'checked' | 'isolated';
+
 type Outcome = { ok: true; computed: unknown } | { ok: false; error: Error; release?: boolean };
 
 interface Completed {
@@ -92,6 +117,8 @@ interface Completed {
   retryDelays: number[];
   claimed: ClaimedRow[];
   finished: number[];
+  /** Finished rows of watched jobs. */
+  rows: Map<number, Job>;
 }
 
 interface Running {
@@ -121,9 +148,14 @@ export class Worker {
   #flushes = 0;
   #applyFlushes = 0;
   #flushScheduled = false;
-  #completing = 0;
   readonly #maxFlushes: number;
   #claiming = 0;
+  #computing = 0;
+  /** The last claim found fewer jobs than it asked for; a wake-up (new work) clears it. */
+  #drained = false;
+  /** Claimed ahead (prefetch), waiting for a slot to compute in. */
+  readonly #waiting: Running[] = [];
+  readonly #prefetch: number;
   #heartbeating: Promise<void> | undefined;
   #reaping: Promise<void> | undefined;
   readonly #kinds: string[];
@@ -141,6 +173,7 @@ export class Worker {
     this.#reapMs = options.reapIntervalMs ?? Math.min(Math.floor(this.#leaseMs / 2), 5000);
     this.#graceMs = options.shutdownGraceMs ?? 10_000;
     this.#maxBatch = options.maxBatch ?? 200;
+    this.#prefetch = options.prefetch ?? 2;
     this.#maxFlushes = options.maxParallelCompletions ?? 4;
     this.id = options.workerId ?? `${hostname()}:${process.pid}:${createId('w').slice(2, 10)}`;
     this.#kinds = [...deps.handlers.keys()];
@@ -180,6 +213,36 @@ export class Worker {
     this.#wake.notify();
   }
 
+  /**
+   * Reserves a free slot for a job about to be enqueued in this process (see
+   * `enqueue_jobs`' claim): returns the claim to pass, or undefined when no slot is free.
+   * Every reservation ends in {@link adopt} or {@link unreserve}.
+   */
+  reserve(): { workerId: string; leaseMs: number; kinds: readonly string[] } | undefined {
+    if (this.#stopController.signal.aborted || this.#loop === undefined || this.#idleSlots() <= 0) {
+      return undefined;
+    }
+    this.#claiming += 1;
+    return { workerId: this.id, leaseMs: this.#leaseMs, kinds: this.#kinds };
+  }
+
+  /** Runs a job claimed for this worker at enqueue, in the slot reserved for it. */
+  adopt(row: ClaimedRow): void {
+    this.#claiming -= 1;
+    this.#run(row);
+  }
+
+  /** Gives back a reserved slot the enqueue did not use. */
+  unreserve(): void {
+    this.#claiming -= 1;
+    this.#wake.notify();
+  }
+
+  /** Whether this worker holds job `id` (running it, or completing it). */
+  holds(id: number): boolean {
+    return this.#slots.has(id);
+  }
+
   /** Jobs currently held by this worker. */
   get activeCount(): number {
     return this.#slots.size;
@@ -197,12 +260,18 @@ export class Worker {
   async #shutdown(): Promise<void> {
     this.#stopController.abort();
     this.#wake.notify();
+    // Jobs claimed ahead and not started go back at once, without counting the attempt.
+    const release = new MnemoError(ErrorCode.Unavailable, 'worker shutting down; job released');
+    for (const running of this.#waiting.splice(0)) {
+      running.outcome = { ok: false, error: release, release: true };
+      this.#toComplete.push(running);
+    }
+    this.#flushSoon();
     await this.#loop;
     const deadline = Date.now() + this.#graceMs;
     while (this.#slots.size > 0 && Date.now() < deadline) {
       await this.#waitForSlot(Math.min(50, deadline - Date.now()));
     }
-    const release = new MnemoError(ErrorCode.Unavailable, 'worker shutting down; job released');
     while (this.#slots.size > 0) {
       // Again on every pass: a completion in flight may have claimed jobs meanwhile.
       for (const running of this.#slots.values()) {
@@ -226,9 +295,23 @@ export class Worker {
     return this.#slotFreed.wait(Math.max(1, timeoutMs));
   }
 
-  /** Slots neither occupied nor reserved by a claim in flight. */
+  /**
+   * Jobs to claim now: free slots plus the prefetch, less the jobs claimed and not started
+   * and the claims in flight. A job whose compute ended frees its slot while its completion
+   * commits, so the next compute overlaps it; at most as many jobs again as there are slots
+   * may be waiting for their completion.
+   */
   #freeSlots(): number {
-    return this.#concurrency - this.#slots.size - this.#claiming;
+    const queued = this.#computing + this.#waiting.length + this.#claiming;
+    return Math.min(
+      this.#concurrency + this.#prefetch - queued,
+      2 * this.#concurrency + this.#prefetch - this.#slots.size - this.#claiming,
+    );
+  }
+
+  /** Slots free to compute a job at once (an enqueue in this process may take one). */
+  #idleSlots(): number {
+    return this.#concurrency - this.#computing - this.#waiting.length - this.#claiming;
   }
 
   /**
@@ -237,12 +320,11 @@ export class Worker {
    */
   async #claimLoop(): Promise<void> {
     const stopSignal = this.#stopController.signal;
-    let drained = false;
     while (!stopSignal.aborted) {
       const free = this.#freeSlots();
-      if (free <= 0 || drained) {
+      if (free <= 0 || this.#drained) {
         await this.#wake.wait(this.#pollMs);
-        drained = false;
+        this.#drained = false;
         continue;
       }
       this.#claiming += free;
@@ -254,7 +336,7 @@ export class Worker {
       } finally {
         this.#claiming -= free;
       }
-      drained = claimed.length < free;
+      this.#drained = claimed.length < free;
       for (const row of claimed) {
         this.#run(row);
       }
@@ -275,8 +357,27 @@ export class Worker {
     const running: Running = { row, handler, controller, ctx, startedAt: performance.now() };
     this.#slots.set(row.id, running);
     this.#deps.metrics.waitSeconds.observe({ kind: row.kind }, row.waited_s);
+    if (this.#computing < this.#concurrency) {
+      this.#start(running);
+    } else {
+      this.#waiting.push(running);
+    }
+  }
+
+  #start(running: Running): void {
+    const { row } = running;
+    this.#computing += 1;
+    running.startedAt = performance.now();
     void this.#compute(running).then((outcome) => {
       running.outcome = outcome;
+      this.#computing -= 1;
+      const next = this.#waiting.shift();
+      if (next !== undefined) {
+        this.#start(next);
+      }
+      if (!this.#drained) {
+        this.#wake.notify(); // a slot or a prefetch place is free and work waits: claim now
+      }
       this.#deps.metrics.runSeconds.observe(
         { kind: row.kind },
         (performance.now() - running.startedAt) / 1000,
@@ -355,38 +456,29 @@ export class Worker {
 
   async #flush(batch: Running[], applies: boolean): Promise<void> {
     {
-      // The slots this batch frees are refilled in the same transaction: one commit per
-      // cycle instead of two, and lane heads promoted by the batch are claimed at once.
-      // Slots of batches completing in parallel are refilled by their own flushes.
-      const refill = this.#stopController.signal.aborted
-        ? 0
-        : Math.max(0, this.#freeSlots() + this.#completing + batch.length);
+      // Free slots (and prefetch places) are refilled in the same transaction, lane heads the
+      // batch promotes among the candidates. Usually the claim loop has filled them already,
+      // as each compute ended; this catches the rest without a round trip of its own.
+      const refill = this.#stopController.signal.aborted ? 0 : Math.max(0, this.#freeSlots());
       this.#claiming += refill;
-      this.#completing += batch.length;
       let claimed: ClaimedRow[] = [];
       try {
         // Without applies the whole completion is one autocommit statement; with them, the
         // applies and the completion share one fenced transaction.
         const done = applies
-          ? await this.#deps.store
-              .transaction((tx) => this.#complete(tx, batch, refill))
-              .catch((err: unknown) => {
-                if (!(err instanceof ApplyFailed)) {
-                  throw err;
-                }
-                return this.#deps.store.transaction((tx) =>
-                  this.#complete(tx, batch, refill, true),
-                );
-              })
+          ? await this.#completeInTransaction(batch, refill)
           : await runTransactionWithRetries(
               () => this.#complete(this.#deps.store, batch, refill),
               5,
             );
         claimed = done.claimed;
+        if (refill > 0) {
+          this.#drained = claimed.length < refill;
+        }
         this.#record(batch, done.outcomes, done.lost, done.moved);
         this.#wakeAfter(done.retryDelays);
         // Waiters in this process learn at once; others through the `done` notification.
-        this.#deps.onFinished?.(done.finished);
+        this.#deps.onFinished?.(done.finished, done.rows);
       } catch (err) {
         // The database refused the whole batch (e.g. it is unreachable). The jobs stay
         // `running`; their leases expire and the reaper re-runs them. Nothing was applied.
@@ -397,7 +489,6 @@ export class Worker {
         this.#wake.notify();
       } finally {
         this.#claiming -= refill;
-        this.#completing -= batch.length;
       }
       for (const running of batch) {
         // The same job may hold a slot again by now (reaped and re-claimed by this worker).
@@ -413,14 +504,46 @@ export class Worker {
   }
 
   /**
-   * Completes a batch: with applies, lane locks, lease checks (row locks) and each apply in a
-   * savepoint first; then every transition and the refill claim in one statement.
+   * The fast path first; a lease lost while applying runs the batch again with leases
+   * checked first, and a failing apply (which aborted the transaction) with each apply in a
+   * savepoint of its own.
+   */
+  async #completeInTransaction(batch: readonly Running[], refill: number): Promise<Completed> {
+    let mode: CompletionMode = 'fast';
+    for (;;) {
+      const current = mode;
+      try {
+        return await this.#deps.store.transaction((tx) =>
+          this.#complete(tx, batch, refill, current, tx),
+        );
+      } catch (err) {
+        if (err instanceof ApplyFailed && current !== 'isolated') {
+          mode = 'isolated';
+        } else if (current === 'fast' && databaseStateOf(err) === LEASE_LOST_SQLSTATE) {
+          mode = 'checked';
+        } else {
+          throw err;
+        }
+      }
+    }
+  }
+
+  /**
+   * Completes a batch: the applies first, then every transition and the refill claim in one
+   * statement (`finish_jobs`), which moves a job only while its lease token is still the
+   * one this worker holds. Fast path: no lease check before the applies; a job that turns
+   * out lost makes finish_jobs raise (SQLSTATE MNL01), which rolls the whole transaction
+   * back. `checked`: row locks and lease checks before any handler code runs (final failures
+   * with a hook always take this path); `isolated`: checked, and each apply in a savepoint.
+   * In a transaction (`tx`), finish_jobs, the read of the rows local waiters want and the
+   * COMMIT travel in one round trip.
    */
   async #complete(
     q: Queryable,
     batch: readonly Running[],
     refill: number,
-    isolate = false,
+    mode: CompletionMode = 'fast',
+    tx?: Transaction,
   ): Promise<Completed> {
     const outcomes = new Map<number, Outcome>(
       batch.map((r) => [r.row.id, r.outcome ?? failedUnknown()]),
@@ -430,7 +553,12 @@ export class Worker {
       (r) => r.outcome?.ok === false && r.handler.onFailure !== undefined,
     );
     const lost = new Set<number>();
-    if (applying.length > 0 || hooked.length > 0) {
+    const checkFirst = mode !== 'fast' || hooked.length > 0;
+    if (!checkFirst) {
+      for (const running of applying) {
+        outcomes.set(running.row.id, await this.#applyOne(q, running, false));
+      }
+    } else if (applying.length > 0 || hooked.length > 0) {
       // The job rows first, the lane locks only in finish_jobs at the end: a lane lock held
       // through the applies would make every enqueue into those lanes wait for them. The
       // one party taking these locks the other way round is a reaper finishing the same
@@ -452,7 +580,7 @@ export class Worker {
           lost.add(running.row.id);
           continue;
         }
-        outcomes.set(running.row.id, await this.#applyOne(q, running, isolate));
+        outcomes.set(running.row.id, await this.#applyOne(q, running, mode === 'isolated'));
       }
     }
     const transitions = batch
@@ -465,12 +593,41 @@ export class Worker {
         await this.#onFailure(q, running, outcome.error);
       }
     }
-    const result = await applyTransitions(q, this.#deps.channels, transitions, {
+    const refillSpec = {
       limit: refill,
       leaseMs: this.#leaseMs,
       workerId: this.id,
       kinds: this.#kinds,
-    });
+    };
+    let result: TransitionOutcome;
+    const rows = new Map<number, Job>();
+    if (tx === undefined) {
+      result = await applyTransitions(q, this.#deps.channels, transitions, refillSpec);
+    } else {
+      // Applied on the fast path: the statement fails unless each of them moved.
+      const mustMove = checkFirst ? [] : applying.map((r) => r.row.id);
+      // Wake-ups leave after the commit (#notifyAfter): a NOTIFY inside would hold a
+      // database-wide lock through this commit's flush.
+      const finish = finishStatement(this.#deps.channels, transitions, refillSpec, {
+        mustMove,
+        deferNotify: true,
+      });
+      const ids = new Set(batch.flatMap((r) => [r.row.id, r.row.parent_id ?? r.row.id]));
+      const watched = this.#deps.watched?.([...ids]) ?? [];
+      const read = {
+        sql: `select ${JOB_COLUMNS} from jobs j where j.id = any($1::bigint[])
+               and j.status in ('succeeded', 'failed', 'cancelled')`,
+        params: [watched],
+      };
+      const [finished, readRows] = await tx.queryAndCommit(
+        watched.length === 0 ? [finish] : [finish, read],
+      );
+      result = parseFinished((finished as FinishedRow[] | undefined)?.[0]);
+      this.#notifyAfter(result.notifications);
+      for (const row of (readRows ?? []) as JobRow[]) {
+        rows.set(row.id, toJob(row));
+      }
+    }
     for (const running of batch) {
       if (!result.moved.has(running.row.id)) {
         lost.add(running.row.id);
@@ -492,7 +649,27 @@ export class Worker {
       retryDelays,
       claimed: result.claimed,
       finished,
+      rows,
     };
+  }
+
+  /**
+   * Sends the wake-ups of a committed completion, without waiting: a lost one only delays
+   * waiters and workers elsewhere until their next poll.
+   */
+  #notifyAfter(notifications: TransitionOutcome['notifications']): void {
+    // Lane heads this completion promoted and its refill did not take: while this worker
+    // finds more work than it has slots for (not drained) it claims them itself shortly, and
+    // every idle worker polls; only a drained worker calls the others.
+    const statement = notifyStatement(this.#deps.channels, {
+      announce: notifications.announce,
+      wake: notifications.wake && this.#drained,
+    });
+    if (statement !== undefined) {
+      this.#deps.store.query(statement.sql, statement.params).catch((err: unknown) => {
+        this.#deps.logger.warn({ err }, 'sending wake-ups after a completion failed');
+      });
+    }
   }
 
   /** Retries become due without a notification: wake the claim loop when the first one is. */
@@ -526,7 +703,7 @@ export class Worker {
     const computed = running.outcome?.ok === true ? running.outcome.computed : undefined;
     if (!isolate) {
       // The common case costs no savepoints; a failing apply aborts the whole transaction
-      // and the batch is completed again with each apply isolated (#flush).
+      // and the batch is completed again with each apply isolated (#completeInTransaction).
       try {
         return { ok: true, computed: await handler.apply?.(tx, computed, ctx) };
       } catch (err) {
@@ -732,6 +909,9 @@ class ApplyFailed extends Error {
     super('a job apply failed', { cause });
   }
 }
+
+/** Raised by assert_moved (migration 0008): a job applied on the fast path had lost its lease. */
+const LEASE_LOST_SQLSTATE = 'MNL01';
 
 function failedUnknown(): Outcome {
   return {

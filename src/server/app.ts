@@ -217,9 +217,25 @@ export function createApp(deps: AppDeps): Hono<Env> {
         );
       },
     });
-  const defaultLimit = limitOf(deps.maxBodyBytes ?? 1024 * 1024);
-  const syncLimit = limitOf(deps.syncMaxBodyBytes ?? 64 * 1024 * 1024);
-  app.use((c, next) => (c.req.path === '/v1/sync' ? syncLimit : defaultLimit)(c, next));
+  const defaultMax = deps.maxBodyBytes ?? 1024 * 1024;
+  const syncMax = deps.syncMaxBodyBytes ?? 64 * 1024 * 1024;
+  const defaultLimit = limitOf(defaultMax);
+  const syncLimit = limitOf(syncMax);
+  app.use((c, next) => {
+    const sync = c.req.path === '/v1/sync';
+    // A declared length is checked here (Node's parser never reads past it); hono's
+    // bodyLimit, which counts a streamed body but builds a whole web Request to do so,
+    // is left for bodies without one (chunked).
+    const declared = c.req.header('content-length');
+    if (declared !== undefined && c.req.header('transfer-encoding') === undefined) {
+      const max = sync ? syncMax : defaultMax;
+      if (Number(declared) > max) {
+        throw new MnemoError(ErrorCode.PayloadTooLarge, `the request body exceeds ${max} bytes`);
+      }
+      return next();
+    }
+    return (sync ? syncLimit : defaultLimit)(c, next);
+  });
 
   app.onError((err, c) => {
     const requestIdValue = c.get('requestId');

@@ -81,11 +81,17 @@ export function translateDatabaseError(err: unknown): MnemoError {
   });
 }
 
-/** A deadlock or serialization failure (raw or translated): the transaction may run again. */
-export function isRetryableDatabaseError(err: unknown): boolean {
+/** The SQLSTATE of a database error, raw or translated into a {@link MnemoError}. */
+export function databaseStateOf(err: unknown): string | undefined {
   const state =
     err instanceof MnemoError
       ? (err.details as { sqlstate?: unknown } | undefined)?.sqlstate
       : sqlStateOf(err);
-  return typeof state === 'string' && RETRYABLE_SQLSTATES.has(state);
+  return typeof state === 'string' ? state : undefined;
+}
+
+/** A deadlock or serialization failure (raw or translated): the transaction may run again. */
+export function isRetryableDatabaseError(err: unknown): boolean {
+  const state = databaseStateOf(err);
+  return state !== undefined && RETRYABLE_SQLSTATES.has(state);
 }

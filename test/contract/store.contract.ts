@@ -115,6 +115,71 @@ export function storeContract(name: string, open: (label: string) => Promise<Sto
       expect(await store.query('select id from things')).toEqual([{ id: 3 }]);
     });
 
+    it('runs the last statements and the commit together, values intact, and then refuses statements', async () => {
+      await store.exec(
+        'create table things (id int primary key, label text, tags text[], doc jsonb)',
+      );
+      const tricky = [
+        "it's; drop table things; --",
+        'back\\slash \\x27 "quoted" $1 $$ ',
+        'ünïcödé ✓',
+      ];
+      const tags = ['a,b', 'c"d', 'e\\f', '', 'NULL', "g'h"];
+      const doc = { text: tricky[1], nested: [1, 'x', null, { q: "'" }] };
+      const rows = await store.transaction(async (tx) => {
+        await tx.query('insert into things values ($1, $2, $3, $4)', [1, tricky[0], tags, doc]);
+        const out = await tx.queryAndCommit([
+          {
+            sql: 'insert into things values ($1, $2, $3::text[], $4::jsonb)',
+            params: [2, tricky[1], tags, JSON.stringify(doc)],
+          },
+          {
+            sql: 'insert into things values ($1, $2, $3::text[], $4)',
+            params: [3, tricky[2], [], null],
+          },
+          {
+            sql: 'select id, label, tags, doc from things where id = any($1::int[]) order by id',
+            params: [[1, 2, 3]],
+          },
+        ]);
+        await expect(tx.query('select 1')).rejects.toMatchObject({ code: ErrorCode.Internal });
+        return out;
+      });
+      expect(rows[0]).toEqual([]);
+      expect(rows[2]).toEqual([
+        { id: 1, label: tricky[0], tags, doc },
+        { id: 2, label: tricky[1], tags, doc },
+        { id: 3, label: tricky[2], tags: [], doc: null },
+      ]);
+      expect(await store.query('select count(*)::int as n from things')).toEqual([{ n: 3 }]);
+    });
+
+    it('commits nothing when one of the last statements fails, and stays usable', async () => {
+      await store.exec('create table things (id int primary key)');
+      await expect(
+        store.transaction(async (tx) => {
+          await tx.query('insert into things values (1)');
+          return tx.queryAndCommit([
+            { sql: 'insert into things values ($1)', params: [2] },
+            { sql: 'insert into things values ($1)', params: [1] }, // duplicate key
+            { sql: 'insert into things values ($1)', params: [3] },
+          ]);
+        }),
+      ).rejects.toMatchObject({ code: ErrorCode.Conflict });
+      expect(await store.query('select id from things')).toEqual([]);
+      await store.transaction((tx) =>
+        tx.queryAndCommit([{ sql: 'insert into things values (4)' }]),
+      );
+      await store.transaction(async (tx) => {
+        await tx.query('insert into things values (5)');
+        expect(await tx.queryAndCommit([])).toEqual([]);
+      });
+      expect(await store.query('select id from things order by id')).toEqual([
+        { id: 4 },
+        { id: 5 },
+      ]);
+    });
+
     it('translates a unique violation into conflict and other errors into internal with the SQLSTATE', async () => {
       await store.exec('create table things (id int primary key)');
       await store.query('insert into things values (1)');

@@ -261,6 +261,101 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       expect(worker.activeCount).toBe(0);
     });
 
+    it('claims ahead while its slots compute, and gives claimed-ahead jobs back on shutdown without counting the attempt', async () => {
+      const started: number[] = [];
+      engine.register<{ n: number }, void>('long', {
+        compute: async (ctx) => {
+          started.push(ctx.payload.n);
+          await new Promise((resolve, reject) => {
+            const t = setTimeout(resolve, 10_000);
+            ctx.signal.addEventListener('abort', () => {
+              clearTimeout(t);
+              reject(ctx.signal.reason as Error);
+            });
+          });
+        },
+      });
+      const jobs = [];
+      for (const n of [1, 2, 3]) {
+        jobs.push((await enqueue({ kind: 'long', payload: { n } })).job);
+      }
+      const worker = await engine.startWorker({ concurrency: 1, prefetch: 1, shutdownGraceMs: 50 });
+      await eventually(async () => {
+        const rows = await store.query<{ n: number }>(
+          `select count(*)::int as n from jobs where status = 'running'`,
+        );
+        return rows[0]?.n === 2 && started.length === 1;
+      });
+      // One computes, one waits for the slot (claimed: leased, its run time not started).
+      expect(started).toEqual([1]);
+      expect((await engine.getJob('default', jobs[2]?.id ?? 0))?.status).toBe('pending');
+      await worker.stop();
+      expect(started).toEqual([1]);
+      for (const job of jobs) {
+        expect(await engine.getJob('default', job.id)).toMatchObject({
+          status: 'pending',
+          attempts: 0,
+        });
+      }
+    });
+
+    it('hands a job enqueued outside a transaction straight to a free slot of this process', async () => {
+      let release: () => void = () => undefined;
+      const gate = new Promise<void>((resolve) => (release = resolve));
+      engine.register('gated', { compute: () => gate });
+      engine.register('noop', {});
+      const worker = await engine.startWorker({ concurrency: 1, prefetch: 0 });
+      // Once a first job has come and gone, the worker idles (its claim loop waits).
+      await waitDone((await enqueue({ kind: 'noop' })).job.id);
+      // The slot is free: the enqueue statement itself claims the job for this worker.
+      const first = await engine.enqueue(store, { kind: 'gated', lane: 'L1' });
+      expect(first.job).toMatchObject({ status: 'running', attempts: 1 });
+      const [row] = await store.query<{ locked_by: string }>(
+        'select locked_by from jobs where id = $1',
+        [first.job.id],
+      );
+      expect(row?.locked_by).toBe(worker.id);
+      // No slot free now: the next one waits, and so does one behind a running lane head.
+      const second = await engine.enqueue(store, { kind: 'gated', lane: 'L2' });
+      expect(second.job.status).toBe('pending');
+      release();
+      for (const job of [first.job, second.job]) {
+        expect((await waitDone(job.id)).status).toBe('succeeded');
+      }
+      expect(worker.activeCount).toBe(0);
+    });
+
+    it('announces a finished job to other processes only when someone there may wait for it', async () => {
+      engine.register('noop', {});
+      const announced = new Set<number>();
+      const unlisten = await store.listen(`${store.schema}_done`, (payload) => {
+        for (const id of payload.split(',')) {
+          announced.add(Number(id));
+        }
+      });
+      try {
+        await engine.startWorker({ concurrency: 2 });
+        await engine.prepareWait();
+        const local = await engine.enqueue(store, { kind: 'noop', waiter: 'local' });
+        const none = await engine.enqueue(store, { kind: 'noop', waiter: 'none' });
+        const anyone = await engine.enqueue(store, { kind: 'noop' });
+        for (const { job } of [local, none, anyone]) {
+          expect(
+            (await engine.waitFor('default', job.id, { timeoutMs: 20_000, enqueued: job })).status,
+          ).toBe('succeeded');
+        }
+        // Notifications arrive in commit order: once a later job's has come, the others
+        // would have too.
+        const last = await engine.enqueue(store, { kind: 'noop' });
+        await eventually(() => announced.has(last.job.id));
+        expect(announced.has(anyone.job.id)).toBe(true);
+        expect(announced.has(local.job.id)).toBe(false);
+        expect(announced.has(none.job.id)).toBe(false);
+      } finally {
+        await unlisten();
+      }
+    });
+
     it('refuses work past the per-lane and overall pending limits with queue_full', async () => {
       await dispose();
       ({ engine, store, dispose } = await openEngine(kind, 'engine:limits', {

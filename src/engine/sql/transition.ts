@@ -1,4 +1,4 @@
-import type { Queryable } from '../../store/types.ts';
+import type { Queryable, Statement } from '../../store/types.ts';
 import type { JobError, JobStatus } from '../types.ts';
 import type { ClaimedRow } from './claim.ts';
 
@@ -31,12 +31,18 @@ export interface TransitionOutcome {
   parents: { id: number; status: JobStatus }[];
   /** Jobs claimed for the caller in the same round trip. */
   claimed: ClaimedRow[];
+  /** With deferred notifications: the `done` payloads and the `jobs` wake-up still to send. */
+  notifications: { announce: string[]; wake: boolean };
 }
 
-/** Channels the transition notifies: new claimable work, and finished job ids. */
+/**
+ * Channels the transition notifies — new claimable work, finished job ids — and who is
+ * notifying: a finished job whose waiter is this engine is not announced.
+ */
 export interface Channels {
   jobs: string;
   done: string;
+  engineId: string;
 }
 
 /** Refill of a worker's slots riding along with the transition. */
@@ -47,20 +53,33 @@ export interface Refill {
   kinds: readonly string[];
 }
 
+/** What finish_jobs answers (see {@link parseFinished}). */
+export interface FinishedRow {
+  out: {
+    moved: [number, JobStatus][];
+    promoted: number;
+    parents: [number, JobStatus][];
+    claimed: ClaimedRow[];
+    wake: boolean | null;
+    announce: string[] | null;
+  };
+}
+
 /**
- * Applies `transitions` and optionally claims `refill.limit` jobs, in one statement
+ * The statement that applies `transitions` and optionally claims `refill.limit` jobs
  * (`finish_jobs`, migration 0002): lane locks, moves, lane hand-on, batch parent counts and
- * status, notifications, claim. Safe as a single autocommit statement.
+ * status, notifications, claim (`finish_jobs`, migration 0008). Safe as a single autocommit
+ * statement. With `mustMove`, it fails with SQLSTATE MNL01 (and its transaction aborts) when
+ * one of those jobs did not move. With `deferNotify`, it sends no notification: the caller
+ * sends {@link TransitionOutcome.notifications} after its commit ({@link notifyStatement}).
  */
-export async function applyTransitions(
-  q: Queryable,
+export function finishStatement(
   channels: Channels,
   transitions: readonly Transition[],
   refill?: Refill,
-): Promise<TransitionOutcome> {
-  if (transitions.length === 0 && (refill === undefined || refill.limit <= 0)) {
-    return { moved: new Map(), promoted: 0, parents: [], claimed: [] };
-  }
+  options: { mustMove?: readonly number[]; deferNotify?: boolean } = {},
+): Statement {
+  const mustMove = options.mustMove ?? [];
   const records = transitions.map((t) => ({
     id: t.id,
     token: t.token ?? null,
@@ -74,14 +93,7 @@ export async function applyTransitions(
     expired_only: t.expiredOnly ?? false,
     refund: t.refund ?? false,
   }));
-  const [row] = await q.query<{
-    out: {
-      moved: [number, JobStatus][];
-      promoted: number;
-      parents: [number, JobStatus][];
-      claimed: ClaimedRow[];
-    };
-  }>('select finish_jobs($1::jsonb, $2::bigint[], $3, $4, $5, $6, $7, $8::text[]) as out', [
+  const params = [
     JSON.stringify(records),
     records.map((r) => r.id),
     channels.jobs,
@@ -90,12 +102,62 @@ export async function applyTransitions(
     refill?.leaseMs ?? 0,
     refill?.workerId ?? '',
     refill?.kinds ?? [],
-  ]);
+    channels.engineId,
+    options.deferNotify ?? false,
+  ];
+  const call = 'finish_jobs($1::jsonb, $2::bigint[], $3, $4, $5, $6, $7, $8::text[], $9, $10)';
+  return mustMove.length === 0
+    ? { sql: `select ${call} as out`, params }
+    : { sql: `select assert_moved(${call}, $11::bigint[]) as out`, params: [...params, mustMove] };
+}
+
+/** The wake-ups a deferred transition left to send, as one statement (undefined: none). */
+export function notifyStatement(
+  channels: Channels,
+  notifications: { announce: readonly string[]; wake: boolean },
+): Statement | undefined {
+  if (notifications.announce.length === 0 && !notifications.wake) {
+    return undefined;
+  }
+  return {
+    sql: `select (select count(pg_notify($1, a)) from unnest($2::text[]) as a)
+              + (select count(pg_notify($3, '')) where $4::boolean) as sent`,
+    params: [channels.done, notifications.announce, channels.jobs, notifications.wake],
+  };
+}
+
+/** The answer of {@link finishStatement}. */
+export function parseFinished(row: FinishedRow | undefined): TransitionOutcome {
   const out = row?.out;
   return {
     moved: new Map(out?.moved ?? []),
     promoted: out?.promoted ?? 0,
     parents: (out?.parents ?? []).map(([id, status]) => ({ id, status })),
     claimed: (out?.claimed ?? []).sort((a, b) => a.id - b.id),
+    notifications: { announce: out?.announce ?? [], wake: out?.wake === true },
   };
+}
+
+/**
+ * Applies `transitions` (and the refill claim) in one statement, notifications included (they
+ * go out when the caller's transaction commits); see {@link finishStatement}.
+ */
+export async function applyTransitions(
+  q: Queryable,
+  channels: Channels,
+  transitions: readonly Transition[],
+  refill?: Refill,
+): Promise<TransitionOutcome> {
+  if (transitions.length === 0 && (refill === undefined || refill.limit <= 0)) {
+    return {
+      moved: new Map(),
+      promoted: 0,
+      parents: [],
+      claimed: [],
+      notifications: { announce: [], wake: false },
+    };
+  }
+  const { sql, params } = finishStatement(channels, transitions, refill);
+  const [row] = await q.query<FinishedRow>(sql, params);
+  return parseFinished(row);
 }
