@@ -109,9 +109,9 @@ create trigger jobs_notify_insert_trg after insert on jobs
   referencing new table as inserted
   for each statement execute function jobs_notify_insert();
 
--- 3. A completion that ran applies before checking its leases commits in the same round trip
---    as finish_jobs: this raises (SQLSTATE MNL01, the transaction aborts, nothing commits)
---    when a job in `must_move` did not move, i.e. its lease was no longer the worker's.
+-- 3. A completion that ran its applies before checking its leases wraps finish_jobs in this:
+--    it raises (SQLSTATE MNL01, the transaction aborts, nothing commits) when a job in
+--    `must_move` did not move, i.e. its lease was no longer the worker's.
 create function assert_moved(finished jsonb, must_move bigint[]) returns jsonb
 language plpgsql
 as $$
@@ -135,12 +135,16 @@ $$;
 --    - idle workers are woken (`jobs_channel`) only for promoted lane heads that the refill
 --      claim of this call did not take;
 --    - with `defer_notify`, nothing is sent: the answer carries `announce` (payloads for
---      `done_channel`) and `wake`, for the caller to send after its commit.
+--      `done_channel`) and `wake`, for the caller to send after its commit;
+--    - `rows`: the finished rows of the jobs in `want` (a worker's local waiters), so that
+--      nobody reads them again.
+--    Statements after the refill claim see its planner settings (claim_jobs): they are
+--    primary-key lookups, which those settings leave alone.
 drop function finish_jobs(jsonb, bigint[], text, text, integer, integer, text, text[]);
 
 create function finish_jobs(transitions jsonb, ids bigint[], jobs_channel text, done_channel text,
   claim_limit integer, lease_ms integer, worker text, kinds text[], announcer text,
-  defer_notify boolean)
+  defer_notify boolean, want bigint[])
 returns jsonb
 language plpgsql
 as $$
@@ -263,6 +267,8 @@ begin
     perform pg_notify(done_channel, a) from unnest(announce) as a;
   end if;
   return result || jsonb_build_object('claimed', claimed, 'wake', wake,
-    'announce', to_jsonb(announce));
+    'announce', to_jsonb(announce),
+    'rows', (select coalesce(jsonb_agg(to_jsonb(w)), '[]') from jobs w
+             where w.id = any(want) and w.status in ('succeeded', 'failed', 'cancelled')));
 end
 $$;

@@ -166,7 +166,7 @@ begin
 end
 $$;
 
-CREATE FUNCTION mnemo.finish_jobs(transitions jsonb, ids bigint[], jobs_channel text, done_channel text, claim_limit integer, lease_ms integer, worker text, kinds text[], announcer text, defer_notify boolean) RETURNS jsonb
+CREATE FUNCTION mnemo.finish_jobs(transitions jsonb, ids bigint[], jobs_channel text, done_channel text, claim_limit integer, lease_ms integer, worker text, kinds text[], announcer text, defer_notify boolean, want bigint[]) RETURNS jsonb
     LANGUAGE plpgsql
     AS $$
 declare
@@ -288,7 +288,9 @@ begin
     perform pg_notify(done_channel, a) from unnest(announce) as a;
   end if;
   return result || jsonb_build_object('claimed', claimed, 'wake', wake,
-    'announce', to_jsonb(announce));
+    'announce', to_jsonb(announce),
+    'rows', (select coalesce(jsonb_agg(to_jsonb(w)), '[]') from jobs w
+             where w.id = any(want) and w.status in ('succeeded', 'failed', 'cancelled')));
 end
 $$;
 

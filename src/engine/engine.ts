@@ -16,7 +16,12 @@ import {
 } from './enqueue.ts';
 import { createEngineMetrics, type EngineMetrics } from './metrics.ts';
 import { JOB_COLUMNS, type JobRow, toJob } from './sql/rows.ts';
-import { applyTransitions, type Channels, type Transition } from './sql/transition.ts';
+import {
+  applyTransitions,
+  type Channels,
+  finishedIn,
+  type Transition,
+} from './sql/transition.ts';
 import {
   type BatchParentSpec,
   type Enqueued,
@@ -187,6 +192,20 @@ export function createEngine(deps: {
     return toJob(row, { pending: row.child_pending ?? 0, running: row.child_running ?? 0 });
   }
 
+  /**
+   * A replayed enqueue whose caller will wait here, of a job some other process (or nobody)
+   * was to wait for: from now on its finish is announced to every process.
+   */
+  async function joinWaiters(q: Queryable, job: Job, waiter: JobSpec['waiter']): Promise<void> {
+    if (waiter === 'local' && !TERMINAL_STATUSES.includes(job.status)) {
+      await q.query(
+        `update jobs set waiter = null
+          where id = $1 and tenant_id = $2 and waiter is not null and waiter <> $3`,
+        [job.id, job.tenantId, channels.engineId],
+      );
+    }
+  }
+
   const engine: Engine = {
     store,
     metrics,
@@ -201,6 +220,8 @@ export function createEngine(deps: {
         const out = await enqueueJob(tx, enqueueContext, spec);
         if (out.created) {
           metrics.enqueued.inc({ kind: spec.kind });
+        } else {
+          await joinWaiters(tx, out.job, spec.waiter);
         }
         return { job: out.job, created: out.created };
       }
@@ -229,6 +250,8 @@ export function createEngine(deps: {
       }
       if (out.created) {
         metrics.enqueued.inc({ kind: spec.kind });
+      } else {
+        await joinWaiters(tx, out.job, spec.waiter);
       }
       return { job: out.job, created: out.created };
     },
@@ -250,6 +273,8 @@ export function createEngine(deps: {
         for (const child of out.children) {
           metrics.enqueued.inc({ kind: child.kind });
         }
+      } else {
+        await joinWaiters(tx, out.parent, parent.waiter);
       }
       return out;
     },
@@ -280,6 +305,7 @@ export function createEngine(deps: {
       return parent === undefined ? [] : childrenOf(store, id, tenantId);
     },
     async cancel(tenantId, id) {
+      let finished: number[] = [];
       const job = await store.transaction(async (tx) => {
         const current = await readJob(tx, tenantId, id);
         if (current === undefined) {
@@ -303,9 +329,12 @@ export function createEngine(deps: {
             attempt: t.attempts,
           },
         }));
-        await applyTransitions(tx, channels, transitions);
+        const moved = await applyTransitions(tx, channels, transitions);
+        finished = finishedIn(moved);
         return readJob(tx, tenantId, id);
       });
+      // Committed: waiters in this process (whose jobs are not announced to it) learn now.
+      waiter.wake(finished);
       if (job === undefined) {
         throw new MnemoError(ErrorCode.NotFound, `operation ${id} not found`);
       }

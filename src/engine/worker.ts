@@ -5,15 +5,15 @@ import { createId } from '../core/ids.ts';
 import type { Logger } from '../core/logger.ts';
 import { databaseStateOf, isRetryableDatabaseError } from '../store/errors.ts';
 import { runTransactionWithRetries } from '../store/retry.ts';
-import type { Queryable, Store, Transaction } from '../store/types.ts';
+import type { Queryable, Store } from '../store/types.ts';
 import { DEFAULT_BACKOFF, retryDelayMs } from './backoff.ts';
 import type { EngineMetrics } from './metrics.ts';
 import { WakeSignal } from './signal.ts';
 import { type ClaimedRow, claimJobs, extendLeases, findExpired } from './sql/claim.ts';
-import { JOB_COLUMNS, type JobRow, toJob } from './sql/rows.ts';
 import {
   applyTransitions,
   type Channels,
+  finishedIn,
   type FinishedRow,
   finishStatement,
   notifyStatement,
@@ -27,7 +27,6 @@ import {
   type JobError,
   type JobHandler,
   type JobStatus,
-  TERMINAL_STATUSES,
 } from './types.ts';
 
 /** How a worker runs. */
@@ -119,6 +118,8 @@ interface Completed {
   finished: number[];
   /** Finished rows of watched jobs. */
   rows: Map<number, Job>;
+  /** Wake-ups left to send after the commit (none when finish_jobs sent them itself). */
+  notifications: TransitionOutcome['notifications'];
 }
 
 interface Running {
@@ -151,8 +152,12 @@ export class Worker {
   readonly #maxFlushes: number;
   #claiming = 0;
   #computing = 0;
-  /** The last claim found fewer jobs than it asked for; a wake-up (new work) clears it. */
+  /**
+   * The last claim found fewer jobs than it asked for, and no new work was announced since
+   * it started (#workEpoch): compute ends then need not call the claim loop.
+   */
   #drained = false;
+  #workEpoch = 0;
   /** Claimed ahead (prefetch), waiting for a slot to compute in. */
   readonly #waiting: Running[] = [];
   readonly #prefetch: number;
@@ -186,7 +191,7 @@ export class Worker {
   async start(): Promise<void> {
     try {
       this.#unlisten = await this.#deps.store.listen(this.#deps.channels.jobs, () =>
-        this.#wake.notify(),
+        this.#newWork(),
       );
     } catch (err) {
       // Without notifications the worker still polls.
@@ -210,6 +215,12 @@ export class Worker {
 
   /** Claims at once if a slot is free (a local enqueue committed); NOTIFY does it otherwise. */
   wake(): void {
+    this.#newWork();
+  }
+
+  /** Work may have appeared (a notification, a local enqueue): claim, drained or not. */
+  #newWork(): void {
+    this.#workEpoch += 1;
     this.#wake.notify();
   }
 
@@ -229,13 +240,18 @@ export class Worker {
   /** Runs a job claimed for this worker at enqueue, in the slot reserved for it. */
   adopt(row: ClaimedRow): void {
     this.#claiming -= 1;
-    this.#run(row);
+    this.#run(row); // released at once if the worker began to stop meanwhile
   }
 
   /** Gives back a reserved slot the enqueue did not use. */
   unreserve(): void {
     this.#claiming -= 1;
-    this.#wake.notify();
+    this.#newWork();
+  }
+
+  /** Slots free to compute a job this moment (none while a claim is in flight). */
+  get idleSlots(): number {
+    return Math.max(0, this.#idleSlots());
   }
 
   /** Whether this worker holds job `id` (running it, or completing it). */
@@ -261,18 +277,17 @@ export class Worker {
     this.#stopController.abort();
     this.#wake.notify();
     // Jobs claimed ahead and not started go back at once, without counting the attempt.
-    const release = new MnemoError(ErrorCode.Unavailable, 'worker shutting down; job released');
     for (const running of this.#waiting.splice(0)) {
-      running.outcome = { ok: false, error: release, release: true };
-      this.#toComplete.push(running);
+      this.#release(running);
     }
-    this.#flushSoon();
     await this.#loop;
     const deadline = Date.now() + this.#graceMs;
-    while (this.#slots.size > 0 && Date.now() < deadline) {
+    while ((this.#slots.size > 0 || this.#claiming > 0) && Date.now() < deadline) {
       await this.#waitForSlot(Math.min(50, deadline - Date.now()));
     }
-    while (this.#slots.size > 0) {
+    const release = new MnemoError(ErrorCode.Unavailable, 'worker shutting down; job released');
+    // Claims and enqueues in flight end by themselves (what they bring is released at once).
+    while (this.#slots.size > 0 || this.#claiming > 0) {
       // Again on every pass: a completion in flight may have claimed jobs meanwhile.
       for (const running of this.#slots.values()) {
         if (running.outcome === undefined && !running.controller.signal.aborted) {
@@ -328,6 +343,7 @@ export class Worker {
         continue;
       }
       this.#claiming += free;
+      const epoch = this.#workEpoch;
       let claimed: ClaimedRow[] = [];
       try {
         claimed = await this.#claim(this.#deps.store, free);
@@ -336,7 +352,7 @@ export class Worker {
       } finally {
         this.#claiming -= free;
       }
-      this.#drained = claimed.length < free;
+      this.#drained = claimed.length < free && epoch === this.#workEpoch;
       for (const row of claimed) {
         this.#run(row);
       }
@@ -355,13 +371,33 @@ export class Worker {
     const controller = new AbortController();
     const ctx = contextOf(row, controller.signal);
     const running: Running = { row, handler, controller, ctx, startedAt: performance.now() };
+    const earlier = this.#slots.get(row.id);
+    if (earlier !== undefined && earlier.outcome === undefined) {
+      // Claimed again after a reaper took it from this very worker: the old attempt is stale.
+      earlier.controller.abort(
+        new MnemoError(ErrorCode.LeaseLost, 'lease lost: the job was claimed again'),
+      );
+    }
     this.#slots.set(row.id, running);
     this.#deps.metrics.waitSeconds.observe({ kind: row.kind }, row.waited_s);
-    if (this.#computing < this.#concurrency) {
+    if (this.#stopController.signal.aborted) {
+      this.#release(running); // claimed by a call in flight when the worker began to stop
+    } else if (this.#computing < this.#concurrency) {
       this.#start(running);
     } else {
       this.#waiting.push(running);
     }
+  }
+
+  /** Hands a job this worker holds but will not run back to pending (attempt not counted). */
+  #release(running: Running): void {
+    running.outcome = {
+      ok: false,
+      error: new MnemoError(ErrorCode.Unavailable, 'worker shutting down; job released'),
+      release: true,
+    };
+    this.#toComplete.push(running);
+    this.#flushSoon();
   }
 
   #start(running: Running): void {
@@ -389,6 +425,11 @@ export class Worker {
 
   async #compute(running: Running): Promise<Outcome> {
     const { handler, controller, row } = running;
+    if (controller.signal.aborted) {
+      // Lost its lease, or the worker is stopping, while it waited for a slot: not run.
+      const error = coerceError(controller.signal.reason);
+      return { ok: false, error, release: this.#stopController.signal.aborted };
+    }
     const timeoutMs = row.timeout_ms ?? handler.timeoutMs ?? this.#deps.defaultTimeoutMs;
     const timer = setTimeout(
       () =>
@@ -440,7 +481,7 @@ export class Worker {
       if (this.#toComplete.length === 0 || !this.#mayFlush()) {
         return;
       }
-      const batch = this.#toComplete.splice(0, this.#maxBatch);
+      const batch = this.#takeBatch();
       const applies = batch.some((r) => this.#needsTransaction(r));
       this.#flushes += 1;
       this.#applyFlushes += applies ? 1 : 0;
@@ -454,6 +495,27 @@ export class Worker {
     });
   }
 
+  /**
+   * Up to maxBatch queued completions, never two attempts of one job (a job reaped and
+   * claimed again while its old attempt computed): finish_jobs moves a job once, so the
+   * stale attempt waits for a batch of its own, where its lost lease shows.
+   */
+  #takeBatch(): Running[] {
+    const batch: Running[] = [];
+    const ids = new Set<number>();
+    const rest: Running[] = [];
+    for (const running of this.#toComplete) {
+      if (batch.length < this.#maxBatch && !ids.has(running.row.id)) {
+        ids.add(running.row.id);
+        batch.push(running);
+      } else {
+        rest.push(running);
+      }
+    }
+    this.#toComplete.splice(0, this.#toComplete.length, ...rest);
+    return batch;
+  }
+
   async #flush(batch: Running[], applies: boolean): Promise<void> {
     {
       // Free slots (and prefetch places) are refilled in the same transaction, lane heads the
@@ -461,6 +523,7 @@ export class Worker {
       // as each compute ended; this catches the rest without a round trip of its own.
       const refill = this.#stopController.signal.aborted ? 0 : Math.max(0, this.#freeSlots());
       this.#claiming += refill;
+      const epoch = this.#workEpoch;
       let claimed: ClaimedRow[] = [];
       try {
         // Without applies the whole completion is one autocommit statement; with them, the
@@ -473,8 +536,16 @@ export class Worker {
             );
         claimed = done.claimed;
         if (refill > 0) {
-          this.#drained = claimed.length < refill;
+          this.#drained = claimed.length < refill && epoch === this.#workEpoch;
         }
+        // Jobs the refill could not take, of lanes this batch handed on: a worker that has
+        // room but found nothing more it could run, or that has no room and no backlog,
+        // calls the others; one with a backlog claims them itself shortly.
+        const full = refill === 0 ? this.#drained : claimed.length < refill;
+        this.#notifyAfter({
+          announce: done.notifications.announce,
+          wake: done.notifications.wake && full,
+        });
         this.#record(batch, done.outcomes, done.lost, done.moved);
         this.#wakeAfter(done.retryDelays);
         // Waiters in this process learn at once; others through the `done` notification.
@@ -486,7 +557,7 @@ export class Worker {
           { err, jobs: batch.map((r) => r.row.id) },
           'completing jobs failed',
         );
-        this.#wake.notify();
+        this.#newWork();
       } finally {
         this.#claiming -= refill;
       }
@@ -500,6 +571,9 @@ export class Worker {
         this.#run(row);
       }
       this.#slotFreed.notify();
+      if (!this.#drained) {
+        this.#wake.notify(); // places held by these completions are free: claim more
+      }
     }
   }
 
@@ -514,7 +588,7 @@ export class Worker {
       const current = mode;
       try {
         return await this.#deps.store.transaction((tx) =>
-          this.#complete(tx, batch, refill, current, tx),
+          this.#complete(tx, batch, refill, current),
         );
       } catch (err) {
         if (err instanceof ApplyFailed && current !== 'isolated') {
@@ -535,15 +609,14 @@ export class Worker {
    * out lost makes finish_jobs raise (SQLSTATE MNL01), which rolls the whole transaction
    * back. `checked`: row locks and lease checks before any handler code runs (final failures
    * with a hook always take this path); `isolated`: checked, and each apply in a savepoint.
-   * In a transaction (`tx`), finish_jobs, the read of the rows local waiters want and the
-   * COMMIT travel in one round trip.
+   * In a transaction, finish_jobs also returns the finished rows local waiters want, and
+   * leaves the wake-ups to be sent after the commit.
    */
   async #complete(
     q: Queryable,
     batch: readonly Running[],
     refill: number,
     mode: CompletionMode = 'fast',
-    tx?: Transaction,
   ): Promise<Completed> {
     const outcomes = new Map<number, Outcome>(
       batch.map((r) => [r.row.id, r.outcome ?? failedUnknown()]),
@@ -600,33 +673,20 @@ export class Worker {
       kinds: this.#kinds,
     };
     let result: TransitionOutcome;
-    const rows = new Map<number, Job>();
-    if (tx === undefined) {
+    if (!q.inTransaction) {
       result = await applyTransitions(q, this.#deps.channels, transitions, refillSpec);
     } else {
-      // Applied on the fast path: the statement fails unless each of them moved.
-      const mustMove = checkFirst ? [] : applying.map((r) => r.row.id);
-      // Wake-ups leave after the commit (#notifyAfter): a NOTIFY inside would hold a
-      // database-wide lock through this commit's flush.
-      const finish = finishStatement(this.#deps.channels, transitions, refillSpec, {
-        mustMove,
-        deferNotify: true,
-      });
       const ids = new Set(batch.flatMap((r) => [r.row.id, r.row.parent_id ?? r.row.id]));
-      const watched = this.#deps.watched?.([...ids]) ?? [];
-      const read = {
-        sql: `select ${JOB_COLUMNS} from jobs j where j.id = any($1::bigint[])
-               and j.status in ('succeeded', 'failed', 'cancelled')`,
-        params: [watched],
-      };
-      const [finished, readRows] = await tx.queryAndCommit(
-        watched.length === 0 ? [finish] : [finish, read],
-      );
-      result = parseFinished((finished as FinishedRow[] | undefined)?.[0]);
-      this.#notifyAfter(result.notifications);
-      for (const row of (readRows ?? []) as JobRow[]) {
-        rows.set(row.id, toJob(row));
-      }
+      const finish = finishStatement(this.#deps.channels, transitions, refillSpec, {
+        // Applied on the fast path: the statement fails unless each of them moved.
+        mustMove: checkFirst ? [] : applying.map((r) => r.row.id),
+        // Wake-ups leave after the commit (#notifyAfter): a NOTIFY inside would hold a
+        // database-wide lock through this commit's flush.
+        deferNotify: true,
+        want: this.#deps.watched?.([...ids]) ?? [],
+      });
+      const [row] = await q.query<FinishedRow>(finish.sql, finish.params);
+      result = parseFinished(row);
     }
     for (const running of batch) {
       if (!result.moved.has(running.row.id)) {
@@ -636,12 +696,7 @@ export class Worker {
     const retryDelays = transitions
       .filter((t) => t.to === 'pending' && result.moved.get(t.id) === 'pending')
       .map((t) => t.delayMs ?? 0);
-    const finished = [
-      ...[...result.moved]
-        .filter(([, status]) => TERMINAL_STATUSES.includes(status))
-        .map(([id]) => id),
-      ...result.parents.filter((p) => TERMINAL_STATUSES.includes(p.status)).map((p) => p.id),
-    ];
+    const finished = finishedIn(result);
     return {
       outcomes,
       lost,
@@ -649,7 +704,9 @@ export class Worker {
       retryDelays,
       claimed: result.claimed,
       finished,
-      rows,
+      rows: new Map(result.rows.map((job) => [job.id, job])),
+      // In autocommit finish_jobs sent them itself.
+      notifications: q.inTransaction ? result.notifications : { announce: [], wake: false },
     };
   }
 
@@ -658,13 +715,7 @@ export class Worker {
    * waiters and workers elsewhere until their next poll.
    */
   #notifyAfter(notifications: TransitionOutcome['notifications']): void {
-    // Lane heads this completion promoted and its refill did not take: while this worker
-    // finds more work than it has slots for (not drained) it claims them itself shortly, and
-    // every idle worker polls; only a drained worker calls the others.
-    const statement = notifyStatement(this.#deps.channels, {
-      announce: notifications.announce,
-      wake: notifications.wake && this.#drained,
-    });
+    const statement = notifyStatement(this.#deps.channels, notifications);
     if (statement !== undefined) {
       this.#deps.store.query(statement.sql, statement.params).catch((err: unknown) => {
         this.#deps.logger.warn({ err }, 'sending wake-ups after a completion failed');
@@ -680,7 +731,7 @@ export class Worker {
     const timer = setTimeout(
       () => {
         this.#timers = this.#timers.filter((t) => t !== timer);
-        this.#wake.notify();
+        this.#newWork();
       },
       Math.min(...delays) + 1,
     );
@@ -895,7 +946,8 @@ export class Worker {
         }
       }
       if (result.moved.size > 0) {
-        this.#wake.notify();
+        this.#newWork();
+        this.#deps.onFinished?.(finishedIn(result), new Map());
       }
     } catch (err) {
       this.#deps.logger.warn({ err }, 'reaping expired jobs failed');

@@ -28,11 +28,4 @@ export async function createStore(config: StoreConfig): Promise<Store> {
   return createPgliteStore({ dataDir: config.dataDir, schema: config.databaseSchema });
 }
 
-export type {
-  NotificationHandler,
-  Queryable,
-  Statement,
-  Store,
-  Transaction,
-  TransactionOptions,
-} from './types.ts';
+export type { NotificationHandler, Queryable, Store, TransactionOptions } from './types.ts';

@@ -3,14 +3,7 @@ import { PGlite } from '@electric-sql/pglite';
 import { translateDatabaseError } from './errors.ts';
 import { quoteIdent } from './quote.ts';
 import { assertSchemaName, runTransactionWithRetries } from './retry.ts';
-import { transactionHandle } from './transaction.ts';
-import type {
-  NotificationHandler,
-  Queryable,
-  Store,
-  Transaction,
-  TransactionOptions,
-} from './types.ts';
+import type { NotificationHandler, Queryable, Store, TransactionOptions } from './types.ts';
 
 /** Options of {@link createPgliteStore}. */
 export interface PgliteStoreOptions {
@@ -51,18 +44,6 @@ function wrap(db: PgliteQueryable, inTransaction = false): Queryable {
   };
 }
 
-/** A transaction's handle: queryAndCommit runs its statements; the commit follows `fn`. */
-function wrapTransaction(tx: PgliteQueryable): Transaction {
-  const base = wrap(tx, true);
-  return transactionHandle(base, async (statements) => {
-    const results: unknown[][] = [];
-    for (const st of statements) {
-      results.push(await base.query(st.sql, st.params));
-    }
-    return results;
-  });
-}
-
 /**
  * Opens (creating if needed) an embedded PGlite database. PGlite has one connection:
  * statements and transactions run one at a time, in the order they are issued.
@@ -84,11 +65,11 @@ export async function createPgliteStore(options: PgliteStoreOptions): Promise<St
     kind: 'pglite',
     schema,
     ...base,
-    transaction<T>(fn: (tx: Transaction) => Promise<T>, txOptions: TransactionOptions = {}) {
+    transaction<T>(fn: (tx: Queryable) => Promise<T>, txOptions: TransactionOptions = {}) {
       // PGlite's transaction() issues BEGIN/COMMIT and ROLLBACK on failure, so a failed
       // statement never leaves the single connection in an aborted transaction.
       return runTransactionWithRetries(
-        () => db.transaction((tx) => fn(wrapTransaction(tx))),
+        () => db.transaction((tx) => fn(wrap(tx, true))),
         txOptions.maxAttempts ?? 5,
       );
     },

@@ -3,16 +3,9 @@ import { createHash } from 'node:crypto';
 import pg from 'pg';
 
 import { translateDatabaseError } from './errors.ts';
-import { inlineParameters, quoteIdent } from './quote.ts';
+import { quoteIdent } from './quote.ts';
 import { assertSchemaName, backoffDelay, runTransactionWithRetries } from './retry.ts';
-import { transactionHandle } from './transaction.ts';
-import type {
-  NotificationHandler,
-  Queryable,
-  Store,
-  Transaction,
-  TransactionOptions,
-} from './types.ts';
+import type { NotificationHandler, Queryable, Store, TransactionOptions } from './types.ts';
 
 /** Options of {@link createPostgresStore}. */
 export interface PostgresStoreOptions {
@@ -83,25 +76,6 @@ function wrap(client: pg.Pool | pg.PoolClient, inTransaction = false): Queryable
   };
 }
 
-/** A transaction's handle; `committed` once queryAndCommit was sent (its COMMIT included). */
-function wrapTransaction(client: pg.PoolClient): Transaction & { readonly committed: boolean } {
-  return transactionHandle(wrap(client, true), async (statements) => {
-    // One simple-protocol message: PostgreSQL runs the statements in order and stops at the
-    // first error, which leaves the transaction aborted and the COMMIT unrun.
-    const text = [
-      ...statements.map((st) => inlineParameters(st.sql, st.params ?? [])),
-      'commit',
-    ].join(';\n');
-    try {
-      const out = (await client.query(text)) as unknown as pg.QueryResult | pg.QueryResult[];
-      const results = Array.isArray(out) ? out : [out]; // one result when only COMMIT ran
-      return results.slice(0, statements.length).map((r) => r.rows as unknown[]);
-    } catch (err) {
-      throw translateDatabaseError(err);
-    }
-  });
-}
-
 /** Opens a pool on a PostgreSQL server. Connections are made lazily. */
 export function createPostgresStore(options: PostgresStoreOptions): Store {
   const schema = options.schema ?? 'mnemo';
@@ -126,7 +100,7 @@ export function createPostgresStore(options: PostgresStoreOptions): Store {
     kind: 'postgres',
     schema,
     ...base,
-    transaction<T>(fn: (tx: Transaction) => Promise<T>, txOptions: TransactionOptions = {}) {
+    transaction<T>(fn: (tx: Queryable) => Promise<T>, txOptions: TransactionOptions = {}) {
       return runTransactionWithRetries(async () => {
         let client: pg.PoolClient | undefined;
         try {
@@ -139,14 +113,11 @@ export function createPostgresStore(options: PostgresStoreOptions): Store {
           throw translateDatabaseError(err);
         }
         let broken = false;
-        const tx = wrapTransaction(client);
         try {
-          const result = await fn(tx);
-          if (!tx.committed) {
-            await client.query('commit').catch((err: unknown) => {
-              throw translateDatabaseError(err);
-            });
-          }
+          const result = await fn(wrap(client, true));
+          await client.query('commit').catch((err: unknown) => {
+            throw translateDatabaseError(err);
+          });
           return result;
         } catch (err) {
           try {

@@ -20,24 +20,6 @@ export interface Queryable {
   exec(sql: string): Promise<void>;
 }
 
-/** A statement and its bind parameters. */
-export interface Statement {
-  sql: string;
-  params?: readonly unknown[];
-}
-
-/** The handle {@link Store.transaction} passes to its callback. */
-export interface Transaction extends Queryable {
-  /**
-   * Runs `statements` in order as the transaction's last and commits it: on PostgreSQL all
-   * in one round trip (the parameters travel as quoted literals, the way the driver would
-   * send them as text). Returns each statement's rows. A failing statement aborts the
-   * transaction (nothing commits, the rest is skipped) and rejects. Afterwards the handle
-   * refuses statements and the callback should return.
-   */
-  queryAndCommit(statements: readonly Statement[]): Promise<unknown[][]>;
-}
-
 /** Options of {@link Store.transaction}. */
 export interface TransactionOptions {
   /**
@@ -62,7 +44,7 @@ export interface Store extends Queryable {
    * Use only `tx` inside `fn`: on PGlite the outer store waits until `fn` settles.
    * @throws MnemoError `unavailable` when retries are exhausted or the database is gone
    */
-  transaction<T>(fn: (tx: Transaction) => Promise<T>, options?: TransactionOptions): Promise<T>;
+  transaction<T>(fn: (tx: Queryable) => Promise<T>, options?: TransactionOptions): Promise<T>;
   /**
    * Subscribes to `channel` (PostgreSQL `LISTEN`); notifications sent with `pg_notify`
    * arrive after the sending transaction commits. Returns a function that unsubscribes.

@@ -1,8 +1,8 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 import { ErrorCode, MnemoError } from '../../src/core/errors.ts';
-import type { Engine, Job } from '../../src/engine/index.ts';
-import type { Store } from '../../src/store/types.ts';
+import { createEngine, type Engine, type Job, type JobSpec } from '../../src/engine/index.ts';
+import type { Queryable, Store } from '../../src/store/types.ts';
 import { eventually, openEngine } from '../helpers/engine.ts';
 
 const fast = { baseMs: 5, maxMs: 20 };
@@ -261,6 +261,25 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       expect(worker.activeCount).toBe(0);
     });
 
+    it('keeps its slots busy by wake-ups alone: 100 lanes × 10 jobs finish with the poll a minute away', async () => {
+      engine.register('noop', {});
+      const specs: JobSpec[] = [];
+      for (let n = 0; n < 10; n++) {
+        for (let lane = 0; lane < 100; lane++) {
+          specs.push({ kind: 'noop', lane: `L${lane}` });
+        }
+      }
+      await store.transaction((tx) => engine.enqueueMany(tx, 'default', specs));
+      // Any lost wake-up would leave work waiting for the poll, i.e. past this test's time.
+      await engine.startWorker({ concurrency: 10, pollIntervalMs: 60_000 });
+      await eventually(async () => {
+        const [row] = await store.query<{ n: number }>(
+          `select count(*)::int as n from jobs where status <> 'succeeded'`,
+        );
+        return row?.n === 0;
+      }, 15_000);
+    });
+
     it('claims ahead while its slots compute, and gives claimed-ahead jobs back on shutdown without counting the attempt', async () => {
       const started: number[] = [];
       engine.register<{ n: number }, void>('long', {
@@ -307,6 +326,7 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       const worker = await engine.startWorker({ concurrency: 1, prefetch: 0 });
       // Once a first job has come and gone, the worker idles (its claim loop waits).
       await waitDone((await enqueue({ kind: 'noop' })).job.id);
+      await eventually(() => worker.idleSlots === 1);
       // The slot is free: the enqueue statement itself claims the job for this worker.
       const first = await engine.enqueue(store, { kind: 'gated', lane: 'L1' });
       expect(first.job).toMatchObject({ status: 'running', attempts: 1 });
@@ -326,7 +346,16 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
     });
 
     it('announces a finished job to other processes only when someone there may wait for it', async () => {
-      engine.register('noop', {});
+      const write = {
+        apply: async (tx: Queryable, _computed: unknown, ctx: { id: number }) => {
+          await tx.query('insert into effects (job_id) values ($1)', [ctx.id]);
+          return null;
+        },
+      };
+      engine.register('write', write);
+      // Another process's engine on the same database: its own id, its own waiters.
+      const other = createEngine({ store, options: { waitPollIntervalMs: 60_000 } });
+      other.register('write', write);
       const announced = new Set<number>();
       const unlisten = await store.listen(`${store.schema}_done`, (payload) => {
         for (const id of payload.split(',')) {
@@ -334,25 +363,33 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
         }
       });
       try {
-        await engine.startWorker({ concurrency: 2 });
-        await engine.prepareWait();
-        const local = await engine.enqueue(store, { kind: 'noop', waiter: 'local' });
-        const none = await engine.enqueue(store, { kind: 'noop', waiter: 'none' });
-        const anyone = await engine.enqueue(store, { kind: 'noop' });
-        for (const { job } of [local, none, anyone]) {
-          expect(
-            (await engine.waitFor('default', job.id, { timeoutMs: 20_000, enqueued: job })).status,
-          ).toBe('succeeded');
+        await other.startWorker({ concurrency: 2 });
+        await Promise.all([engine.prepareWait(), other.prepareWait()]);
+        // No worker here: the other engine runs everything.
+        const mine = await engine.enqueue(store, { kind: 'write', waiter: 'local' });
+        const nobody = await engine.enqueue(store, { kind: 'write', waiter: 'none' });
+        const anyone = await engine.enqueue(store, { kind: 'write' });
+        const theirs = await other.enqueue(store, { kind: 'write', waiter: 'local' });
+        // Its own job is handed over in memory (its poll is a minute away).
+        const handed = await other.waitFor('default', theirs.job.id, {
+          timeoutMs: 20_000,
+          enqueued: theirs.job,
+        });
+        expect(handed.status).toBe('succeeded');
+        for (const { job } of [mine, nobody, anyone]) {
+          expect((await waitDone(job.id)).status).toBe('succeeded');
         }
         // Notifications arrive in commit order: once a later job's has come, the others
         // would have too.
-        const last = await engine.enqueue(store, { kind: 'noop' });
+        const last = await engine.enqueue(store, { kind: 'write' });
         await eventually(() => announced.has(last.job.id));
+        expect(announced.has(mine.job.id)).toBe(true);
         expect(announced.has(anyone.job.id)).toBe(true);
-        expect(announced.has(local.job.id)).toBe(false);
-        expect(announced.has(none.job.id)).toBe(false);
+        expect(announced.has(nobody.job.id)).toBe(false);
+        expect(announced.has(theirs.job.id)).toBe(false);
       } finally {
         await unlisten();
+        await other.stop();
       }
     });
 

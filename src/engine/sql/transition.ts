@@ -1,6 +1,7 @@
-import type { Queryable, Statement } from '../../store/types.ts';
-import type { JobError, JobStatus } from '../types.ts';
+import type { Queryable } from '../../store/types.ts';
+import { type Job, type JobError, type JobStatus, TERMINAL_STATUSES } from '../types.ts';
 import type { ClaimedRow } from './claim.ts';
+import { type JobRow, toJob } from './rows.ts';
 
 /** One job's move from `from` to `to`, applied only if the job is still where the caller saw it. */
 export interface Transition {
@@ -33,6 +34,8 @@ export interface TransitionOutcome {
   claimed: ClaimedRow[];
   /** With deferred notifications: the `done` payloads and the `jobs` wake-up still to send. */
   notifications: { announce: string[]; wake: boolean };
+  /** The finished jobs of `want`, as stored after the transition. */
+  rows: Job[];
 }
 
 /**
@@ -53,6 +56,20 @@ export interface Refill {
   kinds: readonly string[];
 }
 
+/** The jobs and batch parents a transition finished. */
+export function finishedIn(outcome: TransitionOutcome): number[] {
+  return [
+    ...[...outcome.moved].filter(([, status]) => TERMINAL_STATUSES.includes(status)).map(([id]) => id),
+    ...outcome.parents.filter((p) => TERMINAL_STATUSES.includes(p.status)).map((p) => p.id),
+  ];
+}
+
+/** A statement and its parameters. */
+export interface Statement {
+  sql: string;
+  params: unknown[];
+}
+
 /** What finish_jobs answers (see {@link parseFinished}). */
 export interface FinishedRow {
   out: {
@@ -62,8 +79,11 @@ export interface FinishedRow {
     claimed: ClaimedRow[];
     wake: boolean | null;
     announce: string[] | null;
+    rows: (Omit<JobRow, DateColumn> & Record<DateColumn, string | null>)[] | null;
   };
 }
+
+type DateColumn = 'run_at' | 'lease_expires_at' | 'created_at' | 'started_at' | 'finished_at';
 
 /**
  * The statement that applies `transitions` and optionally claims `refill.limit` jobs
@@ -77,7 +97,7 @@ export function finishStatement(
   channels: Channels,
   transitions: readonly Transition[],
   refill?: Refill,
-  options: { mustMove?: readonly number[]; deferNotify?: boolean } = {},
+  options: { mustMove?: readonly number[]; deferNotify?: boolean; want?: readonly number[] } = {},
 ): Statement {
   const mustMove = options.mustMove ?? [];
   const records = transitions.map((t) => ({
@@ -104,11 +124,13 @@ export function finishStatement(
     refill?.kinds ?? [],
     channels.engineId,
     options.deferNotify ?? false,
+    options.want ?? [],
   ];
-  const call = 'finish_jobs($1::jsonb, $2::bigint[], $3, $4, $5, $6, $7, $8::text[], $9, $10)';
+  const call =
+    'finish_jobs($1::jsonb, $2::bigint[], $3, $4, $5, $6, $7, $8::text[], $9, $10, $11::bigint[])';
   return mustMove.length === 0
     ? { sql: `select ${call} as out`, params }
-    : { sql: `select assert_moved(${call}, $11::bigint[]) as out`, params: [...params, mustMove] };
+    : { sql: `select assert_moved(${call}, $12::bigint[]) as out`, params: [...params, mustMove] };
 }
 
 /** The wake-ups a deferred transition left to send, as one statement (undefined: none). */
@@ -135,6 +157,16 @@ export function parseFinished(row: FinishedRow | undefined): TransitionOutcome {
     parents: (out?.parents ?? []).map(([id, status]) => ({ id, status })),
     claimed: (out?.claimed ?? []).sort((a, b) => a.id - b.id),
     notifications: { announce: out?.announce ?? [], wake: out?.wake === true },
+    rows: (out?.rows ?? []).map((r) =>
+      toJob({
+        ...r,
+        run_at: new Date(r.run_at ?? 0),
+        created_at: new Date(r.created_at ?? 0),
+        lease_expires_at: r.lease_expires_at === null ? null : new Date(r.lease_expires_at),
+        started_at: r.started_at === null ? null : new Date(r.started_at),
+        finished_at: r.finished_at === null ? null : new Date(r.finished_at),
+      }),
+    ),
   };
 }
 
@@ -155,6 +187,7 @@ export async function applyTransitions(
       parents: [],
       claimed: [],
       notifications: { announce: [], wake: false },
+      rows: [],
     };
   }
   const { sql, params } = finishStatement(channels, transitions, refill);
