@@ -129,6 +129,8 @@ interface Running {
   ctx: JobContext;
   startedAt: number;
   outcome?: Outcome;
+  /** Counted in Worker.#held: its slot is freed when its completion ends. */
+  holdsSlot?: boolean;
 }
 
 /** Runs jobs: claims into free slots, computes, completes in batched fenced transactions. */
@@ -152,6 +154,8 @@ export class Worker {
   readonly #maxFlushes: number;
   #claiming = 0;
   #computing = 0;
+  /** Jobs whose compute ended and whose one-statement completion still holds their slot. */
+  #held = 0;
   /**
    * The last claim found fewer jobs than it asked for, and no new work was announced since
    * it started (#workEpoch): compute ends then need not call the claim loop.
@@ -317,7 +321,7 @@ export class Worker {
    * may be waiting for their completion.
    */
   #freeSlots(): number {
-    const queued = this.#computing + this.#waiting.length + this.#claiming;
+    const queued = this.#computing + this.#held + this.#waiting.length + this.#claiming;
     return Math.min(
       this.#concurrency + this.#prefetch - queued,
       2 * this.#concurrency + this.#prefetch - this.#slots.size - this.#claiming,
@@ -326,7 +330,9 @@ export class Worker {
 
   /** Slots free to compute a job at once (an enqueue in this process may take one). */
   #idleSlots(): number {
-    return this.#concurrency - this.#computing - this.#waiting.length - this.#claiming;
+    return (
+      this.#concurrency - this.#computing - this.#held - this.#waiting.length - this.#claiming
+    );
   }
 
   /**
@@ -382,7 +388,7 @@ export class Worker {
     this.#deps.metrics.waitSeconds.observe({ kind: row.kind }, row.waited_s);
     if (this.#stopController.signal.aborted) {
       this.#release(running); // claimed by a call in flight when the worker began to stop
-    } else if (this.#computing < this.#concurrency) {
+    } else if (this.#computing + this.#held < this.#concurrency) {
       this.#start(running);
     } else {
       this.#waiting.push(running);
@@ -407,12 +413,18 @@ export class Worker {
     void this.#compute(running).then((outcome) => {
       running.outcome = outcome;
       this.#computing -= 1;
-      const next = this.#waiting.shift();
-      if (next !== undefined) {
-        this.#start(next);
-      }
-      if (!this.#drained) {
-        this.#wake.notify(); // a slot or a prefetch place is free and work waits: claim now
+      if (this.#needsTransaction(running)) {
+        // Its completion is a transaction of several round trips: the slot is free now, for
+        // a job claimed ahead or claimed at once, whose compute overlaps that completion.
+        this.#startWaiting();
+        if (!this.#drained) {
+          this.#wake.notify();
+        }
+      } else {
+        // A one-statement completion, batched with others: the slot stays taken until it
+        // commits, and is refilled in that same statement.
+        running.holdsSlot = true;
+        this.#held += 1;
       }
       this.#deps.metrics.runSeconds.observe(
         { kind: row.kind },
@@ -421,6 +433,16 @@ export class Worker {
       this.#toComplete.push(running);
       this.#flushSoon();
     });
+  }
+
+  /** Starts jobs claimed ahead while slots are free. */
+  #startWaiting(): void {
+    while (this.#waiting.length > 0 && this.#computing + this.#held < this.#concurrency) {
+      const next = this.#waiting.shift();
+      if (next !== undefined) {
+        this.#start(next);
+      }
+    }
   }
 
   async #compute(running: Running): Promise<Outcome> {
@@ -521,7 +543,10 @@ export class Worker {
       // Free slots (and prefetch places) are refilled in the same transaction, lane heads the
       // batch promotes among the candidates. Usually the claim loop has filled them already,
       // as each compute ended; this catches the rest without a round trip of its own.
-      const refill = this.#stopController.signal.aborted ? 0 : Math.max(0, this.#freeSlots());
+      const freed = batch.filter((r) => r.holdsSlot === true).length;
+      const refill = this.#stopController.signal.aborted
+        ? 0
+        : Math.max(0, this.#freeSlots() + freed);
       this.#claiming += refill;
       const epoch = this.#workEpoch;
       let claimed: ClaimedRow[] = [];
@@ -562,11 +587,16 @@ export class Worker {
         this.#claiming -= refill;
       }
       for (const running of batch) {
+        if (running.holdsSlot === true) {
+          running.holdsSlot = false;
+          this.#held -= 1;
+        }
         // The same job may hold a slot again by now (reaped and re-claimed by this worker).
         if (this.#slots.get(running.row.id) === running) {
           this.#slots.delete(running.row.id);
         }
       }
+      this.#startWaiting();
       for (const row of claimed) {
         this.#run(row);
       }
