@@ -16,12 +16,7 @@ import {
 } from './enqueue.ts';
 import { createEngineMetrics, type EngineMetrics } from './metrics.ts';
 import { JOB_COLUMNS, type JobRow, toJob } from './sql/rows.ts';
-import {
-  applyTransitions,
-  type Channels,
-  finishedIn,
-  type Transition,
-} from './sql/transition.ts';
+import { applyTransitions, type Channels, finishedIn, type Transition } from './sql/transition.ts';
 import {
   type BatchParentSpec,
   type Enqueued,

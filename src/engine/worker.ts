@@ -330,9 +330,7 @@ export class Worker {
 
   /** Slots free to compute a job at once (an enqueue in this process may take one). */
   #idleSlots(): number {
-    return (
-      this.#concurrency - this.#computing - this.#held - this.#waiting.length - this.#claiming
-    );
+    return this.#concurrency - this.#computing - this.#held - this.#waiting.length - this.#claiming;
   }
 
   /**

@@ -59,7 +59,9 @@ export interface Refill {
 /** The jobs and batch parents a transition finished. */
 export function finishedIn(outcome: TransitionOutcome): number[] {
   return [
-    ...[...outcome.moved].filter(([, status]) => TERMINAL_STATUSES.includes(status)).map(([id]) => id),
+    ...[...outcome.moved]
+      .filter(([, status]) => TERMINAL_STATUSES.includes(status))
+      .map(([id]) => id),
     ...outcome.parents.filter((p) => TERMINAL_STATUSES.includes(p.status)).map((p) => p.id),
   ];
 }
