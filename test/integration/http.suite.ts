@@ -253,6 +253,15 @@ export function httpSuite(kind: 'pglite' | 'postgres'): void {
       });
       expect(huge.status).toBe(413);
       expect(huge.body['error']['code']).toBe('payload_too_large');
+      // A declared length past the limit is refused before the body is read.
+      const declared = await h.call(
+        'POST',
+        '/v1/memory/ingest',
+        { user_id: 'u', user_query: 'hi' },
+        { 'content-length': String(10 * 1024 * 1024) },
+      );
+      expect(declared.status).toBe(413);
+      expect(declared.body['error']['code']).toBe('payload_too_large');
       expect(await countRows('jobs')).toBe(0);
     });
 
