@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 
 import { ErrorCode, MnemoError } from '../core/errors.ts';
 import { canonicalJson } from '../core/json.ts';
+import { databaseStateOf } from '../store/errors.ts';
 import type { Queryable } from '../store/types.ts';
 import type { ClaimedRow } from './sql/claim.ts';
 import { JOB_COLUMNS, type JobRow, toJob } from './sql/rows.ts';
@@ -170,8 +171,7 @@ async function insertJobs(
     }
     return rows.sort((a, b) => a.id - b.id);
   } catch (err) {
-    const details = err instanceof MnemoError ? (err.details as { sqlstate?: unknown }) : undefined;
-    if (details?.sqlstate === LANE_FULL) {
+    if (databaseStateOf(err) === LANE_FULL) {
       const cause = (err as MnemoError).cause;
       throw queueFull(ctx, cause instanceof Error ? cause.message : 'a lane is full');
     }
