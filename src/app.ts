@@ -3,7 +3,7 @@
  * every surface (HTTP, CLI, MCP) calls. Surfaces translate; they hold no logic of their own.
  */
 import type { Config } from './config.ts';
-import { ErrorCode, MnemoError } from './core/errors.ts';
+import { ErrorCode, isMnemoError, MnemoError } from './core/errors.ts';
 import { type Logger, silentLogger } from './core/logger.ts';
 import {
   type ChildCounts,
@@ -277,17 +277,42 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
   /** Whether this request waits for its job (in this process) or answers at once. */
   const waiterOf = (opts: WriteOptions) => (opts.wait ? ('local' as const) : ('none' as const));
 
-  /** After a write's enqueue (which ran after `prepare`): waits for its job if asked to. */
-  async function finish(tenantId: string, job: Job, opts: WriteOptions): Promise<WriteOutcome> {
+  /**
+   * After a write's enqueue (which ran after `prepare`): waits for its job if asked to.
+   * `durable: false` — the job may not be on disk yet (an enqueue with `syncCommit: false`,
+   * or a replay of one): answered unfinished, it is made durable first; answered finished,
+   * the synchronous commit that finished it covered it already.
+   */
+  async function finish(
+    tenantId: string,
+    job: Job,
+    opts: WriteOptions,
+    durable = true,
+  ): Promise<WriteOutcome> {
     if (job.status === 'pending') {
       engine.wakeWorkers(); // a claimed job runs already; a finished one needs nobody
     }
     let current = job;
-    if (opts.wait && !TERMINAL.has(job.status)) {
-      current = await engine.waitFor(tenantId, job.id, {
-        timeoutMs: opts.timeoutMs,
-        enqueued: job,
-      });
+    try {
+      if (opts.wait && !TERMINAL.has(job.status)) {
+        current = await engine.waitFor(tenantId, job.id, {
+          timeoutMs: opts.timeoutMs,
+          enqueued: job,
+        });
+      }
+      if (!durable && !TERMINAL.has(current.status)) {
+        await engine.makeDurable(job);
+      }
+    } catch (err) {
+      if (!durable && isMnemoError(err, ErrorCode.NotFound)) {
+        // Gone before anything made it durable: the database restarted. Nothing was
+        // acknowledged; the client may send it again.
+        throw new MnemoError(
+          ErrorCode.Unavailable,
+          `operation ${job.id} was lost by a database restart before it was accepted; send it again`,
+        );
+      }
+      throw err;
     }
     return { operation: toOperation(current), finished: TERMINAL.has(current.status) };
   }
@@ -304,16 +329,20 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
     async ingest(tenantId, userId, input, opts) {
       await prepare(opts);
       const payload: IngestPayload = { user_id: userId, ...input };
-      // One statement in autocommit: no transaction round trips around it.
-      const { job } = await engine.enqueue(store, {
+      // One statement in autocommit: no transaction round trips around it. A caller who
+      // waits is answered after the job's completion, whose synchronous commit makes the
+      // enqueue durable too: the enqueue need not wait for the disk itself (decision 0007).
+      const { job, created } = await engine.enqueue(store, {
         kind: MemoryJob.Ingest,
         tenantId,
         lane: userLane(userId),
         payload,
         idempotencyKey: clientKey(opts.idempotencyKey),
         waiter: waiterOf(opts),
+        syncCommit: !opts.wait,
       });
-      return finish(tenantId, job, opts);
+      // A replay may find a job another request enqueued without waiting for the disk.
+      return finish(tenantId, job, opts, created && !opts.wait);
     },
     async batchIngest(tenantId, userId, items, opts) {
       if (items.length > config.batchMaxItems) {

@@ -29,6 +29,9 @@ import {
 import { CompletionWaiter } from './waiter.ts';
 import { Worker, type WorkerOptions } from './worker.ts';
 
+/** What a handler's `applyFunction` may name: an unquoted identifier of the store's schema. */
+const SQL_NAME = /^[a-z_][a-z0-9_]*$/;
+
 /** Engine-wide settings. */
 export interface EngineOptions {
   /** Run time limit of one attempt when neither the job nor its kind sets one. @defaultValue 60000 */
@@ -41,7 +44,11 @@ export interface EngineOptions {
   maxPendingTotal?: number;
   /** `Retry-After` suggested with `queue_full`. @defaultValue 1000 */
   queueFullRetryAfterMs?: number;
-  /** How long a count of pending jobs is reused by admission control. @defaultValue 1000 */
+  /**
+   * How long a count of pending jobs is trusted by admission control; after that it is
+   * refreshed in the background while the last count still serves (0: count at every
+   * enqueue). @defaultValue 1000
+   */
   pendingCountTtlMs?: number;
   /** How often `waitFor` re-reads a job if no notification arrives. @defaultValue 1000 */
   waitPollIntervalMs?: number;
@@ -108,6 +115,14 @@ export interface Engine {
    * @throws MnemoError `not_found`
    */
   cancel(tenantId: string, id: number): Promise<Job>;
+  /**
+   * Makes `job` (as its enqueue returned it) durable, with everything committed before: one
+   * synchronous commit of a write to its row (a commit that wrote nothing is not flushed).
+   * For a job enqueued with `syncCommit: false`, before it is acknowledged unfinished.
+   * @throws MnemoError `not_found`: the job is not there any more (lost before it was
+   *   durable; its id may even name a later job)
+   */
+  makeDurable(job: Job): Promise<void>;
   /** Waits until the job is finished or the timeout passes; returns it as it stands then. */
   waitFor(tenantId: string, id: number, options: WaitOptions): Promise<Job>;
   /** Resolves once this process hears of finished jobs (see {@link WaitOptions.enqueued}). */
@@ -143,7 +158,15 @@ export function createEngine(deps: {
   };
   const waiter = new CompletionWaiter(store, channels.done, logger);
   const workers = new Set<Worker>();
-  const pendingCount = { value: 0, at: -Infinity };
+  const pendingCount = {
+    value: 0,
+    at: -Infinity,
+    refreshing: undefined as Promise<void> | undefined,
+  };
+  const countPending = async (q: Queryable) =>
+    (
+      await q.query<{ n: number }>(`select count(*)::int as n from jobs where status = 'pending'`)
+    )[0]?.n ?? 0;
   const ttl = options.pendingCountTtlMs ?? 1000;
 
   const enqueueContext: EnqueueContext = {
@@ -158,15 +181,29 @@ export function createEngine(deps: {
     maxPendingPerLane: options.maxPendingPerLane ?? 10_000,
     maxPendingTotal: options.maxPendingTotal ?? 1_000_000,
     retryAfterMs: options.queueFullRetryAfterMs ?? 1000,
-    async pendingTotal(q) {
+    async pendingTotal(q, fresh = false) {
       const now = performance.now();
-      if (now - pendingCount.at > ttl) {
-        const [row] = await q.query<{ n: number }>(
-          `select count(*)::int as n from jobs where status = 'pending'`,
-        );
-        pendingCount.value = row?.n ?? 0;
-        pendingCount.at = now;
+      if (now - pendingCount.at <= ttl) {
+        return pendingCount.value;
       }
+      if (fresh || ttl === 0 || pendingCount.at === -Infinity) {
+        // No count yet, none may be reused, or the caller would refuse work on a stale one:
+        // count now, in the caller's transaction.
+        pendingCount.value = await countPending(q);
+        pendingCount.at = now;
+        return pendingCount.value;
+      }
+      // Stale: one refresh in the background (not in the caller's transaction), while the
+      // last count still serves; enqueues do not queue behind a count of the whole table.
+      pendingCount.refreshing ??= countPending(store)
+        .then((n) => {
+          pendingCount.value = n;
+          pendingCount.at = performance.now();
+        })
+        .catch((err: unknown) => logger.warn({ err }, 'counting pending jobs failed'))
+        .finally(() => {
+          pendingCount.refreshing = undefined;
+        });
       return pendingCount.value;
     },
   };
@@ -207,6 +244,13 @@ export function createEngine(deps: {
     register(kind, handler) {
       if (handlers.has(kind)) {
         throw new MnemoError(ErrorCode.Internal, `job kind ${kind} is already registered`);
+      }
+      const fn = handler.applyFunction;
+      if (fn !== undefined && (handler.apply !== undefined || !SQL_NAME.test(fn.name))) {
+        throw new MnemoError(
+          ErrorCode.Internal,
+          `job kind ${kind}: applyFunction needs a plain function name and no apply`,
+        );
       }
       handlers.set(kind, handler as JobHandler);
     },
@@ -335,17 +379,33 @@ export function createEngine(deps: {
       }
       return job;
     },
+    async makeDurable(job) {
+      const [row] = await store.query<{ created_at: Date }>(
+        `update jobs set updated_at = updated_at where tenant_id = $1 and id = $2
+         returning created_at`,
+        [job.tenantId, job.id],
+      );
+      // Another job with the same id (see waitFor) was only touched, not changed.
+      if (row === undefined || Math.abs(row.created_at.getTime() - job.createdAt.getTime()) > 1) {
+        throw new MnemoError(ErrorCode.NotFound, `operation ${job.id} not found`);
+      }
+    },
     async waitFor(tenantId, id, { timeoutMs, signal, enqueued }) {
       const deadline = performance.now() + timeoutMs;
       const poll = options.waitPollIntervalMs ?? 1000;
       // Watch before reading: a finish between the read and the wait still wakes us.
       const watch = await waiter.watch(id);
       let known = enqueued?.id === id && enqueued.tenantId === tenantId ? enqueued : undefined;
+      // The job its enqueue returned, and no other: a job lost in a database crash before
+      // its commit was flushed may leave its id to a later job (decision 0007).
+      const born = known?.createdAt.getTime();
+      const same = (job: Job) =>
+        born === undefined || Math.abs(job.createdAt.getTime() - born) <= 1;
       let handOver = true;
       try {
         for (;;) {
           const seen = waiter.finished(id);
-          if (seen !== undefined && seen !== null && seen.tenantId === tenantId) {
+          if (seen !== undefined && seen !== null && seen.tenantId === tenantId && same(seen)) {
             return seen; // handed over by a completion in this process
           }
           if (seen === null && handOver && [...workers].some((w) => w.holds(id))) {
@@ -358,7 +418,7 @@ export function createEngine(deps: {
           const job =
             seen === undefined && known !== undefined ? known : await readJob(store, tenantId, id);
           known = undefined;
-          if (job === undefined) {
+          if (job === undefined || !same(job)) {
             throw new MnemoError(ErrorCode.NotFound, `operation ${id} not found`);
           }
           const left = deadline - performance.now();
@@ -401,6 +461,13 @@ export function createEngine(deps: {
       await Promise.all([...workers].map((w) => w.stop()));
       workers.clear();
       await waiter.close();
+      // Before the caller closes the store (bounded: a count stuck on a lock must not hang).
+      if (pendingCount.refreshing !== undefined) {
+        await Promise.race([
+          pendingCount.refreshing,
+          new Promise((resolve) => setTimeout(resolve, 1000).unref()),
+        ]);
+      }
     },
   };
   return engine;

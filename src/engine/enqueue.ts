@@ -19,7 +19,8 @@ export interface EnqueueContext {
   /** Pending jobs overall past which enqueue fails with `queue_full`. */
   maxPendingTotal: number;
   /** Pending jobs overall, as last counted (a cached estimate). */
-  pendingTotal(q: Queryable): Promise<number>;
+  /** Pending jobs, possibly a little stale; `fresh`: counted within the TTL. */
+  pendingTotal(q: Queryable, fresh?: boolean): Promise<number>;
   /** Suggested wait for a caller refused with `queue_full`. */
   retryAfterMs: number;
 }
@@ -142,8 +143,12 @@ async function insertJobs(
   jobs: readonly Prepared[],
   parentId: number | null,
   claim?: ClaimFor,
+  syncCommit = true,
 ): Promise<(JobRow & { timeout_ms: number | null })[]> {
-  const total = await ctx.pendingTotal(q);
+  let total = await ctx.pendingTotal(q);
+  if (total + jobs.length > ctx.maxPendingTotal) {
+    total = await ctx.pendingTotal(q, true); // refuse on a fresh count only
+  }
   if (total + jobs.length > ctx.maxPendingTotal) {
     throw queueFull(ctx, `the queue holds ${total} pending jobs (limit ${ctx.maxPendingTotal})`);
   }
@@ -151,8 +156,11 @@ async function insertJobs(
   const records = jobs.map((job) => ({ ...job, payload: JSON.parse(job.payload) as unknown }));
   try {
     const defer = !q.inTransaction;
+    // Evaluated before the statement's own commit, which it makes asynchronous.
+    const asyncCommit =
+      defer && !syncCommit ? `, set_config('synchronous_commit', 'off', true)` : '';
     const rows = await q.query<JobRow & { timeout_ms: number | null; ready: boolean }>(
-      `select ${JOB_COLUMNS}, j.timeout_ms, j.ready
+      `select ${JOB_COLUMNS}, j.timeout_ms, j.ready${asyncCommit}
          from enqueue_jobs($1, $2::jsonb, $3, $4, $5, $6, $7::text[], $8) as j`,
       [
         tenantId,
@@ -247,7 +255,7 @@ export async function enqueueJob(
       return { job: toJob(existing), created: false };
     }
   }
-  const [row] = await insertJobs(tx, ctx, tenantId, [job], null, claim);
+  const [row] = await insertJobs(tx, ctx, tenantId, [job], null, claim, spec.syncCommit !== false);
   if (row !== undefined) {
     if (row.status !== 'running') {
       return { job: toJob(row), created: true };

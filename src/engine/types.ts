@@ -36,6 +36,15 @@ export interface JobSpec {
    * finish is never announced). Absent: every process hears of its finish.
    */
   waiter?: 'local' | 'none';
+  /**
+   * `false`: an enqueue outside a transaction commits without waiting for its write-ahead log
+   * to reach disk (`synchronous_commit = off` for that one statement). A crash of the
+   * database in the next moments may then lose the job, so the caller must not acknowledge
+   * it before a later synchronous commit covers it: the job's completion (the log is written
+   * in order), or {@link Engine.makeDurable}. Ignored inside a transaction (its commit
+   * decides) and by `enqueueMany`. @defaultValue true
+   */
+  syncCommit?: boolean;
 }
 
 /** The parent of a batch: it has no handler; its status is derived from its children. */
@@ -129,9 +138,19 @@ export interface JobHandler<P = unknown, C = unknown> {
   compute?: (ctx: JobContext<P>) => Promise<C>;
   /**
    * Short, transactional: re-read what it needs and write. Its return value is the job's
-   * result (JSON). Without `apply` the result is what `compute` returned.
+   * result (JSON). Without `apply` (or `applyFunction`) the result is what `compute`
+   * returned.
    */
   apply?: (tx: Queryable, computed: C, ctx: JobContext<P>) => Promise<unknown>;
+  /**
+   * The apply as a database function instead of code (not with `apply`): `name` is a
+   * function of the store's schema taking one `jsonb` and returning the job's result as
+   * `jsonb`; `argument` builds that argument (JSON) from what `compute` returned. The engine
+   * calls the function inside the very statement that completes the job, so apply and
+   * completion cost one round trip, with no transaction around them; it gives the same
+   * guarantees as `apply` (the writes commit exactly when the job succeeds).
+   */
+  applyFunction?: { name: string; argument: (computed: C, ctx: JobContext<P>) => unknown };
   /**
    * Runs in the transaction that fails the job for good — its completion (the last attempt
    * failed, or its error is final), or the reaper's (its worker stopped on the last attempt):

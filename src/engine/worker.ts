@@ -4,6 +4,7 @@ import { coerceError, ErrorCode, isMnemoError, MnemoError } from '../core/errors
 import { createId } from '../core/ids.ts';
 import type { Logger } from '../core/logger.ts';
 import { databaseStateOf, isRetryableDatabaseError } from '../store/errors.ts';
+import { quoteIdent } from '../store/quote.ts';
 import { runTransactionWithRetries } from '../store/retry.ts';
 import type { Queryable, Store } from '../store/types.ts';
 import { DEFAULT_BACKOFF, retryDelayMs } from './backoff.ts';
@@ -11,6 +12,7 @@ import type { EngineMetrics } from './metrics.ts';
 import { WakeSignal } from './signal.ts';
 import { type ClaimedRow, claimJobs, extendLeases, findExpired } from './sql/claim.ts';
 import {
+  type AppliedInStatement,
   applyTransitions,
   type Channels,
   finishedIn,
@@ -104,8 +106,11 @@ function contextOf(
   };
 }
 
-/** How carefully a completion transaction runs its applies (see Worker.#complete). */
-type CompletionMode = 'fast' | 'checked' | 'isolated';
+/**
+ * How a completion with applies runs (see Worker.#complete): `fused` — one autocommit
+ * statement (database-function applies only), the others a transaction.
+ */
+type CompletionMode = 'fused' | 'fast' | 'checked' | 'isolated';
 
 type Outcome = { ok: true; computed: unknown } | { ok: false; error: Error; release?: boolean };
 
@@ -152,7 +157,10 @@ export class Worker {
   #applyFlushes = 0;
   #flushScheduled = false;
   readonly #maxFlushes: number;
+  /** Places asked for by claims in flight and by enqueues that may claim (#reserved). */
   #claiming = 0;
+  /** Slots reserved by enqueues in flight in this process (see reserve). */
+  #reserved = 0;
   #computing = 0;
   /** Jobs whose compute ended and whose one-statement completion still holds their slot. */
   #held = 0;
@@ -238,22 +246,25 @@ export class Worker {
       return undefined;
     }
     this.#claiming += 1;
+    this.#reserved += 1;
     return { workerId: this.id, leaseMs: this.#leaseMs, kinds: this.#kinds };
   }
 
   /** Runs a job claimed for this worker at enqueue, in the slot reserved for it. */
   adopt(row: ClaimedRow): void {
     this.#claiming -= 1;
+    this.#reserved -= 1;
     this.#run(row); // released at once if the worker began to stop meanwhile
   }
 
   /** Gives back a reserved slot the enqueue did not use. */
   unreserve(): void {
     this.#claiming -= 1;
+    this.#reserved -= 1;
     this.#newWork();
   }
 
-  /** Slots free to compute a job this moment (none while a claim is in flight). */
+  /** Slots free to compute a job this moment (an enqueue in this process may take one). */
   get idleSlots(): number {
     return Math.max(0, this.#idleSlots());
   }
@@ -328,9 +339,14 @@ export class Worker {
     );
   }
 
-  /** Slots free to compute a job at once (an enqueue in this process may take one). */
+  /**
+   * Slots free to compute a job at once (an enqueue in this process may take one). A claim
+   * in flight does not count: it asks for work that may not exist (it usually finds none
+   * when nothing queues); what it brings beyond the free slots waits as prefetched, and
+   * beyond the prefetch goes back (#run).
+   */
   #idleSlots(): number {
-    return this.#concurrency - this.#computing - this.#held - this.#waiting.length - this.#claiming;
+    return this.#concurrency - this.#computing - this.#held - this.#waiting.length - this.#reserved;
   }
 
   /**
@@ -388,16 +404,20 @@ export class Worker {
       this.#release(running); // claimed by a call in flight when the worker began to stop
     } else if (this.#computing + this.#held < this.#concurrency) {
       this.#start(running);
-    } else {
+    } else if (this.#waiting.length < this.#prefetch) {
       this.#waiting.push(running);
+    } else {
+      // More than the slots and the prefetch allow (an enqueue took a slot while a claim was
+      // in flight, and the claim found work after all): another worker may run it now.
+      this.#release(running, 'no free slot; job released');
     }
   }
 
   /** Hands a job this worker holds but will not run back to pending (attempt not counted). */
-  #release(running: Running): void {
+  #release(running: Running, reason = 'worker shutting down; job released'): void {
     running.outcome = {
       ok: false,
-      error: new MnemoError(ErrorCode.Unavailable, 'worker shutting down; job released'),
+      error: new MnemoError(ErrorCode.Unavailable, reason),
       release: true,
     };
     this.#toComplete.push(running);
@@ -411,9 +431,10 @@ export class Worker {
     void this.#compute(running).then((outcome) => {
       running.outcome = outcome;
       this.#computing -= 1;
-      if (this.#needsTransaction(running)) {
-        // Its completion is a transaction of several round trips: the slot is free now, for
-        // a job claimed ahead or claimed at once, whose compute overlaps that completion.
+      if (this.#hasApply(running)) {
+        // Its completion writes (a transaction, or a statement running its apply function):
+        // the slot is free now, for a job claimed ahead or claimed at once, whose compute
+        // overlaps that completion.
         this.#startWaiting();
         if (!this.#drained) {
           this.#wake.notify();
@@ -502,7 +523,7 @@ export class Worker {
         return;
       }
       const batch = this.#takeBatch();
-      const applies = batch.some((r) => this.#needsTransaction(r));
+      const applies = batch.some((r) => this.#hasApply(r));
       this.#flushes += 1;
       this.#applyFlushes += applies ? 1 : 0;
       void this.#flush(batch, applies).finally(() => {
@@ -550,9 +571,9 @@ export class Worker {
       let claimed: ClaimedRow[] = [];
       try {
         // Without applies the whole completion is one autocommit statement; with them, the
-        // applies and the completion share one fenced transaction.
+        // applies and the completion share one fenced statement or transaction.
         const done = applies
-          ? await this.#completeInTransaction(batch, refill)
+          ? await this.#completeWithApplies(batch, refill)
           : await runTransactionWithRetries(
               () => this.#complete(this.#deps.store, batch, refill),
               5,
@@ -606,23 +627,42 @@ export class Worker {
   }
 
   /**
-   * The fast path first; a lease lost while applying runs the batch again with leases
-   * checked first, and a failing apply (which aborted the transaction) with each apply in a
-   * savepoint of its own.
+   * The fast path first: one statement when every apply is a database function and no
+   * failure hook runs, else a transaction. A lease lost while applying runs the batch again
+   * in a transaction with leases checked first; a failing apply (which aborted the
+   * statement or transaction) with each apply in a savepoint of its own.
    */
-  async #completeInTransaction(batch: readonly Running[], refill: number): Promise<Completed> {
-    let mode: CompletionMode = 'fast';
+  async #completeWithApplies(batch: readonly Running[], refill: number): Promise<Completed> {
+    // A job with a failure hook may still fail (its argument throws, its run timed out):
+    // its batch takes a transaction from the start.
+    let mode: CompletionMode = batch.some(
+      (r) => this.#needsTransaction(r) || r.handler.onFailure !== undefined,
+    )
+      ? 'fast'
+      : 'fused';
     for (;;) {
       const current = mode;
       try {
-        return await this.#deps.store.transaction((tx) =>
-          this.#complete(tx, batch, refill, current),
-        );
+        return current === 'fused'
+          ? await runTransactionWithRetries(
+              () => this.#complete(this.#deps.store, batch, refill, current),
+              5,
+            )
+          : await this.#deps.store.transaction((tx) => this.#complete(tx, batch, refill, current));
       } catch (err) {
-        if (err instanceof ApplyFailed && current !== 'isolated') {
-          mode = 'isolated';
-        } else if (current === 'fast' && databaseStateOf(err) === LEASE_LOST_SQLSTATE) {
+        const state = databaseStateOf(err);
+        if ((current === 'fused' || current === 'fast') && state === LEASE_LOST_SQLSTATE) {
           mode = 'checked';
+        } else if (err instanceof ApplyFailed && current !== 'isolated') {
+          mode = 'isolated';
+        } else if (
+          current === 'fused' &&
+          state !== undefined &&
+          !isMnemoError(err, ErrorCode.Unavailable)
+        ) {
+          // The statement failed in an apply function, or in finish_jobs itself: the
+          // isolated transaction tells which job's apply it was (or fails the same way).
+          mode = 'isolated';
         } else {
           throw err;
         }
@@ -649,13 +689,24 @@ export class Worker {
     const outcomes = new Map<number, Outcome>(
       batch.map((r) => [r.row.id, r.outcome ?? failedUnknown()]),
     );
-    const applying = batch.filter((r) => r.outcome?.ok === true && r.handler.apply !== undefined);
+    const applying = batch.filter((r) => r.outcome?.ok === true && this.#hasApply(r));
     const hooked = batch.filter(
       (r) => r.outcome?.ok === false && r.handler.onFailure !== undefined,
     );
     const lost = new Set<number>();
-    const checkFirst = mode !== 'fast' || hooked.length > 0;
-    if (!checkFirst) {
+    const checkFirst = mode === 'checked' || mode === 'isolated' || hooked.length > 0;
+    // In one statement, the apply functions run as arguments of finish_jobs.
+    const inStatement: AppliedInStatement[] = [];
+    if (mode === 'fused') {
+      for (const running of applying) {
+        const outcome = this.#functionArgument(running);
+        if (outcome.ok) {
+          inStatement.push(outcome.applied);
+        } else {
+          outcomes.set(running.row.id, outcome);
+        }
+      }
+    } else if (!checkFirst) {
       for (const running of applying) {
         outcomes.set(running.row.id, await this.#applyOne(q, running, false));
       }
@@ -700,18 +751,26 @@ export class Worker {
       workerId: this.id,
       kinds: this.#kinds,
     };
+    // Completions with applies, in a transaction or fused into one statement, defer their
+    // wake-ups and hand over the rows of watched jobs; plain ones notify themselves.
+    const deferred = q.inTransaction || mode === 'fused';
     let result: TransitionOutcome;
-    if (!q.inTransaction) {
+    if (!deferred) {
       result = await applyTransitions(q, this.#deps.channels, transitions, refillSpec);
     } else {
       const ids = new Set(batch.flatMap((r) => [r.row.id, r.row.parent_id ?? r.row.id]));
       const finish = finishStatement(this.#deps.channels, transitions, refillSpec, {
         // Applied on the fast path: the statement fails unless each of them moved.
-        mustMove: checkFirst ? [] : applying.map((r) => r.row.id),
+        mustMove: checkFirst
+          ? []
+          : mode === 'fused'
+            ? inStatement.map((a) => a.id)
+            : applying.map((r) => r.row.id),
         // Wake-ups leave after the commit (#notifyAfter): a NOTIFY inside would hold a
         // database-wide lock through this commit's flush.
         deferNotify: true,
         want: this.#deps.watched?.([...ids]) ?? [],
+        applied: inStatement,
       });
       const [row] = await q.query<FinishedRow>(finish.sql, finish.params);
       result = parseFinished(row);
@@ -733,8 +792,8 @@ export class Worker {
       claimed: result.claimed,
       finished,
       rows: new Map(result.rows.map((job) => [job.id, job])),
-      // In autocommit finish_jobs sent them itself.
-      notifications: q.inTransaction ? result.notifications : { announce: [], wake: false },
+      // Otherwise finish_jobs sent them itself.
+      notifications: deferred ? result.notifications : { announce: [], wake: false },
     };
   }
 
@@ -774,17 +833,70 @@ export class Worker {
       : r.handler.onFailure !== undefined;
   }
 
+  /** A completion that writes: handler code, or an apply function. */
+  #hasApply(r: Running): boolean {
+    return (
+      this.#needsTransaction(r) || (r.outcome?.ok === true && r.handler.applyFunction !== undefined)
+    );
+  }
+
+  /** The call of a job's apply function, or why the job fails instead (as an apply would). */
+  #functionArgument(
+    running: Running,
+  ): { ok: true; applied: AppliedInStatement } | (Outcome & { ok: false }) {
+    const { handler, ctx, controller, row } = running;
+    if (controller.signal.aborted) {
+      return { ok: false, error: coerceError(controller.signal.reason) };
+    }
+    const fn = handler.applyFunction;
+    if (fn === undefined || running.outcome?.ok !== true) {
+      return failedUnknown();
+    }
+    try {
+      return {
+        ok: true,
+        applied: {
+          id: row.id,
+          name: this.#functionName(fn.name),
+          argument: JSON.stringify(fn.argument(running.outcome.computed, ctx) ?? null),
+        },
+      };
+    } catch (err) {
+      // Its argument could not be built or written as JSON: the job's failure, not the batch's.
+      return { ok: false, error: coerceError(err) };
+    }
+  }
+
+  /** An apply function's name, qualified with the store's schema (no built-in shadows it). */
+  #functionName(name: string): string {
+    return `${quoteIdent(this.#deps.store.schema)}.${quoteIdent(name)}`;
+  }
+
+  /** Runs a job's apply: its code, or its function as a statement of its own. */
+  async #runApply(tx: Queryable, running: Running, computed: unknown): Promise<unknown> {
+    const { handler, ctx } = running;
+    const fn = handler.applyFunction;
+    if (fn === undefined) {
+      return handler.apply?.(tx, computed, ctx);
+    }
+    const [row] = await tx.query<{ result: unknown }>(
+      `select ${this.#functionName(fn.name)}($1::jsonb) as result`,
+      [JSON.stringify(fn.argument(computed, ctx) ?? null)],
+    );
+    return row?.result ?? null;
+  }
+
   async #applyOne(tx: Queryable, running: Running, isolate: boolean): Promise<Outcome> {
-    const { handler, ctx, controller } = running;
+    const { controller } = running;
     if (controller.signal.aborted) {
       return { ok: false, error: coerceError(controller.signal.reason) };
     }
     const computed = running.outcome?.ok === true ? running.outcome.computed : undefined;
     if (!isolate) {
       // The common case costs no savepoints; a failing apply aborts the whole transaction
-      // and the batch is completed again with each apply isolated (#completeInTransaction).
+      // and the batch is completed again with each apply isolated (#completeWithApplies).
       try {
-        return { ok: true, computed: await handler.apply?.(tx, computed, ctx) };
+        return { ok: true, computed: await this.#runApply(tx, running, computed) };
       } catch (err) {
         // A deadlock or serialization failure is the transaction's, not the job's: the whole
         // completion is retried and no attempt is charged.
@@ -793,7 +905,7 @@ export class Worker {
     }
     await tx.query('savepoint job_apply');
     try {
-      const result = await handler.apply?.(tx, computed, ctx);
+      const result = await this.#runApply(tx, running, computed);
       await tx.query('release savepoint job_apply');
       return { ok: true, computed: result };
     } catch (err) {
@@ -993,7 +1105,7 @@ class ApplyFailed extends Error {
 /** Raised by assert_moved (migration 0008): a job applied on the fast path had lost its lease. */
 const LEASE_LOST_SQLSTATE = 'MNL01';
 
-function failedUnknown(): Outcome {
+function failedUnknown(): Outcome & { ok: false } {
   return {
     ok: false,
     error: new MnemoError(ErrorCode.Internal, 'job finished without an outcome'),

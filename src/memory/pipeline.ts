@@ -34,47 +34,6 @@ export function userLane(userId: string): string {
   return `user:${userId}`;
 }
 
-// Every write of one ingest in one statement (the profile, facts and events with their
-// dedup keys, the turn, the turn count): one round trip inside the job's completion
-// transaction. The summary text is derived when read (readProfile), not stored.
-const WRITE_TURN_SQL = `with
-  profile_set as (
-    insert into profile_attributes (tenant_id, user_id, key, value, operation_id)
-    select $1, $2, k, v, $3 from unnest($4::text[], $5::text[]) as a(k, v)
-    on conflict (tenant_id, user_id, key)
-    do update set value = excluded.value, operation_id = excluded.operation_id, updated_at = now()
-    returning key),
-  profile_unset as (
-    delete from profile_attributes
-    where tenant_id = $1 and user_id = $2 and key = any($6::text[]) returning key),
-  facts as (
-    insert into memories (tenant_id, user_id, text, norm, source, operation_id, occurred_at)
-    select $1, $2, t, n, $9, $3, $10::timestamptz
-    from unnest($7::text[], $8::text[]) with ordinality as m(t, n, i) order by i
-    on conflict (tenant_id, user_id, norm_key) do nothing
-    returning id, text),
-  dated as (
-    insert into events (tenant_id, user_id, date, description, norm, operation_id)
-    select $1, $2, d::date, t, n, $3
-    from unnest($11::text[], $12::text[], $13::text[]) with ordinality as e(d, t, n, i) order by i
-    on conflict (tenant_id, user_id, date, norm_key) do nothing
-    returning id, date::text as date, description),
-  turn as (
-    insert into turns (tenant_id, user_id, user_query, agent_response, source, session_id,
-      operation_id, occurred_at)
-    values ($1, $2, $14, $15, $9, $16, $3, coalesce($10::timestamptz, now()))
-    returning id),
-  summary as (
-    insert into user_summaries as s (tenant_id, user_id, turn_count, last_ingested_at)
-    values ($1, $2, 1, now())
-    on conflict (tenant_id, user_id)
-    do update set turn_count = s.turn_count + 1, last_ingested_at = now()
-    returning turn_count)
-  select
-    (select coalesce(json_agg(json_build_object('id', 'mem_' || f.id, 'text', f.text) order by f.id), '[]'::json) from facts f) as facts,
-    (select coalesce(json_agg(json_build_object('id', 'evt_' || d.id, 'date', d.date, 'description', d.description) order by d.id), '[]'::json) from dated d) as events,
-    (select turn_count from summary) as turn_count`;
-
 /** Whose memory a turn goes to, and which operation writes it. */
 export interface TurnTarget {
   tenantId: string;
@@ -92,9 +51,36 @@ export interface TurnRecord {
 }
 
 /**
- * Writes one turn's extraction — profile, facts, events, the turn, the turn count — in one
- * statement. Runs in the apply transaction of a job of the user's lane (ingest, session
- * commit), which makes it the only writer of this user's memory at that moment.
+ * The argument of `write_turn` (migration 0009), which writes one turn's extraction — the
+ * profile, facts and events with their dedup keys, the turn, the turn count — and returns
+ * the {@link IngestResult}. Normalisation happens here, beside the extractors.
+ */
+export function turnArgument(target: TurnTarget, turn: TurnRecord, found: Extraction): unknown {
+  return {
+    tenant_id: target.tenantId,
+    user_id: target.userId,
+    operation_id: target.operationId,
+    set: found.set,
+    unset: found.unset,
+    memories: found.memories,
+    memory_norms: found.memories.map(normalizeText),
+    events: found.events.map((e) => ({
+      date: e.date,
+      description: e.description,
+      norm: normalizeText(e.description),
+    })),
+    source: turn.source ?? null,
+    occurred_at: turn.occurred_at ?? null,
+    user_query: turn.user_query,
+    agent_response: turn.agent_response ?? null,
+    session_id: turn.session_id ?? null,
+  };
+}
+
+/**
+ * Writes one turn's extraction in one statement (`write_turn`). Runs in the apply
+ * transaction of a job of the user's lane (a session's commit), which makes it the only
+ * writer of this user's memory at that moment.
  */
 export async function writeTurn(
   tx: Queryable,
@@ -102,37 +88,13 @@ export async function writeTurn(
   turn: TurnRecord,
   found: Extraction,
 ): Promise<IngestResult> {
-  const keys = Object.keys(found.set);
-  const [row] = await tx.query<{
-    facts: { id: string; text: string }[];
-    events: { id: string; date: string; description: string }[];
-    turn_count: number;
-  }>(WRITE_TURN_SQL, [
-    target.tenantId,
-    target.userId,
-    target.operationId,
-    keys,
-    keys.map((k) => found.set[k] ?? ''),
-    found.unset,
-    found.memories,
-    found.memories.map(normalizeText),
-    turn.source ?? null,
-    turn.occurred_at ?? null,
-    found.events.map((e) => e.date),
-    found.events.map((e) => e.description),
-    found.events.map((e) => normalizeText(e.description)),
-    turn.user_query,
-    turn.agent_response ?? null,
-    turn.session_id ?? null,
+  const [row] = await tx.query<{ result: IngestResult }>('select write_turn($1::jsonb) as result', [
+    JSON.stringify(turnArgument(target, turn, found)),
   ]);
-  const facts = row?.facts ?? [];
-  const events = row?.events ?? [];
-  return {
-    memories: { added: facts, duplicates: found.memories.length - facts.length },
-    profile: { set: found.set, unset: found.unset },
-    events: { added: events, duplicates: found.events.length - events.length },
-    summary: { turn_count: row?.turn_count ?? 0 },
-  };
+  if (row === undefined) {
+    throw new Error('write_turn returned no row');
+  }
+  return row.result;
 }
 
 /** Registers the memory jobs with the engine. */
@@ -153,15 +115,18 @@ export function registerMemoryJobs(
         },
         ctx.signal,
       ),
-    // The lane makes this the only writer of this user's memory right now, and the lease
-    // check before apply makes it the only attempt whose writes commit.
-    apply: (tx, found, ctx) =>
-      writeTurn(
-        tx,
-        { tenantId: ctx.tenantId, userId: ctx.payload.user_id, operationId: ctx.id },
-        ctx.payload,
-        found,
-      ),
+    // The lane makes this the only writer of this user's memory right now, and the fenced
+    // completion makes it the only attempt whose writes commit. As a database function, the
+    // writes ride in the statement that completes the job.
+    applyFunction: {
+      name: 'write_turn',
+      argument: (found, ctx) =>
+        turnArgument(
+          { tenantId: ctx.tenantId, userId: ctx.payload.user_id, operationId: ctx.id },
+          ctx.payload,
+          found,
+        ),
+    },
   });
 
   engine.register<{ user_id: string }, void>(MemoryJob.DeleteUser, {

@@ -22,8 +22,14 @@ describePg('engine across processes (PostgreSQL)', () => {
     await migrate(store);
     await store.exec(`create table run_log (job_id bigint not null, lane text, n int, pid int not null,
       attempt int not null, started_at timestamptz not null, ended_at timestamptz not null)`);
+    await store.exec(`create function log_run(p jsonb) returns jsonb language sql as $$
+      insert into run_log (job_id, lane, n, pid, attempt, started_at, ended_at)
+      values ((p->>'job_id')::bigint, p->>'lane', (p->>'n')::int, (p->>'pid')::int,
+        (p->>'attempt')::int, (p->>'started_at')::timestamptz, clock_timestamp())
+      returning jsonb_build_object('pid', pid) $$`);
     engine = createEngine({ store, options: { maxPendingTotal: 1_000_000 } });
     engine.register('step', {});
+    engine.register('step_sql', {});
   });
 
   afterEach(async () => {
@@ -65,7 +71,9 @@ describePg('engine across processes (PostgreSQL)', () => {
     const specs: JobSpec[] = [];
     for (let n = 0; n < PER_LANE; n++) {
       for (let l = 0; l < LANES; l++) {
-        specs.push({ kind: 'step', lane: `lane-${l}`, payload: { lane: `lane-${l}`, n } });
+        // Half the lanes apply through code, half through a database function.
+        const kind = l % 2 === 0 ? 'step' : 'step_sql';
+        specs.push({ kind, lane: `lane-${l}`, payload: { lane: `lane-${l}`, n } });
       }
       for (let k = 0; k < 25; k++) {
         specs.push({ kind: 'step', payload: { lane: null, n: n * 25 + k, sleepMs: 3 } });
@@ -144,45 +152,48 @@ describePg('engine across processes (PostgreSQL)', () => {
     ).toBe(true);
   });
 
-  it('fences a paused worker: after its lease was taken over, its apply fails with lease_lost and writes nothing', async () => {
-    // The paused worker never heartbeats within the test, so only the pause decides.
-    const paused = startWorker({
-      TEST_LEASE_MS: '800',
-      TEST_HEARTBEAT_MS: '60000',
-      TEST_REAP_MS: '0',
-    });
-    await paused.waitFor((l) => l['event'] === 'ready');
-    await enqueueAll([
-      { kind: 'step', payload: { lane: null, n: 1, sleepMs: 1500, firstAttemptOnly: true } },
-    ]);
-    await eventually(async () => {
-      const [row] = await store.query<{ n: number }>(
-        `select count(*)::int as n from jobs where status = 'running'`,
+  it.each(['step', 'step_sql'])(
+    'fences a paused worker: after its lease was taken over, its apply fails with lease_lost and writes nothing (%s)',
+    async (kind) => {
+      // The paused worker never heartbeats within the test, so only the pause decides.
+      const paused = startWorker({
+        TEST_LEASE_MS: '800',
+        TEST_HEARTBEAT_MS: '60000',
+        TEST_REAP_MS: '0',
+      });
+      await paused.waitFor((l) => l['event'] === 'ready');
+      await enqueueAll([
+        { kind, payload: { lane: null, n: 1, sleepMs: 1500, firstAttemptOnly: true } },
+      ]);
+      await eventually(async () => {
+        const [row] = await store.query<{ n: number }>(
+          `select count(*)::int as n from jobs where status = 'running'`,
+        );
+        return row?.n === 1;
+      });
+      paused.kill('SIGSTOP');
+      const rescuer = startWorker({
+        TEST_LEASE_MS: '5000',
+        TEST_HEARTBEAT_MS: '1000',
+        TEST_REAP_MS: '100',
+      });
+      await eventually(async () => (await unfinished()) === 0, 30_000);
+      paused.kill('SIGCONT');
+      const lost = await paused.waitFor(
+        (l) => typeof l['msg'] === 'string' && (l['msg'] as string).startsWith('lease lost'),
       );
-      return row?.n === 1;
-    });
-    paused.kill('SIGSTOP');
-    const rescuer = startWorker({
-      TEST_LEASE_MS: '5000',
-      TEST_HEARTBEAT_MS: '1000',
-      TEST_REAP_MS: '100',
-    });
-    await eventually(async () => (await unfinished()) === 0, 30_000);
-    paused.kill('SIGCONT');
-    const lost = await paused.waitFor(
-      (l) => typeof l['msg'] === 'string' && (l['msg'] as string).startsWith('lease lost'),
-    );
-    expect(lost).toMatchObject({ level: 'warn', kind: 'step' });
+      expect(lost).toMatchObject({ level: 'warn', kind });
 
-    const runs = await store.query<{ pid: number; attempt: number }>(
-      'select pid, attempt from run_log',
-    );
-    expect(runs).toEqual([{ pid: rescuer.pid, attempt: 2 }]);
-    const [job] = await store.query<{ status: string; attempts: number; result: unknown }>(
-      'select status, attempts, result from jobs',
-    );
-    expect(job).toEqual({ status: 'succeeded', attempts: 2, result: { pid: rescuer.pid } });
-  });
+      const runs = await store.query<{ pid: number; attempt: number }>(
+        'select pid, attempt from run_log',
+      );
+      expect(runs).toEqual([{ pid: rescuer.pid, attempt: 2 }]);
+      const [job] = await store.query<{ status: string; attempts: number; result: unknown }>(
+        'select status, attempts, result from jobs',
+      );
+      expect(job).toEqual({ status: 'succeeded', attempts: 2, result: { pid: rescuer.pid } });
+    },
+  );
 
   it('creates one job when 10 connections enqueue the same idempotency key at once', async () => {
     const stores = Array.from({ length: 10 }, () =>

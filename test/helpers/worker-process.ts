@@ -1,12 +1,13 @@
 /**
  * A Mnemo worker process for the concurrency tests. Settings come from the environment:
  * TEST_DATABASE_URL, TEST_SCHEMA, TEST_CONCURRENCY, TEST_LEASE_MS, TEST_HEARTBEAT_MS,
- * TEST_REAP_MS. Handlers record their runs in `run_log` through their fenced apply; the
+ * TEST_REAP_MS. Handlers record their runs in `run_log` through their fenced apply (code, or
+ * the database function `log_run` the tests create); the
  * database clock times every run (one clock for all processes). Log lines are JSON on stdout;
  * SIGTERM stops the worker gracefully.
  */
 import type { Logger } from '../../src/core/logger.ts';
-import { createEngine } from '../../src/engine/index.ts';
+import { createEngine, type JobContext } from '../../src/engine/index.ts';
 import { createPostgresStore } from '../../src/store/postgres.ts';
 
 const env = (name: string, fallback?: string): string => {
@@ -57,18 +58,21 @@ async function dbNow(): Promise<string> {
   return row?.at ?? '';
 }
 
+/** A step's compute: notes when it started (database clock), then sleeps as asked. */
+async function runStep(ctx: JobContext<Step>): Promise<{ startedAt: string }> {
+  const startedAt = await dbNow();
+  const sleep =
+    ctx.payload.firstAttemptOnly === true && ctx.attempt > 1 ? 0 : (ctx.payload.sleepMs ?? 0);
+  if (sleep > 0) {
+    await new Promise((resolve) => setTimeout(resolve, sleep));
+  }
+  return { startedAt };
+}
+
 engine.register<Step, { startedAt: string }>('step', {
   maxAttempts: 5,
   backoff: { baseMs: 10, maxMs: 50 },
-  async compute(ctx) {
-    const startedAt = await dbNow();
-    const sleep =
-      ctx.payload.firstAttemptOnly === true && ctx.attempt > 1 ? 0 : (ctx.payload.sleepMs ?? 0);
-    if (sleep > 0) {
-      await new Promise((resolve) => setTimeout(resolve, sleep));
-    }
-    return { startedAt };
-  },
+  compute: runStep,
   async apply(tx, computed, ctx) {
     await tx.query(
       `insert into run_log (job_id, lane, n, pid, attempt, started_at, ended_at)
@@ -76,6 +80,25 @@ engine.register<Step, { startedAt: string }>('step', {
       [ctx.id, ctx.payload.lane, ctx.payload.n, process.pid, ctx.attempt, computed.startedAt],
     );
     return { pid: process.pid };
+  },
+});
+
+// The same, with its apply as a database function (`log_run`, created by the tests): the
+// write rides in the statement that completes the job.
+engine.register<Step, { startedAt: string }>('step_sql', {
+  maxAttempts: 5,
+  backoff: { baseMs: 10, maxMs: 50 },
+  compute: runStep,
+  applyFunction: {
+    name: 'log_run',
+    argument: (computed, ctx) => ({
+      job_id: ctx.id,
+      lane: ctx.payload.lane,
+      n: ctx.payload.n,
+      pid: process.pid,
+      attempt: ctx.attempt,
+      started_at: computed.startedAt,
+    }),
   },
 });
 

@@ -54,6 +54,97 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       ]);
     });
 
+    it('applies through a database function in the statement that completes the job; a failing one fails only its job', async () => {
+      await store.exec(`create function record_effect(p jsonb) returns jsonb language plpgsql as $$
+        begin
+          if (p->>'n')::int < 0 then
+            raise exception 'n must not be negative';
+          end if;
+          insert into effects (job_id, n) values ((p->>'job_id')::bigint, (p->>'n')::int);
+          return jsonb_build_object('stored', (p->>'n')::int);
+        end $$`);
+      engine.register<{ x: number }, number>('store_n', {
+        maxAttempts: 1,
+        compute: (ctx) => Promise.resolve(ctx.payload.x * 2),
+        applyFunction: {
+          name: 'record_effect',
+          argument: (n, ctx) => ({ job_id: ctx.id, n }),
+        },
+      });
+      const enqueueAll = (xs: number[]) =>
+        store.transaction((tx) =>
+          engine.enqueueMany(
+            tx,
+            'default',
+            xs.map((x) => ({ kind: 'store_n', payload: { x } })),
+          ),
+        );
+      const good = await enqueueAll([1, 2, 4, 5, 6]);
+      // Completions in one autocommit statement each: the worker opens no transaction.
+      let transactions = 0;
+      const transaction = store.transaction.bind(store);
+      store.transaction = (fn, options) => {
+        transactions += 1;
+        return transaction(fn, options);
+      };
+      await engine.startWorker({ concurrency: 6 });
+      const done = await Promise.all(good.map((job) => waitDone(job.id)));
+      expect(done.map((j) => [j.status, j.result])).toEqual(
+        [1, 2, 4, 5, 6].map((x) => ['succeeded', { stored: 2 * x }]),
+      );
+      expect(transactions).toBe(0);
+      // A failing function fails its job (a SQL error is not retried), with nothing written.
+      const [bad] = await enqueueAll([-3]);
+      const failed = await waitDone(bad?.id ?? 0);
+      expect(failed).toMatchObject({
+        status: 'failed',
+        error: { code: 'internal', retryable: false, attempt: 1 },
+      });
+      expect(failed.error?.message).toContain('n must not be negative');
+      const rows = await store.query<{ job_id: number; n: number }>(
+        'select job_id::int as job_id, n from effects order by job_id',
+      );
+      expect(rows).toEqual(good.map((job, i) => ({ job_id: job.id, n: 2 * [1, 2, 4, 5, 6][i]! })));
+    });
+
+    it('enqueues without waiting for the disk when asked, for that statement only; makeDurable writes the job row', async () => {
+      engine.register('noop', {});
+      const { job } = await engine.enqueue(store, { kind: 'noop', syncCommit: false });
+      // set_config(…, true) lasts until the statement's own commit, not beyond.
+      const [setting] = await store.query<{ s: string }>(
+        `select current_setting('synchronous_commit') as s`,
+      );
+      expect(setting?.s).toBe('on');
+      // A new row version (another xmin): a commit that wrote, which PostgreSQL flushes.
+      const version = async () =>
+        (
+          await store.query<{ v: string }>('select xmin::text as v from jobs where id = $1', [
+            job.id,
+          ])
+        )[0]?.v;
+      const before = await version();
+      await engine.makeDurable(job);
+      expect(await version()).not.toBe(before);
+      await expect(engine.makeDurable({ ...job, tenantId: 'other' })).rejects.toMatchObject({
+        code: 'not_found',
+      });
+      // A later job under the same id (its predecessor lost in a crash) is not this one.
+      const later = { ...job, createdAt: new Date(job.createdAt.getTime() - 60_000) };
+      await expect(engine.makeDurable(later)).rejects.toMatchObject({ code: 'not_found' });
+      await engine.startWorker({ concurrency: 1 });
+      expect((await waitDone(job.id)).status).toBe('succeeded');
+    });
+
+    it('refuses an apply function beside an apply, or with a name that is not a plain identifier', () => {
+      const applyFunction = { name: 'f', argument: () => null };
+      expect(() =>
+        engine.register('both', { applyFunction, apply: () => Promise.resolve(null) }),
+      ).toThrow(/applyFunction/);
+      expect(() =>
+        engine.register('bad_name', { applyFunction: { ...applyFunction, name: 'f(); drop' } }),
+      ).toThrow(/applyFunction/);
+    });
+
     it('runs the jobs of a lane one at a time in enqueue order while lanes run in parallel', async () => {
       const open = new Map<string, number>();
       let overlapInLane = false;
@@ -324,7 +415,7 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       engine.register('gated', { compute: () => gate });
       engine.register('noop', {});
       const worker = await engine.startWorker({ concurrency: 1, prefetch: 0 });
-      // Once a first job has come and gone, the worker idles (its claim loop waits).
+      // Once a first job has come and gone, its slot is idle.
       await waitDone((await enqueue({ kind: 'noop' })).job.id);
       await eventually(() => worker.idleSlots === 1);
       // The slot is free: the enqueue statement itself claims the job for this worker.
@@ -342,7 +433,9 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       for (const job of [first.job, second.job]) {
         expect((await waitDone(job.id)).status).toBe('succeeded');
       }
-      expect(worker.activeCount).toBe(0);
+      // A waiter may read the finished job before the worker has handled its completion's
+      // reply (it waits only 100 ms for the hand-over).
+      await eventually(() => worker.activeCount === 0);
     });
 
     it('announces a finished job to other processes only when someone there may wait for it', async () => {
@@ -412,6 +505,29 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       expect(totalFull).toMatchObject({ code: 'queue_full' });
       const [row] = await store.query<{ n: number }>('select count(*)::int as n from jobs');
       expect(row?.n).toBe(5);
+    });
+
+    it('judges the overall limit on a stale count only to let work in; it refuses on a fresh one', async () => {
+      await dispose();
+      ({ engine, store, dispose } = await openEngine(kind, 'engine:stale-count', {
+        maxPendingTotal: 1,
+        pendingCountTtlMs: 50,
+      }));
+      engine.register('noop', {});
+      const settle = () => new Promise((r) => setTimeout(r, 120));
+      const a = await enqueue({ kind: 'noop' });
+      await settle();
+      // The count is stale: it is refreshed in the background, this enqueue goes in.
+      const b = await enqueue({ kind: 'noop' });
+      await settle(); // the refreshed count (at least 1) is stale again
+      await engine.startWorker({ concurrency: 2 });
+      for (const { job } of [a, b]) {
+        expect((await waitDone(job.id)).status).toBe('succeeded');
+      }
+      await settle();
+      // A stale count says the queue is full; a fresh one says it is empty.
+      const c = await enqueue({ kind: 'noop' });
+      expect((await waitDone(c.job.id)).status).toBe('succeeded');
     });
 
     it('returns the existing job for a replayed idempotency key and refuses a different payload', async () => {

@@ -336,5 +336,64 @@ export function httpSuite(kind: 'pglite' | 'postgres'): void {
         await h.dispose();
       }
     });
+
+    // A waiting ingest's enqueue does not wait for the disk: a database crash right after it
+    // can lose the job, and the id sequence's advance with it, so a later job may get the same
+    // id (decision 0007). Deleting the row, or putting another job under its id, stands in.
+    it.each(['vanishes', 'is replaced by a later job under its id'])(
+      'answers 503, not 404 or another operation, when a waited-for ingest %s before it was durable',
+      async (how) => {
+        let release: () => void = () => undefined;
+        const gate = new Promise<void>((resolve) => (release = resolve));
+        const gated: Extractor = {
+          name: 'gated',
+          extract: async () => {
+            await gate;
+            return { set: {}, unset: [], memories: ['x'], events: [] };
+          },
+          summarize: () => Promise.resolve(''),
+        };
+        const h = await openHttp(kind, 'http:lost', { extractor: gated });
+        try {
+          const answer = h.call('POST', '/v1/memory/ingest', { user_id: 'u', user_query: 'Hi.' });
+          let jobs: { id: number }[] = [];
+          for (let i = 0; i < 200 && jobs.length === 0; i++) {
+            await new Promise((r) => setTimeout(r, 10));
+            jobs = await h.mnemo.store.query<{ id: number }>('select id::int as id from jobs');
+          }
+          const id = jobs[0]?.id;
+          await h.mnemo.store.transaction(async (tx) => {
+            const [old] = await tx.query<{ j: unknown }>(
+              'delete from jobs where id = $1 returning to_jsonb(jobs) as j',
+              [id],
+            );
+            if (how !== 'vanishes') {
+              // Another request's job, a minute younger, with the same id, claimed by a
+              // worker elsewhere with a first claim's token.
+              await tx.query(
+                `insert into jobs overriding system value
+                 select (jsonb_populate_record(null::jobs, $1::jsonb || jsonb_build_object(
+                   'attempts', 1, 'lease_token', 1, 'locked_by', 'elsewhere',
+                   'lease_expires_at', now() + interval '1 minute', 'lane', 'user:v',
+                   'created_at', now() + interval '1 minute',
+                   'payload', '{"user_id": "v", "user_query": "Replacement."}'::jsonb))).*`,
+                [JSON.stringify(old?.j)],
+              );
+            }
+          });
+          release();
+          const res = await answer;
+          expect(res.status).toBe(503);
+          expect(res.body).toMatchObject({ error: { code: 'unavailable' } });
+          // The lost attempt wrote nothing, and did not complete the job that took its id.
+          await new Promise((r) => setTimeout(r, 200));
+          expect(await h.mnemo.store.query('select user_query from turns')).toEqual([]);
+          const rest = await h.mnemo.store.query('select status, result from jobs');
+          expect(rest).toEqual(how === 'vanishes' ? [] : [{ status: 'running', result: null }]);
+        } finally {
+          await h.dispose();
+        }
+      },
+    );
   });
 }

@@ -88,6 +88,18 @@ export interface FinishedRow {
 type DateColumn = 'run_at' | 'lease_expires_at' | 'created_at' | 'started_at' | 'finished_at';
 
 /**
+ * A succeeded job whose result a database function computes inside the completing statement
+ * (a handler's `applyFunction`): `name(argument::jsonb)`, called before the moves.
+ */
+export interface AppliedInStatement {
+  id: number;
+  /** The function, as SQL: quoted and schema-qualified by the caller. */
+  name: string;
+  /** Its argument, as JSON text. */
+  argument: string;
+}
+
+/**
  * The statement that applies `transitions` and optionally claims `refill.limit` jobs
  * (`finish_jobs`, migration 0002): lane locks, moves, lane hand-on, batch parent counts and
  * status, notifications, claim (`finish_jobs`, migration 0008). Safe as a single autocommit
@@ -99,9 +111,15 @@ export function finishStatement(
   channels: Channels,
   transitions: readonly Transition[],
   refill?: Refill,
-  options: { mustMove?: readonly number[]; deferNotify?: boolean; want?: readonly number[] } = {},
+  options: {
+    mustMove?: readonly number[];
+    deferNotify?: boolean;
+    want?: readonly number[];
+    applied?: readonly AppliedInStatement[];
+  } = {},
 ): Statement {
   const mustMove = options.mustMove ?? [];
+  const applied = new Map((options.applied ?? []).map((a) => [a.id, a]));
   const records = transitions.map((t) => ({
     id: t.id,
     token: t.token ?? null,
@@ -115,8 +133,8 @@ export function finishStatement(
     expired_only: t.expiredOnly ?? false,
     refund: t.refund ?? false,
   }));
-  const params = [
-    JSON.stringify(records),
+  const params: unknown[] = [
+    JSON.stringify(records.filter((r) => !applied.has(r.id))),
     records.map((r) => r.id),
     channels.jobs,
     channels.done,
@@ -128,11 +146,33 @@ export function finishStatement(
     options.deferNotify ?? false,
     options.want ?? [],
   ];
-  const call =
-    'finish_jobs($1::jsonb, $2::bigint[], $3, $4, $5, $6, $7, $8::text[], $9, $10, $11::bigint[])';
-  return mustMove.length === 0
-    ? { sql: `select ${call} as out`, params }
-    : { sql: `select assert_moved(${call}, $12::bigint[]) as out`, params: [...params, mustMove] };
+  // The records of applied jobs get their result from their function, one group per
+  // function (in the batch's order within a group; a batch holds one job per lane at most):
+  // arguments are evaluated before finish_jobs runs, so every apply comes first, and an
+  // error in any of them aborts the whole statement.
+  let recordsSql = '$1::jsonb';
+  const groups = new Map<string, string[]>();
+  for (const record of records) {
+    const fn = applied.get(record.id);
+    if (fn !== undefined) {
+      const group = groups.get(fn.name) ?? [];
+      group.push(`{"r":${JSON.stringify({ ...record, result: null })},"a":${fn.argument}}`);
+      groups.set(fn.name, group);
+    }
+  }
+  for (const [name, group] of [...groups].sort(([a], [b]) => (a < b ? -1 : 1))) {
+    params.push(`[${group.join(',')}]`);
+    recordsSql = `(${recordsSql} || (select coalesce(jsonb_agg(
+        jsonb_set(x.value->'r', '{result}', coalesce(${name}(x.value->'a'), 'null'::jsonb))
+        order by x.i), '[]'::jsonb)
+      from jsonb_array_elements($${params.length}::jsonb) with ordinality as x(value, i)))`;
+  }
+  const call = `finish_jobs(${recordsSql}, $2::bigint[], $3, $4, $5, $6, $7, $8::text[], $9, $10, $11::bigint[])`;
+  if (mustMove.length === 0) {
+    return { sql: `select ${call} as out`, params };
+  }
+  params.push(mustMove);
+  return { sql: `select assert_moved(${call}, $${params.length}::bigint[]) as out`, params };
 }
 
 /** The wake-ups a deferred transition left to send, as one statement (undefined: none). */
