@@ -167,6 +167,13 @@ export function createEngine(deps: {
     (
       await q.query<{ n: number }>(`select count(*)::int as n from jobs where status = 'pending'`)
     )[0]?.n ?? 0;
+  /** Keeps a count dated by when it began (its snapshot's age), unless a newer one is kept. */
+  const keepCount = (n: number, startedAt: number) => {
+    if (startedAt > pendingCount.at) {
+      pendingCount.value = n;
+      pendingCount.at = startedAt;
+    }
+  };
   const ttl = options.pendingCountTtlMs ?? 1000;
 
   const enqueueContext: EnqueueContext = {
@@ -189,17 +196,14 @@ export function createEngine(deps: {
       if (fresh || ttl === 0 || pendingCount.at === -Infinity) {
         // No count yet, none may be reused, or the caller would refuse work on a stale one:
         // count now, in the caller's transaction.
-        pendingCount.value = await countPending(q);
-        pendingCount.at = now;
-        return pendingCount.value;
+        const n = await countPending(q);
+        keepCount(n, now);
+        return n;
       }
       // Stale: one refresh in the background (not in the caller's transaction), while the
       // last count still serves; enqueues do not queue behind a count of the whole table.
       pendingCount.refreshing ??= countPending(store)
-        .then((n) => {
-          pendingCount.value = n;
-          pendingCount.at = performance.now();
-        })
+        .then((n) => keepCount(n, now))
         .catch((err: unknown) => logger.warn({ err }, 'counting pending jobs failed'))
         .finally(() => {
           pendingCount.refreshing = undefined;

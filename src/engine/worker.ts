@@ -586,9 +586,12 @@ export class Worker {
         // room but found nothing more it could run, or that has no room and no backlog,
         // calls the others; one with a backlog claims them itself shortly.
         const full = refill === 0 ? this.#drained : claimed.length < refill;
+        // Jobs handed back (a surplus claim, a shutdown) are ready and pending again, and
+        // nothing else announces them: call every worker, this one included.
+        const handedBack = batch.some((r) => r.outcome?.ok === false && r.outcome.release);
         this.#notifyAfter({
           announce: done.notifications.announce,
-          wake: done.notifications.wake && full,
+          wake: (done.notifications.wake && full) || handedBack,
         });
         this.#record(batch, done.outcomes, done.lost, done.moved);
         this.#wakeAfter(done.retryDelays);
@@ -844,7 +847,7 @@ export class Worker {
   #functionArgument(
     running: Running,
   ): { ok: true; applied: AppliedInStatement } | (Outcome & { ok: false }) {
-    const { handler, ctx, controller, row } = running;
+    const { handler, controller, row } = running;
     if (controller.signal.aborted) {
       return { ok: false, error: coerceError(controller.signal.reason) };
     }
@@ -858,7 +861,7 @@ export class Worker {
         applied: {
           id: row.id,
           name: this.#functionName(fn.name),
-          argument: JSON.stringify(fn.argument(running.outcome.computed, ctx) ?? null),
+          argument: this.#argumentJson(running, running.outcome.computed),
         },
       };
     } catch (err) {
@@ -881,9 +884,26 @@ export class Worker {
     }
     const [row] = await tx.query<{ result: unknown }>(
       `select ${this.#functionName(fn.name)}($1::jsonb) as result`,
-      [JSON.stringify(fn.argument(computed, ctx) ?? null)],
+      [this.#argumentJson(running, computed)],
     );
     return row?.result ?? null;
+  }
+
+  /**
+   * The JSON text of a job's apply-function argument, the same on every path; throws when
+   * JSON cannot hold it (a function, a symbol), rather than passing SQL null.
+   */
+  #argumentJson(running: Running, computed: unknown): string {
+    const fn = running.handler.applyFunction;
+    const value: unknown = fn?.argument(computed, running.ctx) ?? null;
+    const text = JSON.stringify(value) as string | undefined;
+    if (text === undefined) {
+      throw new MnemoError(
+        ErrorCode.Internal,
+        `job kind ${running.row.kind}: the argument of its apply function is not JSON`,
+      );
+    }
+    return text;
   }
 
   async #applyOne(tx: Queryable, running: Running, isolate: boolean): Promise<Outcome> {

@@ -6,6 +6,20 @@ export const RETRYABLE_SQLSTATES: ReadonlySet<string> = new Set([
   '40P01', // deadlock_detected
 ]);
 
+/**
+ * SQLSTATEs of conditions that pass: the statement may succeed later, so a job whose apply
+ * met one is retried with its backoff (its attempt counts), not failed for good.
+ */
+const TRANSIENT_SQLSTATES: ReadonlySet<string> = new Set([
+  '57014', // query_canceled (statement_timeout, a cancel request)
+  '55P03', // lock_not_available (lock_timeout, NOWAIT)
+]);
+
+/** A condition that passes, or insufficient resources (class 53: disk full, out of memory). */
+function isTransient(state: string): boolean {
+  return TRANSIENT_SQLSTATES.has(state) || state.startsWith('53');
+}
+
 const UNAVAILABLE_SQLSTATES: ReadonlySet<string> = new Set([
   '57P01', // admin_shutdown
   '57P02', // crash_shutdown
@@ -77,7 +91,7 @@ export function translateDatabaseError(err: unknown): MnemoError {
   return new MnemoError(ErrorCode.Internal, `database error: ${message}`, {
     cause: err,
     details: { sqlstate: state },
-    retryable: state !== undefined && RETRYABLE_SQLSTATES.has(state),
+    retryable: state !== undefined && (RETRYABLE_SQLSTATES.has(state) || isTransient(state)),
   });
 }
 

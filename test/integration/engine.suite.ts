@@ -93,18 +93,55 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
         [1, 2, 4, 5, 6].map((x) => ['succeeded', { stored: 2 * x }]),
       );
       expect(transactions).toBe(0);
-      // A failing function fails its job (a SQL error is not retried), with nothing written.
-      const [bad] = await enqueueAll([-3]);
+      // A failing function fails its job (a SQL error is not retried), with nothing written,
+      // and only its job: those completing in the same statement are completed again, each
+      // apply on its own.
+      const [before, bad, after] = await enqueueAll([7, -3, 8]);
       const failed = await waitDone(bad?.id ?? 0);
       expect(failed).toMatchObject({
         status: 'failed',
         error: { code: 'internal', retryable: false, attempt: 1 },
       });
       expect(failed.error?.message).toContain('n must not be negative');
+      for (const job of [before, after]) {
+        expect((await waitDone(job?.id ?? 0)).status).toBe('succeeded');
+      }
       const rows = await store.query<{ job_id: number; n: number }>(
         'select job_id::int as job_id, n from effects order by job_id',
       );
-      expect(rows).toEqual(good.map((job, i) => ({ job_id: job.id, n: 2 * [1, 2, 4, 5, 6][i]! })));
+      expect(rows).toEqual(
+        [...good, before, after].map((job, i) => ({
+          job_id: job?.id,
+          n: 2 * [1, 2, 4, 5, 6, 7, 8][i]!,
+        })),
+      );
+    });
+
+    it('retries a job whose apply function met a passing condition (a lock timeout)', async () => {
+      await store.exec(`create function effect_after_timeout(p jsonb) returns jsonb
+        language plpgsql as $$
+        begin
+          if (p->>'attempt')::int = 1 then
+            raise exception 'lock timeout' using errcode = 'lock_not_available';
+          end if;
+          insert into effects (job_id, n) values ((p->>'job_id')::bigint, (p->>'attempt')::int);
+          return null;
+        end $$`);
+      engine.register('timed_out_once', {
+        maxAttempts: 3,
+        backoff: fast,
+        compute: () => Promise.resolve(null),
+        applyFunction: {
+          name: 'effect_after_timeout',
+          argument: (_computed, ctx) => ({ job_id: ctx.id, attempt: ctx.attempt }),
+        },
+      });
+      await engine.startWorker({ concurrency: 2 });
+      const { job } = await enqueue({ kind: 'timed_out_once' });
+      expect(await waitDone(job.id)).toMatchObject({ status: 'succeeded', attempts: 2 });
+      expect(await store.query('select job_id::int as job_id, n from effects')).toEqual([
+        { job_id: job.id, n: 2 },
+      ]);
     });
 
     it('enqueues without waiting for the disk when asked, for that statement only; makeDurable writes the job row', async () => {
@@ -436,6 +473,60 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       // A waiter may read the finished job before the worker has handled its completion's
       // reply (it waits only 100 ms for the hand-over).
       await eventually(() => worker.activeCount === 0);
+    });
+
+    it('hands a job its claim brought beyond its free slots back to another worker at once', async () => {
+      let openY: () => void = () => undefined;
+      const gateY = new Promise<void>((resolve) => (openY = resolve));
+      const ranX: string[] = [];
+      engine.register('gated', { compute: () => gateY });
+      engine.register('x', { compute: () => Promise.resolve(ranX.push('here')) });
+      // Another process's worker: its poll is a minute away, only a notification wakes it.
+      const other = createEngine({ store, options: { waitPollIntervalMs: 60_000 } });
+      other.register('x', { compute: () => Promise.resolve(ranX.push('other')) });
+      await other.startWorker({ concurrency: 1, pollIntervalMs: 60_000 });
+      try {
+        // This worker's first claim is held until X is due and Y has taken its only slot.
+        let openClaim: () => void = () => undefined;
+        const claimGate = new Promise<void>((resolve) => (openClaim = resolve));
+        let held: () => void = () => undefined;
+        const claimHeld = new Promise<void>((resolve) => (held = resolve));
+        const query = store.query.bind(store);
+        let workerId = '';
+        store.query = (async (sql: string, params?: unknown[]) => {
+          if (sql.includes('claim_jobs(') && params?.[2] === workerId && workerId !== '') {
+            held();
+            await claimGate;
+          }
+          return query(sql, params);
+        }) as Store['query'];
+        const worker = await engine.startWorker({
+          concurrency: 1,
+          prefetch: 0,
+          pollIntervalMs: 60_000,
+          workerId: 'held-claims',
+        });
+        workerId = worker.id; // its start's claim has passed (it found nothing)
+        // X is not due yet: the other worker, told of it, finds nothing and sleeps.
+        const x = await enqueue({ kind: 'x', runAt: new Date(Date.now() + 300) });
+        await new Promise((resolve) => setTimeout(resolve, 400));
+        worker.wake(); // a claim of this worker, held
+        await claimHeld;
+        // An enqueue here takes the idle slot (a claim in flight does not count) …
+        const y = await engine.enqueue(store, { kind: 'gated' });
+        expect(y.job.status).toBe('running');
+        // … and the held claim brings X, which has no place here: handed back.
+        openClaim();
+        const done = await engine.waitFor('default', x.job.id, { timeoutMs: 10_000 });
+        expect(done.status).toBe('succeeded');
+        expect(ranX).toEqual(['other']);
+        expect(done.attempts).toBe(1); // the attempt of the hand-back is refunded
+        openY();
+        expect((await waitDone(y.job.id)).status).toBe('succeeded');
+      } finally {
+        openY();
+        await other.stop();
+      }
     });
 
     it('announces a finished job to other processes only when someone there may wait for it', async () => {

@@ -313,6 +313,13 @@ export function httpSuite(kind: 'pglite' | 'postgres'): void {
         extractor: never,
         env: { MNEMO_LLM_TIMEOUT_MS: '100' },
       });
+      // Its enqueue did not wait for the disk: the 202 must wait for makeDurable.
+      const durable: number[] = [];
+      const makeDurable = h.mnemo.engine.makeDurable.bind(h.mnemo.engine);
+      h.mnemo.engine.makeDurable = (job) => {
+        durable.push(job.id);
+        return makeDurable(job);
+      };
       try {
         const res = await h.call('POST', '/v1/memory/ingest', {
           user_id: 'u',
@@ -321,6 +328,7 @@ export function httpSuite(kind: 'pglite' | 'postgres'): void {
         });
         expect(res.status).toBe(202);
         expect(['pending', 'running']).toContain(res.body['status']);
+        expect(durable).toHaveLength(1);
         const id = res.body['id'] as string;
         let op = res.body;
         for (let i = 0; i < 400 && op['status'] !== 'failed'; i++) {
