@@ -3,7 +3,8 @@
  * `mnemo serve` / `mnemo worker` would read it, with the rules extractor behind a fixed
  * delay of BENCH_EXTRACTOR_MS standing in for an LLM. BENCH_ROLE: `serve` (HTTP and
  * workers), `http` (HTTP only) or `worker`. Prints one JSON line `{ type: 'ready', url }`,
- * stops on SIGTERM.
+ * answers `{ type: 'extractor_stats' }` with how late the fake's timer fired since the last
+ * such question, stops on SIGTERM.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -12,14 +13,33 @@ import { loadConfig } from '../src/config.ts';
 import { rulesExtractor } from '../src/memory/extractors/rules.ts';
 import type { Extractor } from '../src/memory/types.ts';
 import { startServer } from '../src/server/node.ts';
+import { onParentMessage, percentile, toParent } from './lib.ts';
 
 const delayMs = Number(process.env['BENCH_EXTRACTOR_MS'] ?? '50');
 const role = process.env['BENCH_ROLE'] ?? 'serve';
 
+// How late the fake's timer fired (ms past BENCH_EXTRACTOR_MS): the part of a request's
+// overhead that is this process's event loop, not Mnemo's coordination.
+let late: number[] = [];
+onParentMessage((message) => {
+  if (message['type'] === 'extractor_stats') {
+    const sorted = late.sort((a, b) => a - b);
+    late = [];
+    void toParent({
+      type: 'extractor_stats',
+      calls: sorted.length,
+      late_p50_ms: Number(percentile(sorted, 50).toFixed(2)),
+      late_p99_ms: Number(percentile(sorted, 99).toFixed(2)),
+    });
+  }
+});
+
 const delayed: Extractor = {
   name: 'bench-delayed-rules',
   async extract(turn, signal) {
+    const start = performance.now();
     await sleep(delayMs, undefined, { signal });
+    late.push(performance.now() - start - delayMs);
     return rulesExtractor.extract(turn, signal);
   },
   async summarize(messages, signal) {
