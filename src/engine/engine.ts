@@ -160,18 +160,25 @@ export function createEngine(deps: {
   const workers = new Set<Worker>();
   const pendingCount = {
     value: 0,
+    /** When the kept count finished (its TTL runs from there). */
     at: -Infinity,
+    /** When the kept count began: a count begun earlier never replaces it. */
+    begunAt: -Infinity,
     refreshing: undefined as Promise<void> | undefined,
   };
   const countPending = async (q: Queryable) =>
     (
       await q.query<{ n: number }>(`select count(*)::int as n from jobs where status = 'pending'`)
     )[0]?.n ?? 0;
-  /** Keeps a count dated by when it began (its snapshot's age), unless a newer one is kept. */
-  const keepCount = (n: number, startedAt: number) => {
-    if (startedAt > pendingCount.at) {
+  /**
+   * Keeps a count unless one begun later is kept already. Its TTL runs from when it finished,
+   * so a count slower than the TTL is not begun again at once, back to back.
+   */
+  const keepCount = (n: number, begunAt: number) => {
+    if (begunAt > pendingCount.begunAt) {
       pendingCount.value = n;
-      pendingCount.at = startedAt;
+      pendingCount.begunAt = begunAt;
+      pendingCount.at = performance.now();
     }
   };
   const ttl = options.pendingCountTtlMs ?? 1000;

@@ -438,7 +438,7 @@ export class Worker {
         this.#startWaiting();
         // A slot left idle claims at once. Places of the prefetch alone are restocked by
         // this job's completion (its refill): one statement instead of two.
-        if (!this.#drained && this.#computing + this.#held < this.#concurrency) {
+        if (!this.#drained && this.#idleSlots() > 0) {
           this.#wake.notify();
         }
       } else {
@@ -590,7 +590,14 @@ export class Worker {
         const full = refill === 0 ? this.#drained : claimed.length < refill;
         // Jobs handed back (a surplus claim, a shutdown) are ready and pending again, and
         // nothing else announces them: call every worker, this one included.
-        const handedBack = batch.some((r) => r.outcome?.ok === false && r.outcome.release);
+        const reclaimed = new Set(claimed.map((row) => row.id));
+        const handedBack = batch.some(
+          (r) =>
+            r.outcome?.ok === false &&
+            r.outcome.release === true &&
+            done.moved.get(r.row.id) === 'pending' &&
+            !reclaimed.has(r.row.id), // its own refill took it again
+        );
         this.#notifyAfter({
           announce: done.notifications.announce,
           wake: (done.notifications.wake && full) || handedBack,
@@ -898,11 +905,18 @@ export class Worker {
   #argumentJson(running: Running, computed: unknown): string {
     const fn = running.handler.applyFunction;
     const value: unknown = fn?.argument(computed, running.ctx) ?? null;
-    const text = JSON.stringify(value) as string | undefined;
+    let text: string | undefined;
+    let cause: unknown;
+    try {
+      text = JSON.stringify(value);
+    } catch (err) {
+      cause = err; // a BigInt, a cycle: it would fail the same way at every attempt
+    }
     if (text === undefined) {
       throw new MnemoError(
         ErrorCode.Internal,
         `job kind ${running.row.kind}: the argument of its apply function is not JSON`,
+        { cause, retryable: false },
       );
     }
     return text;

@@ -13,12 +13,9 @@ export const RETRYABLE_SQLSTATES: ReadonlySet<string> = new Set([
 const TRANSIENT_SQLSTATES: ReadonlySet<string> = new Set([
   '57014', // query_canceled (statement_timeout, a cancel request)
   '55P03', // lock_not_available (lock_timeout, NOWAIT)
+  '53100', // disk_full
+  '53200', // out_of_memory (not 53400 configuration_limit_exceeded: that one repeats)
 ]);
-
-/** A condition that passes, or insufficient resources (class 53: disk full, out of memory). */
-function isTransient(state: string): boolean {
-  return TRANSIENT_SQLSTATES.has(state) || state.startsWith('53');
-}
 
 const UNAVAILABLE_SQLSTATES: ReadonlySet<string> = new Set([
   '57P01', // admin_shutdown
@@ -91,7 +88,8 @@ export function translateDatabaseError(err: unknown): MnemoError {
   return new MnemoError(ErrorCode.Internal, `database error: ${message}`, {
     cause: err,
     details: { sqlstate: state },
-    retryable: state !== undefined && (RETRYABLE_SQLSTATES.has(state) || isTransient(state)),
+    retryable:
+      state !== undefined && (RETRYABLE_SQLSTATES.has(state) || TRANSIENT_SQLSTATES.has(state)),
   });
 }
 

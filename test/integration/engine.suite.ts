@@ -117,6 +117,45 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       );
     });
 
+    it('fails at once, and alone, a job whose apply-function argument JSON cannot hold', async () => {
+      await store.exec(`create function record_arg(p jsonb) returns jsonb language sql as $$
+        insert into effects (job_id) values ((p->>'job_id')::bigint) returning p $$`);
+      const argumentOf: Record<string, (id: number) => unknown> = {
+        good: (id) => ({ job_id: id }),
+        bigint: (id) => ({ job_id: BigInt(id) }), // JSON.stringify throws
+        fn: () => () => null, // JSON.stringify gives undefined
+      };
+      engine.register<{ shape: string }, unknown>('arg_shapes', {
+        maxAttempts: 3,
+        backoff: fast,
+        applyFunction: {
+          name: 'record_arg',
+          argument: (_computed, ctx) => argumentOf[ctx.payload.shape]?.(ctx.id),
+        },
+      });
+      const jobs = await store.transaction((tx) =>
+        engine.enqueueMany(
+          tx,
+          'default',
+          ['good', 'bigint', 'fn'].map((shape) => ({ kind: 'arg_shapes', payload: { shape } })),
+        ),
+      );
+      await engine.startWorker({ concurrency: 3 });
+      const [good, bigint, fn] = await Promise.all(jobs.map((job) => waitDone(job.id)));
+      expect(good?.status).toBe('succeeded');
+      for (const bad of [bigint, fn]) {
+        expect(bad).toMatchObject({
+          status: 'failed',
+          attempts: 1,
+          error: { code: 'internal', retryable: false },
+        });
+        expect(bad?.error?.message).toContain('not JSON');
+      }
+      expect(await store.query('select job_id::int as job_id from effects')).toEqual([
+        { job_id: good?.id },
+      ]);
+    });
+
     it('retries a job whose apply function met a passing condition (a lock timeout)', async () => {
       await store.exec(`create function effect_after_timeout(p jsonb) returns jsonb
         language plpgsql as $$
