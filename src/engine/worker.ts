@@ -899,8 +899,9 @@ export class Worker {
   }
 
   /**
-   * The JSON text of a job's apply-function argument, the same on every path; throws when
-   * JSON cannot hold it (a function, a symbol), rather than passing SQL null.
+   * The JSON text of a job's apply-function argument, the same on every path; throws, not
+   * retryable, when JSON cannot hold it (a function, a symbol, a BigInt, a cycle), rather
+   * than passing SQL null or retrying what fails the same way each time.
    */
   #argumentJson(running: Running, computed: unknown): string {
     const fn = running.handler.applyFunction;
