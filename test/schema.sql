@@ -715,7 +715,7 @@ CREATE INDEX api_keys_active_idx ON mnemo.api_keys USING btree (secret_hash) WHE
 
 CREATE INDEX conversations_user_time_idx ON mnemo.conversations USING btree (tenant_id, user_id, started_at);
 
-CREATE INDEX events_search_idx ON mnemo.events USING gin (search);
+CREATE INDEX events_search_idx ON mnemo.events USING gin (search) WITH (fastupdate=off);
 
 CREATE INDEX events_user_date_idx ON mnemo.events USING btree (tenant_id, user_id, date);
 
@@ -735,7 +735,7 @@ CREATE INDEX jobs_pending_idx ON mnemo.jobs USING btree (id) WHERE (status = 'pe
 
 CREATE INDEX jobs_tenant_created_idx ON mnemo.jobs USING btree (tenant_id, id);
 
-CREATE INDEX memories_search_idx ON mnemo.memories USING gin (search);
+CREATE INDEX memories_search_idx ON mnemo.memories USING gin (search) WITH (fastupdate=off);
 
 CREATE INDEX memories_user_idx ON mnemo.memories USING btree (tenant_id, user_id, id);
 
@@ -755,7 +755,7 @@ CREATE INDEX sync_segments_batch_idx ON mnemo.sync_segments USING btree (batch_i
 
 CREATE INDEX sync_segments_conversation_idx ON mnemo.sync_segments USING btree (conversation_id, started_at) WHERE (conversation_id IS NOT NULL);
 
-CREATE INDEX turns_search_idx ON mnemo.turns USING gin (search);
+CREATE INDEX turns_search_idx ON mnemo.turns USING gin (search) WITH (fastupdate=off);
 
 CREATE INDEX turns_user_idx ON mnemo.turns USING btree (tenant_id, user_id, id);
 
