@@ -561,9 +561,9 @@ export class Worker {
 
   async #flush(batch: Running[], applies: boolean): Promise<void> {
     {
-      // Free slots (and prefetch places) are refilled in the same transaction, lane heads the
-      // batch promotes among the candidates. Usually the claim loop has filled them already,
-      // as each compute ended; this catches the rest without a round trip of its own.
+      // Free slots and prefetch places are refilled in the same call, lane heads the batch
+      // promotes among the candidates. A slot left idle as a compute ended was claimed for at
+      // once (#start); prefetch places are restocked here, without a round trip of their own.
       const freed = batch.filter((r) => r.holdsSlot === true).length;
       const refill = this.#stopController.signal.aborted
         ? 0
