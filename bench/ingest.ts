@@ -8,7 +8,9 @@
  *
  * Topologies: `one` — one Mnemo process with HTTP and workers (`mnemo serve`); `split` — an
  * HTTP process (`serve --no-worker`) and a worker process (`mnemo worker`) on the same
- * PostgreSQL database, so the two use both cores.
+ * PostgreSQL database, so the two use both cores; `floor` — not Mnemo: the least a durable
+ * waited ingest costs on this machine (bench/ingest-floor-server.ts), to quote Mnemo's
+ * overhead against in the same run.
  */
 import { Agent, request } from 'node:http';
 
@@ -30,7 +32,12 @@ const PER_CLIENT = Number(process.env['BENCH_PER_CLIENT'] ?? '30');
 const OVERHEAD_PER_CLIENT = 20;
 const SINGLE_REQUESTS = 50;
 
-type Setup = 'postgres' | 'postgres-split' | 'pglite';
+/**
+ * `floor`: bench/ingest-floor-server.ts, the least a durable waited ingest can do here (two
+ * autocommit statements, no lanes, no framework). Only its overhead phases are reported: the
+ * same-run reference for Mnemo's overhead, as a ratio.
+ */
+type Setup = 'postgres' | 'postgres-split' | 'pglite' | 'floor';
 
 /** POSTs JSON over a keep-alive agent; resolves with the status and the parsed body. */
 function postJson(
@@ -73,7 +80,8 @@ async function startProcesses(
       : { MNEMO_DATABASE_URL: url, MNEMO_DATABASE_SCHEMA: schema, MNEMO_DATABASE_POOL_SIZE: '20' }),
   };
   if (setup !== 'postgres-split') {
-    const server = startChild('ingest-server.ts', { ...env, BENCH_ROLE: 'serve' });
+    const script = setup === 'floor' ? 'ingest-floor-server.ts' : 'ingest-server.ts';
+    const server = startChild(script, { ...env, BENCH_ROLE: 'serve' });
     const ready = await server.next('ready');
     return { url: ready['url'] as string, children: [server], extracting: server };
   }
@@ -82,6 +90,71 @@ async function startProcesses(
   const worker = startChild('ingest-server.ts', { ...env, BENCH_ROLE: 'worker' });
   await worker.next('ready');
   return { url: ready['url'] as string, children: [http, worker], extracting: worker };
+}
+
+type Ingest = (user: number, source: string, n: number) => Promise<number>;
+
+/** Throughput: U users × 3 sources, each client sending PER_CLIENT requests back to back. */
+async function throughputPhase(ingest: Ingest) {
+  const sources = ['mcp', 'sdk', 'extension'];
+  const t0 = performance.now();
+  const finishedAt: number[] = [];
+  await Promise.all(
+    Array.from({ length: USERS }, (_, u) =>
+      sources.map(async (s) => {
+        for (let n = 0; n < PER_CLIENT; n++) {
+          await ingest(u, s, n);
+          finishedAt.push(performance.now());
+        }
+      }),
+    ).flat(),
+  );
+  const seconds = (performance.now() - t0) / 1000;
+  const requests = USERS * sources.length * PER_CLIENT;
+  const ideal = Math.min(USERS, SLOTS) / (L / 1000);
+  // The sustained rate: between the 10th and the 90th percentile of completions, without
+  // the start (every client at once) and the drain (fewer lanes than slots at the end).
+  const first = finishedAt[Math.floor(requests * 0.1)] ?? t0;
+  const last = finishedAt[Math.floor(requests * 0.9)] ?? performance.now();
+  const steadyPerS =
+    (Math.floor(requests * 0.9) - Math.floor(requests * 0.1)) / ((last - first) / 1000);
+  return {
+    requests,
+    seconds: Number(seconds.toFixed(3)),
+    requests_per_s: Number((requests / seconds).toFixed(1)),
+    ideal_per_s: ideal,
+    of_ideal_pct: Number(((requests / seconds / ideal) * 100).toFixed(1)),
+    steady_requests_per_s: Number(steadyPerS.toFixed(1)),
+    steady_of_ideal_pct: Number(((steadyPerS / ideal) * 100).toFixed(1)),
+  };
+}
+
+/**
+ * Overhead: one client per user (min(U, W) of them), nothing queued behind its own user;
+ * then one client alone, the latency floor of the setup.
+ */
+async function overheadPhases(ingest: Ingest) {
+  const overhead: number[] = [];
+  await Promise.all(
+    Array.from({ length: Math.min(USERS, SLOTS) }, async (_, u) => {
+      for (let n = 0; n < OVERHEAD_PER_CLIENT; n++) {
+        overhead.push((await ingest(1000 + u, 'sdk', n)) - L);
+      }
+    }),
+  );
+  overhead.sort((a, b) => a - b);
+  const single: number[] = [];
+  for (let n = 0; n < SINGLE_REQUESTS; n++) {
+    single.push((await ingest(2000, 'sdk', n)) - L);
+  }
+  single.sort((a, b) => a - b);
+  return {
+    overhead_samples: overhead.length,
+    overhead_p50_ms: Number(percentile(overhead, 50).toFixed(2)),
+    overhead_p99_ms: Number(percentile(overhead, 99).toFixed(2)),
+    single_client_overhead_p50_ms: Number(percentile(single, 50).toFixed(2)),
+    single_client_overhead_p99_ms: Number(percentile(single, 99).toFixed(2)),
+  };
 }
 
 async function run(setup: Setup) {
@@ -95,7 +168,7 @@ async function run(setup: Setup) {
   };
   const agent = new Agent({ keepAlive: true, maxSockets: 1000 });
   const target = new URL('/v1/memory/ingest', base);
-  const ingest = async (user: number, source: string, n: number): Promise<number> => {
+  const ingest: Ingest = async (user, source, n) => {
     const t = performance.now();
     const res = await postJson(agent, target, {
       user_id: `user-${user}`,
@@ -112,49 +185,16 @@ async function run(setup: Setup) {
     // Warm-up: connections, prepared statements, JIT.
     await Promise.all(Array.from({ length: SLOTS }, (_, u) => ingest(9000 + u, 'sdk', 0)));
     await extractorLate();
-    // Throughput: U users × 3 sources, each client sending PER_CLIENT requests back to back.
-    const sources = ['mcp', 'sdk', 'extension'];
-    const t0 = performance.now();
-    const finishedAt: number[] = [];
-    await Promise.all(
-      Array.from({ length: USERS }, (_, u) =>
-        sources.map(async (s) => {
-          for (let n = 0; n < PER_CLIENT; n++) {
-            await ingest(u, s, n);
-            finishedAt.push(performance.now());
-          }
-        }),
-      ).flat(),
-    );
-    const seconds = (performance.now() - t0) / 1000;
-    const requests = USERS * sources.length * PER_CLIENT;
-    const ideal = Math.min(USERS, SLOTS) / (L / 1000);
-    // The sustained rate: between the 10th and the 90th percentile of completions, without
-    // the start (every client at once) and the drain (fewer lanes than slots at the end).
-    const first = finishedAt[Math.floor(requests * 0.1)] ?? t0;
-    const last = finishedAt[Math.floor(requests * 0.9)] ?? performance.now();
-    const steadyPerS =
-      (Math.floor(requests * 0.9) - Math.floor(requests * 0.1)) / ((last - first) / 1000);
+    // The floor runs the throughput phase too, so that its overhead phases start from the
+    // same state (connections, caches, table sizes); with no lanes its rate is not comparable
+    // and is not reported.
+    const measured = await throughputPhase(ingest);
     const throughputLate = await extractorLate();
-    // Overhead: one client per user (min(U, W) of them), nothing queued behind its own user.
-    const overhead: number[] = [];
-    await Promise.all(
-      Array.from({ length: Math.min(USERS, SLOTS) }, async (_, u) => {
-        for (let n = 0; n < OVERHEAD_PER_CLIENT; n++) {
-          overhead.push((await ingest(1000 + u, 'sdk', n)) - L);
-        }
-      }),
-    );
-    overhead.sort((a, b) => a - b);
+    const throughput = setup === 'floor' ? undefined : measured;
+    const overhead = await overheadPhases(ingest);
     const overheadLate = await extractorLate();
-    // One client alone: the latency floor.
-    const single: number[] = [];
-    for (let n = 0; n < SINGLE_REQUESTS; n++) {
-      single.push((await ingest(2000, 'sdk', n)) - L);
-    }
-    single.sort((a, b) => a - b);
     return {
-      system: 'mnemo',
+      system: setup === 'floor' ? 'floor' : 'mnemo',
       store: setup === 'pglite' ? 'pglite' : 'postgres',
       processes: setup === 'postgres-split' ? 'http + worker' : 'serve',
       scenario: 'http_ingest',
@@ -162,21 +202,13 @@ async function run(setup: Setup) {
       sources: 3,
       slots: SLOTS,
       extractor_latency_ms: L,
-      requests,
-      seconds: Number(seconds.toFixed(3)),
-      requests_per_s: Number((requests / seconds).toFixed(1)),
-      ideal_per_s: ideal,
-      of_ideal_pct: Number(((requests / seconds / ideal) * 100).toFixed(1)),
-      steady_requests_per_s: Number(steadyPerS.toFixed(1)),
-      steady_of_ideal_pct: Number(((steadyPerS / ideal) * 100).toFixed(1)),
-      overhead_samples: overhead.length,
-      overhead_p50_ms: Number(percentile(overhead, 50).toFixed(2)),
-      overhead_p99_ms: Number(percentile(overhead, 99).toFixed(2)),
-      single_client_overhead_p50_ms: Number(percentile(single, 50).toFixed(2)),
-      single_client_overhead_p99_ms: Number(percentile(single, 99).toFixed(2)),
+      ...throughput,
+      ...overhead,
       // Included in the figures above: the fake extractor's timer firing late.
-      extractor_late_p50_ms_throughput: throughputLate.p50,
-      extractor_late_p99_ms_throughput: throughputLate.p99,
+      ...(throughput && {
+        extractor_late_p50_ms_throughput: throughputLate.p50,
+        extractor_late_p99_ms_throughput: throughputLate.p99,
+      }),
       extractor_late_p50_ms_overhead: overheadLate.p50,
       extractor_late_p99_ms_overhead: overheadLate.p99,
     };
@@ -192,11 +224,35 @@ async function run(setup: Setup) {
   }
 }
 
-/** Runs the ingest benchmark: `postgres`, `postgres-split`, `pglite` (default: all three). */
+/**
+ * Runs the ingest benchmark: `postgres`, `postgres-split`, `pglite`, `floor` (default: all
+ * four). With `floor` and a PostgreSQL setup in one run, one more record gives each setup's
+ * overhead as a multiple of the floor's.
+ */
 export async function runIngestBench(only?: string): Promise<void> {
   const { report, save } = createReporter('ingest');
-  for (const setup of (only ?? 'postgres,postgres-split,pglite').split(',') as Setup[]) {
-    report(await run(setup));
+  const results = [];
+  for (const setup of (only ?? 'postgres,floor,postgres-split,pglite').split(',') as Setup[]) {
+    const result = await run(setup);
+    report(result);
+    results.push(result);
+  }
+  const floor = results.find((r) => r.system === 'floor');
+  for (const r of results.filter((x) => x.system === 'mnemo' && x.store === 'postgres')) {
+    if (floor !== undefined) {
+      const ratio = (
+        key: 'overhead_p50_ms' | 'overhead_p99_ms' | 'single_client_overhead_p50_ms',
+      ) => Number((r[key] / floor[key]).toFixed(2));
+      report({
+        system: 'mnemo',
+        store: r.store,
+        processes: r.processes,
+        scenario: 'http_ingest_vs_floor',
+        overhead_p50_x: ratio('overhead_p50_ms'),
+        overhead_p99_x: ratio('overhead_p99_ms'),
+        single_client_overhead_p50_x: ratio('single_client_overhead_p50_ms'),
+      });
+    }
   }
   process.stderr.write(`results written to ${save()}\n`);
 }

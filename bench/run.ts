@@ -23,7 +23,7 @@ switch (name) {
     break;
   default:
     process.stderr.write(
-      'usage: npm run bench -- engine [throughput,latency,memory] | ingest [postgres,postgres-split,pglite] | sync | abuse\n',
+      'usage: npm run bench -- engine [throughput,latency,memory] | ingest [postgres,floor,postgres-split,pglite] | sync | abuse\n',
     );
     process.exitCode = 2;
 }
