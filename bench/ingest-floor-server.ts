@@ -48,6 +48,7 @@ const pool = new pg.Pool({
   connectionString: url,
   max: Number(process.env['MNEMO_DATABASE_POOL_SIZE'] ?? '20'),
 });
+// An idle connection dropping must not end the process mid-run: the next query reconnects.
 pool.on('error', () => undefined);
 await pool.query(`create schema if not exists ${s}`);
 await pool.query(`create table if not exists ${s}.operations (
@@ -78,6 +79,7 @@ async function ingest(raw: string): Promise<string> {
   const t = performance.now();
   await sleep(delayMs);
   late.push(performance.now() - t - delayMs);
+  // The extractor's signature takes an abort signal; the rules never wait on it.
   const found = await rulesExtractor.extract(
     { userQuery: body.user_query },
     AbortSignal.timeout(60_000),
@@ -118,5 +120,8 @@ server.listen(0, '127.0.0.1', () => {
 process.once('SIGTERM', () => {
   server.close();
   server.closeAllConnections();
-  void pool.end().then(() => process.exit(0));
+  void pool.end().then(
+    () => process.exit(0),
+    () => process.exit(1),
+  );
 });

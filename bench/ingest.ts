@@ -6,11 +6,7 @@
  * coordination overhead per request (end-to-end latency minus L) with one client per user,
  * where no request waits behind another of its user. Bounded by request counts.
  *
- * Topologies: `one` — one Mnemo process with HTTP and workers (`mnemo serve`); `split` — an
- * HTTP process (`serve --no-worker`) and a worker process (`mnemo worker`) on the same
- * PostgreSQL database, so the two use both cores; `floor` — not Mnemo: the least a durable
- * waited ingest costs on this machine (bench/ingest-floor-server.ts), to quote Mnemo's
- * overhead against in the same run.
+ * Setups: see {@link Setup}.
  */
 import { Agent, request } from 'node:http';
 
@@ -33,9 +29,12 @@ const OVERHEAD_PER_CLIENT = 20;
 const SINGLE_REQUESTS = 50;
 
 /**
- * `floor`: bench/ingest-floor-server.ts, the least a durable waited ingest can do here (two
- * autocommit statements, no lanes, no framework). Only its overhead phases are reported: the
- * same-run reference for Mnemo's overhead, as a ratio.
+ * `postgres` and `pglite` — one Mnemo process with HTTP and workers (`mnemo serve`);
+ * `postgres-split` — an HTTP process (`serve --no-worker`) and a worker process
+ * (`mnemo worker`) on the same PostgreSQL database, so the two use both cores; `floor` — not
+ * Mnemo: bench/ingest-floor-server.ts, the least a durable waited ingest can do here (two
+ * autocommit statements, no lanes, no framework), whose overhead phases are the same-run
+ * reference for Mnemo's, quoted as a ratio (its throughput phase runs but is not reported).
  */
 type Setup = 'postgres' | 'postgres-split' | 'pglite' | 'floor';
 
@@ -129,11 +128,8 @@ async function throughputPhase(ingest: Ingest) {
   };
 }
 
-/**
- * Overhead: one client per user (min(U, W) of them), nothing queued behind its own user;
- * then one client alone, the latency floor of the setup.
- */
-async function overheadPhases(ingest: Ingest) {
+/** Overhead: one client per user (min(U, W) of them), nothing queued behind its own user. */
+async function overheadPhase(ingest: Ingest) {
   const overhead: number[] = [];
   await Promise.all(
     Array.from({ length: Math.min(USERS, SLOTS) }, async (_, u) => {
@@ -143,15 +139,21 @@ async function overheadPhases(ingest: Ingest) {
     }),
   );
   overhead.sort((a, b) => a - b);
+  return {
+    overhead_samples: overhead.length,
+    overhead_p50_ms: Number(percentile(overhead, 50).toFixed(2)),
+    overhead_p99_ms: Number(percentile(overhead, 99).toFixed(2)),
+  };
+}
+
+/** One client alone: the latency floor of the setup. */
+async function singleClientPhase(ingest: Ingest) {
   const single: number[] = [];
   for (let n = 0; n < SINGLE_REQUESTS; n++) {
     single.push((await ingest(2000, 'sdk', n)) - L);
   }
   single.sort((a, b) => a - b);
   return {
-    overhead_samples: overhead.length,
-    overhead_p50_ms: Number(percentile(overhead, 50).toFixed(2)),
-    overhead_p99_ms: Number(percentile(overhead, 99).toFixed(2)),
     single_client_overhead_p50_ms: Number(percentile(single, 50).toFixed(2)),
     single_client_overhead_p99_ms: Number(percentile(single, 99).toFixed(2)),
   };
@@ -191,8 +193,9 @@ async function run(setup: Setup) {
     const measured = await throughputPhase(ingest);
     const throughputLate = await extractorLate();
     const throughput = setup === 'floor' ? undefined : measured;
-    const overhead = await overheadPhases(ingest);
+    const overhead = await overheadPhase(ingest);
     const overheadLate = await extractorLate();
+    const single = await singleClientPhase(ingest);
     return {
       system: setup === 'floor' ? 'floor' : 'mnemo',
       store: setup === 'pglite' ? 'pglite' : 'postgres',
@@ -204,6 +207,7 @@ async function run(setup: Setup) {
       extractor_latency_ms: L,
       ...throughput,
       ...overhead,
+      ...single,
       // Included in the figures above: the fake extractor's timer firing late.
       ...(throughput && {
         extractor_late_p50_ms_throughput: throughputLate.p50,
@@ -225,21 +229,21 @@ async function run(setup: Setup) {
 }
 
 /**
- * Runs the ingest benchmark: `postgres`, `postgres-split`, `pglite`, `floor` (default: all
- * four). With `floor` and a PostgreSQL setup in one run, one more record gives each setup's
- * overhead as a multiple of the floor's.
+ * Runs the ingest benchmark: `postgres`, `floor`, `postgres-split`, `pglite` (default: all
+ * four, in this order). With `floor` and a PostgreSQL setup in one run, one more record gives
+ * each PostgreSQL setup's overhead as a multiple of the floor's.
  */
 export async function runIngestBench(only?: string): Promise<void> {
   const { report, save } = createReporter('ingest');
-  const results = [];
+  const results: Awaited<ReturnType<typeof run>>[] = [];
   for (const setup of (only ?? 'postgres,floor,postgres-split,pglite').split(',') as Setup[]) {
     const result = await run(setup);
     report(result);
     results.push(result);
   }
   const floor = results.find((r) => r.system === 'floor');
-  for (const r of results.filter((x) => x.system === 'mnemo' && x.store === 'postgres')) {
-    if (floor !== undefined) {
+  if (floor !== undefined) {
+    for (const r of results.filter((x) => x.system === 'mnemo' && x.store === 'postgres')) {
       const ratio = (
         key: 'overhead_p50_ms' | 'overhead_p99_ms' | 'single_client_overhead_p50_ms',
       ) => Number((r[key] / floor[key]).toFixed(2));
