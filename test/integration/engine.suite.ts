@@ -330,26 +330,41 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
     });
 
     it('aborts a run past its timeout, writes nothing from it, and retries or fails as configured', async () => {
-      let attempts = 0;
+      // Each compute ignores its abort signal and returns a result well after its timeout:
+      // the late results must not be applied.
+      const late: Promise<unknown>[] = [];
       engine.register('slow', {
         timeoutMs: 50,
         maxAttempts: 2,
         backoff: fast,
-        async compute(ctx) {
-          attempts += 1;
-          await new Promise((resolve) => setTimeout(resolve, 5_000).unref());
-          return ctx.attempt;
+        compute(ctx) {
+          const result = new Promise((resolve) => setTimeout(() => resolve(ctx.attempt), 400));
+          late.push(result);
+          return result;
         },
         apply: async (tx, attempt, ctx) => {
           await tx.query('insert into effects (job_id, n) values ($1, $2)', [ctx.id, attempt]);
+        },
+      });
+      engine.register<{ n: number }, number>('marker', {
+        compute: (ctx) => Promise.resolve(ctx.payload.n),
+        apply: async (tx, n, ctx) => {
+          await tx.query('insert into effects (job_id, n) values ($1, $2)', [ctx.id, n]);
         },
       });
       await engine.startWorker({ concurrency: 1 });
       const { job } = await enqueue({ kind: 'slow' });
       const done = await waitDone(job.id);
       expect(done).toMatchObject({ status: 'failed', attempts: 2, error: { code: 'timeout' } });
-      expect(attempts).toBe(2);
-      expect(await store.query('select * from effects')).toEqual([]);
+      expect(late).toHaveLength(2);
+      // Both late results are in; a job the same worker runs after them completes after
+      // anything they could still have queued.
+      await Promise.all(late);
+      const marker = await enqueue({ kind: 'marker', payload: { n: 7 } });
+      expect(await waitDone(marker.job.id)).toMatchObject({ status: 'succeeded' });
+      expect(await store.query('select job_id, n from effects')).toEqual([
+        { job_id: marker.job.id, n: 7 },
+      ]);
     });
 
     it('fails only the job whose apply throws, committing the writes of the others in its batch', async () => {
