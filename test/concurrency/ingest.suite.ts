@@ -141,6 +141,28 @@ export function ingestSuite(setup: IngestSetup): void {
       expect(events).toHaveLength(1);
     });
 
+    it('gives one operation to one idempotency key sent to every process at once, and 409 to another body', async () => {
+      const body = {
+        user_id: 'key-user',
+        user_query: 'My pet is a parrot.',
+        idempotency_key: 'same-key',
+        timeout_ms: 60_000,
+      };
+      const responses = await Promise.all(
+        Array.from({ length: 10 }, (_, i) => post(i, '/v1/memory/ingest', body)),
+      );
+      expect(responses.every((r) => r.status === 200 && r.body['status'] === 'succeeded')).toBe(
+        true,
+      );
+      expect(new Set(responses.map((r) => r.body['id'])).size).toBe(1);
+      const other = await post(1, '/v1/memory/ingest', { ...body, user_query: 'My pet is a cat.' });
+      expect(other.status).toBe(409);
+      expect(await operationsOf('key-user')).toHaveLength(1);
+      const profile = (await get('/v1/users/key-user/profile')).body;
+      expect(profile['summary']['turn_count']).toBe(1);
+      expect(profile['attributes']['pet']['value']).toBe('a parrot');
+    });
+
     it('runs 50 users × 20 ingests in parallel across users and in order within each user', async () => {
       const USERS = 50;
       const PER_USER = 20;

@@ -120,6 +120,26 @@ export function httpSuite(kind: 'pglite' | 'postgres'): void {
       expect(await countRows('turns')).toBe(1);
     });
 
+    it('replays a batch by its idempotency key to the same parent and refuses the key with other items', async () => {
+      const body = {
+        user_id: 'u3b',
+        items: [{ user_query: 'My city is Oslo.' }, { user_query: 'I like skiing.' }],
+        idempotency_key: 'batch-1',
+      };
+      const first = await h.call('POST', '/v1/memory/batch-ingest', body);
+      expect([200, 202]).toContain(first.status);
+      const again = await h.call('POST', '/v1/memory/batch-ingest', body);
+      expect(again.body['id']).toBe(first.body['id']);
+      const other = await h.call('POST', '/v1/memory/batch-ingest', {
+        ...body,
+        items: [{ user_query: 'My city is Bergen.' }, { user_query: 'I like skiing.' }],
+      });
+      expect(other.status).toBe(409);
+      expect(other.body).toMatchObject({ error: { code: 'idempotency_conflict' } });
+      // One parent and its two children, nothing from the refused or replayed calls.
+      expect(await countRows('jobs')).toBe(3);
+    });
+
     it('runs a batch in order as one parent with children, and rejects a batch with one invalid item whole', async () => {
       const bad = await h.call('POST', '/v1/memory/batch-ingest', {
         user_id: 'u4',
