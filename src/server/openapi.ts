@@ -4,25 +4,56 @@ import {
   AppendMessagesRequest,
   BatchIngestRequest,
   CommitRequest,
+  ConversationsQuery,
   DeleteUserRequest,
   ErrorBody,
+  EventsQuery,
+  Id,
   IngestRequest,
+  MemoriesQuery,
   Operation,
+  OperationQuery,
+  OperationsQuery,
+  SearchQuery,
   SyncRequest,
 } from '../api/schemas.ts';
+import { httpStatusFor } from './errors.ts';
 
-const json = (schema: z.ZodType) => ({
-  'application/json': { schema: z.toJSONSchema(schema, { io: 'input', unrepresentable: 'any' }) },
-});
+const jsonSchema = (schema: z.ZodType) =>
+  z.toJSONSchema(schema, { io: 'input', unrepresentable: 'any' });
 
-const errors = {
-  '400': { description: 'invalid_request', content: json(ErrorBody) },
-  '404': { description: 'not_found', content: json(ErrorBody) },
-  '409': { description: 'idempotency_conflict', content: json(ErrorBody) },
-  '413': { description: 'payload_too_large', content: json(ErrorBody) },
-  '429': { description: 'queue_full (with Retry-After)', content: json(ErrorBody) },
-  '500': { description: 'internal', content: json(ErrorBody) },
+const json = (schema: z.ZodType) => ({ 'application/json': { schema: jsonSchema(schema) } });
+
+/** The query parameters of a route, from the zod schema that validates its query string. */
+const query = (schema: z.ZodObject) =>
+  Object.entries(schema.shape).map(([name, field]) => ({
+    name,
+    in: 'query',
+    // A field with a default or marked optional accepts its absence.
+    required: !(field as z.ZodType).safeParse(undefined).success,
+    schema: jsonSchema(field as z.ZodType),
+  }));
+
+const userId = { name: 'user_id', in: 'path', required: true, schema: jsonSchema(Id) };
+const sessionId = { name: 'session_id', in: 'path', required: true, schema: jsonSchema(Id) };
+const operationId = {
+  name: 'id',
+  in: 'path',
+  required: true,
+  schema: { type: 'string', pattern: '^op_[0-9]+$' },
 };
+
+// Every error status the API answers with, and its codes, from the one table that maps them.
+const codesByStatus = new Map<number, string[]>();
+for (const [code, status] of Object.entries(httpStatusFor)) {
+  codesByStatus.set(status, [...(codesByStatus.get(status) ?? []), code]);
+}
+const errors = Object.fromEntries(
+  [...codesByStatus].map(([status, codes]) => [
+    String(status),
+    { description: codes.join(', '), content: json(ErrorBody) },
+  ]),
+);
 
 const operationWrite = {
   '200': { description: 'finished within the wait', content: json(Operation) },
@@ -49,10 +80,14 @@ export function openApiDocument(): object {
         post: { requestBody: { content: json(BatchIngestRequest) }, responses: operationWrite },
       },
       '/v1/operations': {
-        get: { responses: { '200': { description: 'a page of operations' }, ...errors } },
+        get: {
+          parameters: query(OperationsQuery),
+          responses: { '200': { description: 'a page of operations' }, ...errors },
+        },
       },
       '/v1/operations/{id}': {
         get: {
+          parameters: [operationId, ...query(OperationQuery)],
           responses: {
             '200': { description: 'the operation', content: json(Operation) },
             ...errors,
@@ -61,6 +96,7 @@ export function openApiDocument(): object {
       },
       '/v1/operations/{id}/cancel': {
         post: {
+          parameters: [operationId],
           responses: {
             '200': { description: 'the operation', content: json(Operation) },
             ...errors,
@@ -68,19 +104,32 @@ export function openApiDocument(): object {
         },
       },
       '/v1/memory/search': {
-        get: { responses: { '200': { description: 'ranked results' }, ...errors } },
+        get: {
+          parameters: query(SearchQuery),
+          responses: { '200': { description: 'ranked results' }, ...errors },
+        },
       },
       '/v1/users/{user_id}/profile': {
-        get: { responses: { '200': { description: 'profile and summary' }, ...errors } },
+        get: {
+          parameters: [userId],
+          responses: { '200': { description: 'profile and summary' }, ...errors },
+        },
       },
       '/v1/users/{user_id}/memories': {
-        get: { responses: { '200': { description: 'a page of memories' }, ...errors } },
+        get: {
+          parameters: [userId, ...query(MemoriesQuery)],
+          responses: { '200': { description: 'a page of memories' }, ...errors },
+        },
       },
       '/v1/users/{user_id}/events': {
-        get: { responses: { '200': { description: 'events in date order' }, ...errors } },
+        get: {
+          parameters: [userId, ...query(EventsQuery)],
+          responses: { '200': { description: 'events in date order' }, ...errors },
+        },
       },
       '/v1/sessions/{session_id}/messages': {
         post: {
+          parameters: [sessionId],
           requestBody: { content: json(AppendMessagesRequest) },
           responses: {
             '200': { description: 'appended; `{"live_count": n}`' },
@@ -95,6 +144,7 @@ export function openApiDocument(): object {
       },
       '/v1/sessions/{session_id}/commit': {
         post: {
+          parameters: [sessionId],
           requestBody: { content: json(CommitRequest) },
           responses: {
             '200': {
@@ -112,13 +162,23 @@ export function openApiDocument(): object {
         },
       },
       '/v1/users/{user_id}/conversations': {
-        get: { responses: { '200': { description: 'conversations in time order' }, ...errors } },
+        get: {
+          parameters: [userId, ...query(ConversationsQuery)],
+          responses: { '200': { description: 'conversations in time order' }, ...errors },
+        },
       },
       '/v1/sessions/{session_id}': {
-        get: { responses: { '200': { description: 'live count and archives' }, ...errors } },
+        get: {
+          parameters: [sessionId],
+          responses: { '200': { description: 'live count and archives' }, ...errors },
+        },
       },
       '/v1/users/{user_id}': {
-        delete: { requestBody: { content: json(DeleteUserRequest) }, responses: operationWrite },
+        delete: {
+          parameters: [userId],
+          requestBody: { content: json(DeleteUserRequest) },
+          responses: operationWrite,
+        },
       },
       '/healthz': { get: { responses: { '200': { description: 'process up' } } } },
       '/readyz': {

@@ -315,6 +315,19 @@ export function httpSuite(kind: 'pglite' | 'postgres'): void {
           '/v1/users/{user_id}',
         ]),
       );
+      // GET routes carry their query parameters from the same zod schemas that validate them.
+      const search = doc.body['paths']['/v1/memory/search']['get'];
+      expect(search['parameters']).toEqual(
+        expect.arrayContaining([
+          expect.objectContaining({ name: 'user_id', in: 'query', required: true }),
+          expect.objectContaining({ name: 'q', in: 'query', required: true }),
+          expect.objectContaining({ name: 'limit', in: 'query', required: false }),
+        ]),
+      );
+      // Every error status the API can answer with is listed.
+      expect(Object.keys(search['responses'])).toEqual(
+        expect.arrayContaining(['400', '401', '404', '409', '413', '429', '500', '503']),
+      );
     });
   });
 
