@@ -195,6 +195,12 @@ export interface Mnemo {
   /** Database reachable and every migration applied. */
   ready(): Promise<boolean>;
   startWorker(options?: WorkerOptions): Promise<Worker>;
+  /**
+   * Ends every wait for an operation now, and every later one at once: the writes answer
+   * with their operation as it stands (202 while it is unfinished; it stays durable and goes
+   * on). For a shutdown whose drain must not last as long as the longest `timeout_ms`.
+   */
+  endWaits(): void;
   close(): Promise<void>;
 }
 
@@ -245,6 +251,7 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
     throw err;
   }
   const engine = createEngine({ store, logger: logger.child({ component: 'engine' }) });
+  const waitsEnded = new AbortController();
   const extractor = options.extractor ?? chooseExtractor(config);
   registerMemoryJobs(engine, extractor, { timeoutMs: config.llmTimeoutMs * 2 });
   registerSessionJobs(engine, store, extractor, { timeoutMs: config.llmTimeoutMs * 2 });
@@ -298,6 +305,7 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
         current = await engine.waitFor(tenantId, job.id, {
           timeoutMs: opts.timeoutMs,
           enqueued: job,
+          signal: waitsEnded.signal,
         });
       }
       if (!durable && !TERMINAL.has(current.status)) {
@@ -472,7 +480,11 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
         leaseMs: config.workerLeaseMs,
         ...workerOptions,
       }),
+    endWaits() {
+      waitsEnded.abort();
+    },
     async close() {
+      waitsEnded.abort();
       await engine.stop();
       await store.close();
     },

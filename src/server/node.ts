@@ -1,6 +1,8 @@
 /**
  * Runs the HTTP app on Node: listen, and on SIGINT/SIGTERM stop accepting, drain in-flight
- * requests, stop the engine (workers finish or release their jobs), close the store.
+ * requests, stop the engine (workers finish or release their jobs), close the store. The
+ * drain lasts at most `drainMs`: requests still waiting for their operation then answer with
+ * it as it stands (202), instead of holding the stop for up to their `timeout_ms`.
  */
 import { serve } from '@hono/node-server';
 
@@ -23,7 +25,13 @@ export interface RunningServer {
 /** Listens on `host:port` (port 0: any free port). */
 export function startServer(
   mnemo: Mnemo,
-  options: { host: string; port: number; logger: Logger },
+  options: {
+    host: string;
+    port: number;
+    logger: Logger;
+    /** How long a stop waits for in-flight requests before it ends their waits. @defaultValue 10000 */
+    drainMs?: number;
+  },
 ): Promise<RunningServer> {
   const app = createApp({
     mnemo,
@@ -45,7 +53,12 @@ export function startServer(
           url: `http://${host}:${info.port}`,
           stop() {
             stopping ??= (async () => {
-              await new Promise<void>((done) => server.close(() => done()));
+              // Stops accepting; idle keep-alive connections close now, busy ones after
+              // their response.
+              const drained = new Promise<void>((done) => server.close(() => done()));
+              const deadline = setTimeout(() => mnemo.endWaits(), options.drainMs ?? 10_000);
+              await drained;
+              clearTimeout(deadline);
               await mnemo.close();
             })();
             return stopping;
