@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { createKey } from '../../src/keys/keys.ts';
 import { openHttp } from '../helpers/http.ts';
+import { describePg } from '../helpers/pg.ts';
 
 type Harness = Awaited<ReturnType<typeof openHttp>>;
 
@@ -148,14 +149,12 @@ const routes = fc.oneof(
     fc.constant('GET'),
     fc
       .tuple(
-        fc.constantFrom(
-          '/v1/memory/search',
-          '/v1/operations',
-          '/v1/operations/op_1',
-          '/v1/users/u1/profile',
-          '/v1/users/u1/memories',
-          '/v1/users/u1/events',
-          '/v1/users/u1/conversations',
+        fc.oneof(
+          fc.constantFrom('/v1/memory/search', '/v1/operations'),
+          pathPart.map((p) => `/v1/operations/${encodeURIComponent(p)}`),
+          fc
+            .tuple(pathPart, fc.constantFrom('profile', 'memories', 'events', 'conversations'))
+            .map(([p, what]) => `/v1/users/${encodeURIComponent(p)}/${what}`),
         ),
         query,
       )
@@ -164,45 +163,78 @@ const routes = fc.oneof(
   ),
 );
 
-describe('HTTP API under random input (fast-check)', () => {
-  let h: Harness;
+function fuzzSuite(kind: 'pglite' | 'postgres'): void {
+  describe(`HTTP API under random input (fast-check, ${kind})`, () => {
+    let h: Harness;
 
-  beforeAll(async () => {
-    h = await openHttp('pglite', 'fuzz', { worker: false });
-  });
+    beforeAll(async () => {
+      h = await openHttp(kind, `fuzz-${kind}`, { worker: false });
+    });
 
-  afterAll(async () => {
-    await h.dispose();
-  });
+    afterAll(async () => {
+      await h.dispose();
+    });
 
-  // Rows a refused request must not have written.
-  const jobs = async () =>
-    (
-      await h.mnemo.store.query<{ n: number }>(
-        `select ((select count(*) from jobs) + (select count(*) from sessions)
+    // Rows a refused request must not have written.
+    const jobs = async () =>
+      (
+        await h.mnemo.store.query<{ n: number }>(
+          `select ((select count(*) from jobs) + (select count(*) from sessions)
            + (select count(*) from session_messages) + (select count(*) from sync_segments)
            + (select count(*) from sync_batches) + (select count(*) from sync_audio))::int as n`,
-      )
-    )[0]?.n ?? -1;
+        )
+      )[0]?.n ?? -1;
 
-  it('never answers 500, always with an error body on 4xx, and writes nothing when it refuses', async () => {
-    await fc.assert(
-      fc.asyncProperty(routes, async ([method, path, payload]) => {
-        const before = await jobs();
-        const res = await h.call(method, path, payload);
-        expect(res.status).toBeLessThan(500);
-        expect(res.headers.get('x-request-id')).toBeTruthy();
-        if (res.status >= 400) {
-          expect(res.body).toMatchObject({
-            error: { code: expect.any(String), message: expect.any(String) },
-          });
-          expect(await jobs()).toBe(before);
-        }
-      }),
-      { numRuns: Number(process.env['MNEMO_FUZZ_RUNS'] ?? '2000') },
-    );
+    it('never answers 500, always with an error body on 4xx, and writes nothing when it refuses', async () => {
+      await fc.assert(
+        fc.asyncProperty(routes, async ([method, path, payload]) => {
+          const before = await jobs();
+          const res = await h.call(method, path, payload);
+          expect(res.status).toBeLessThan(500);
+          expect(res.headers.get('x-request-id')).toBeTruthy();
+          if (res.status >= 400) {
+            expect(res.body).toMatchObject({
+              error: { code: expect.any(String), message: expect.any(String) },
+            });
+            expect(await jobs()).toBe(before);
+          }
+        }),
+        { numRuns: Number(process.env['MNEMO_FUZZ_RUNS'] ?? '2000') },
+      );
+    });
+
+    it('refuses a body over its limit on every route that takes one with 413 and the error body, writing nothing', async () => {
+      const body = (mb: number) =>
+        JSON.stringify({ user_id: 'u1', user_query: 'x'.repeat(mb * 1024 * 1024) });
+      const huge = body(11);
+      const before = await jobs();
+      // Audio uploads have a limit of their own (MNEMO_SYNC_MAX_BODY_BYTES, 64 MiB).
+      const sync = await h.call('POST', '/v1/sync', body(65));
+      expect(sync.status).toBe(413);
+      expect(sync.body).toMatchObject({ error: { code: 'payload_too_large' } });
+      for (const [method, path] of [
+        ['POST', '/v1/memory/ingest'],
+        ['POST', '/v1/memory/batch-ingest'],
+        ['POST', '/v1/sessions/s1/messages'],
+        ['POST', '/v1/sessions/s1/commit'],
+        ['POST', '/v1/operations/op_1/cancel'],
+        ['DELETE', '/v1/users/u1'],
+      ] as const) {
+        const res = await h.call(method, path, huge);
+        expect(res.status, `${method} ${path}`).toBe(413);
+        expect(res.body).toMatchObject({ error: { code: 'payload_too_large' } });
+      }
+      expect(await jobs()).toBe(before);
+    });
   });
+}
 
+fuzzSuite('pglite');
+describePg('postgres', () => {
+  fuzzSuite('postgres');
+});
+
+describe('HTTP API under random input with API keys (fast-check, pglite)', () => {
   it('with API keys: anything without a valid key is 401 and writes nothing', async () => {
     const keyed = await openHttp('pglite', 'fuzz-keys', { worker: false });
     try {
