@@ -1,8 +1,9 @@
 /**
  * One POST to a model endpoint (OpenAI-compatible chat completions, transcriptions) with the
- * error mapping Mnemo's job retries rely on: network errors, timeouts, 408, 429 and 5xx are
- * retryable (`unavailable`); other 4xx are final (`internal`, not retryable); the answer's
- * JSON is validated by the caller's zod schema (a malformed answer is retryable).
+ * error mapping Mnemo's job retries rely on: network errors, 408, 429 and 5xx are retryable
+ * (`unavailable`), and so is no answer within `timeoutMs` (`timeout`); other 4xx are final
+ * (`internal`, not retryable); the answer's JSON is validated by the caller's zod schema (a
+ * malformed answer is retryable).
  */
 import type { z } from 'zod';
 
@@ -48,6 +49,14 @@ export async function postToEndpoint<S extends z.ZodType>(options: {
       signal: AbortSignal.any([signal, AbortSignal.timeout(options.timeoutMs)]),
     });
   } catch (err) {
+    if (!signal.aborted && (err as Error).name === 'TimeoutError') {
+      // Its own deadline, not the caller's: say so (the operation's error tells the client).
+      throw new MnemoError(
+        ErrorCode.Timeout,
+        `${label}: no answer within ${options.timeoutMs} ms`,
+        { retryable: true, cause: err },
+      );
+    }
     throw endpointFailure(
       label,
       signal.aborted ? 'aborted' : `request failed (${(err as Error).name})`,

@@ -57,6 +57,8 @@ export function ingestSuite(setup: IngestSetup): void {
         MNEMO_LLM_BASE_URL: llm.url,
         MNEMO_LLM_MODEL: 'fake',
         MNEMO_WORKER_CONCURRENCY: '10',
+        // Far above the fake's 50 ms, so that only the test that stalls it times out.
+        MNEMO_LLM_TIMEOUT_MS: '3000',
       };
       await Promise.all(Array.from({ length: setup.servers }, () => group.start(['serve'])));
     });
@@ -161,6 +163,35 @@ export function ingestSuite(setup: IngestSetup): void {
       const profile = (await get('/v1/users/key-user/profile')).body;
       expect(profile['summary']['turn_count']).toBe(1);
       expect(profile['attributes']['pet']['value']).toBe('a parrot');
+    });
+
+    it('fails a run past its timeout after its attempts, truthfully, and writes nothing from it', async () => {
+      llm.latencyMs = 10_000; // beyond MNEMO_LLM_TIMEOUT_MS: every attempt times out
+      let op: Json;
+      try {
+        const res = await post(0, '/v1/memory/ingest', {
+          user_id: 'slow-user',
+          user_query: 'My mood is patient.',
+          timeout_ms: 50,
+        });
+        expect(res.status).toBe(202);
+        expect(['pending', 'running']).toContain(res.body['status']);
+        op = res.body;
+        await eventually(async () => {
+          op = (await group.call(1, 'GET', `/v1/operations/${op['id']}`)).body;
+          return op['status'] === 'failed';
+        }, 60_000);
+      } finally {
+        llm.latencyMs = LLM_LATENCY_MS;
+      }
+      expect(op).toMatchObject({
+        status: 'failed',
+        attempts: 3,
+        error: { code: 'timeout' },
+      });
+      const profile = (await get('/v1/users/slow-user/profile')).body;
+      expect(profile['attributes']).toEqual({});
+      expect(profile['summary']['turn_count']).toBe(0);
     });
 
     it('runs 50 users × 20 ingests in parallel across users and in order within each user', async () => {

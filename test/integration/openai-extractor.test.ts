@@ -29,7 +29,7 @@ describe('OpenAI-compatible extractor (against a local chat-completions server)'
     expect(last?.messages[1]?.content).toBe('User: My name is Ada. I like tea.\nAssistant: Hi Ada');
   });
 
-  it('maps 5xx, 429, timeouts and malformed output to retryable errors and other 4xx to final ones', async () => {
+  it('maps 5xx, 429, timeouts (as `timeout`) and malformed output to retryable errors and other 4xx to final ones', async () => {
     const extractor = createOpenAiExtractor({ baseUrl: llm.url, model: 'tiny', timeoutMs: 100 });
     llm.failNext(1, 503);
     await expect(extractor.extract({ userQuery: 'x y' }, signal())).rejects.toMatchObject({
@@ -51,7 +51,7 @@ describe('OpenAI-compatible extractor (against a local chat-completions server)'
     });
     llm.latencyMs = 500;
     await expect(extractor.extract({ userQuery: 'x y' }, signal())).rejects.toMatchObject({
-      code: 'unavailable',
+      code: 'timeout',
       retryable: true,
     });
     llm.latencyMs = 0;
