@@ -2,6 +2,8 @@
  * createMnemo: wires configuration, store, engine and the memory domain into the one object
  * every surface (HTTP, CLI, MCP) calls. Surfaces translate; they hold no logic of their own.
  */
+import { setMaxListeners } from 'node:events';
+
 import type { Config } from './config.ts';
 import { ErrorCode, isMnemoError, MnemoError } from './core/errors.ts';
 import { type Logger, silentLogger } from './core/logger.ts';
@@ -252,6 +254,8 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
   }
   const engine = createEngine({ store, logger: logger.child({ component: 'engine' }) });
   const waitsEnded = new AbortController();
+  // Every waiting request listens on it for as long as it waits: no limit to warn about.
+  setMaxListeners(0, waitsEnded.signal);
   const extractor = options.extractor ?? chooseExtractor(config);
   registerMemoryJobs(engine, extractor, { timeoutMs: config.llmTimeoutMs * 2 });
   registerSessionJobs(engine, store, extractor, { timeoutMs: config.llmTimeoutMs * 2 });
@@ -484,7 +488,6 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
       waitsEnded.abort();
     },
     async close() {
-      waitsEnded.abort();
       await engine.stop();
       await store.close();
     },

@@ -23,6 +23,14 @@ export function endpointFailure(
   );
 }
 
+/** The endpoint's own deadline passed, not the caller's: said so, as the client will read it. */
+function timedOut(label: string, timeoutMs: number, cause: unknown): MnemoError {
+  return new MnemoError(ErrorCode.Timeout, `${label}: no answer within ${timeoutMs} ms`, {
+    retryable: true,
+    cause,
+  });
+}
+
 /** POSTs `body` to `url` and parses the JSON answer with `schema`. */
 export async function postToEndpoint<S extends z.ZodType>(options: {
   label: string;
@@ -50,12 +58,7 @@ export async function postToEndpoint<S extends z.ZodType>(options: {
     });
   } catch (err) {
     if (!signal.aborted && (err as Error).name === 'TimeoutError') {
-      // Its own deadline, not the caller's: say so (the operation's error tells the client).
-      throw new MnemoError(
-        ErrorCode.Timeout,
-        `${label}: no answer within ${options.timeoutMs} ms`,
-        { retryable: true, cause: err },
-      );
+      throw timedOut(label, options.timeoutMs, err);
     }
     throw endpointFailure(
       label,
@@ -71,6 +74,9 @@ export async function postToEndpoint<S extends z.ZodType>(options: {
   try {
     return options.schema.parse(await response.json());
   } catch (err) {
+    if (!signal.aborted && (err as Error).name === 'TimeoutError') {
+      throw timedOut(label, options.timeoutMs, err); // while the answer was being read
+    }
     throw endpointFailure(label, options.malformed, true, err);
   }
 }

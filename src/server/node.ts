@@ -2,8 +2,11 @@
  * Runs the HTTP app on Node: listen, and on SIGINT/SIGTERM stop accepting, drain in-flight
  * requests, stop the engine (workers finish or release their jobs), close the store. The
  * drain lasts at most `drainMs`: requests still waiting for their operation then answer with
- * it as it stands (202), instead of holding the stop for up to their `timeout_ms`.
+ * it as it stands (202), instead of holding the stop for up to their `timeout_ms`, and a
+ * second later any connection still open is cut.
  */
+import { Server as HttpServer } from 'node:http';
+
 import { serve } from '@hono/node-server';
 
 import type { Mnemo } from '../app.ts';
@@ -53,11 +56,18 @@ export function startServer(
           url: `http://${host}:${info.port}`,
           stop() {
             stopping ??= (async () => {
-              // Stops accepting; idle keep-alive connections close now, busy ones after
-              // their response.
+              // Stops accepting. A connection stays open after its last response for as long
+              // as the client keeps it alive: each is closed as soon as it is idle.
               const drained = new Promise<void>((done) => server.close(() => done()));
-              const deadline = setTimeout(() => mnemo.endWaits(), options.drainMs ?? 10_000);
+              const http = server instanceof HttpServer ? server : undefined;
+              const idle = setInterval(() => http?.closeIdleConnections(), 100);
+              const deadline = setTimeout(() => {
+                mnemo.endWaits(); // the waiting requests answer now
+                // Whatever is still open a second later is cut.
+                setTimeout(() => http?.closeAllConnections(), 1000).unref();
+              }, options.drainMs ?? 10_000);
               await drained;
+              clearInterval(idle);
               clearTimeout(deadline);
               await mnemo.close();
             })();

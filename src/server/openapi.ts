@@ -40,7 +40,14 @@ const operationId = {
   name: 'id',
   in: 'path',
   required: true,
-  schema: { type: 'string', pattern: '^op_[0-9]+$' },
+  schema: { type: 'string', pattern: '^op_[0-9]{1,15}$' },
+};
+/** Writes take their idempotency key in this header or as `idempotency_key` in the body. */
+const idempotencyKey = {
+  name: 'Idempotency-Key',
+  in: 'header',
+  required: false,
+  schema: jsonSchema(Id),
 };
 
 // Every error status the API answers with, and its codes, from the one table that maps them.
@@ -74,10 +81,18 @@ export function openApiDocument(): object {
     },
     paths: {
       '/v1/memory/ingest': {
-        post: { requestBody: { content: json(IngestRequest) }, responses: operationWrite },
+        post: {
+          parameters: [idempotencyKey],
+          requestBody: { content: json(IngestRequest) },
+          responses: operationWrite,
+        },
       },
       '/v1/memory/batch-ingest': {
-        post: { requestBody: { content: json(BatchIngestRequest) }, responses: operationWrite },
+        post: {
+          parameters: [idempotencyKey],
+          requestBody: { content: json(BatchIngestRequest) },
+          responses: operationWrite,
+        },
       },
       '/v1/operations': {
         get: {
@@ -129,7 +144,7 @@ export function openApiDocument(): object {
       },
       '/v1/sessions/{session_id}/messages': {
         post: {
-          parameters: [sessionId],
+          parameters: [sessionId, idempotencyKey],
           requestBody: { content: json(AppendMessagesRequest) },
           responses: {
             '200': { description: 'appended; `{"live_count": n}`' },
@@ -144,7 +159,7 @@ export function openApiDocument(): object {
       },
       '/v1/sessions/{session_id}/commit': {
         post: {
-          parameters: [sessionId],
+          parameters: [sessionId, idempotencyKey],
           requestBody: { content: json(CommitRequest) },
           responses: {
             '200': {
@@ -157,6 +172,7 @@ export function openApiDocument(): object {
       },
       '/v1/sync': {
         post: {
+          parameters: [idempotencyKey],
           requestBody: { content: json(SyncRequest) },
           responses: operationWrite,
         },
@@ -175,7 +191,7 @@ export function openApiDocument(): object {
       },
       '/v1/users/{user_id}': {
         delete: {
-          parameters: [userId],
+          parameters: [userId, idempotencyKey],
           requestBody: { content: json(DeleteUserRequest) },
           responses: operationWrite,
         },
@@ -187,6 +203,7 @@ export function openApiDocument(): object {
         },
       },
       '/metrics': { get: { responses: { '200': { description: 'Prometheus text' } } } },
+      '/openapi.json': { get: { responses: { '200': { description: 'this document' } } } },
     },
   };
   return cached;

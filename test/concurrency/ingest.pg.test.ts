@@ -1,5 +1,5 @@
 import { describePg, dropSchema, testDatabaseUrl, testSchemaName } from '../helpers/pg.ts';
-import { ingestSuite } from './ingest.suite.ts';
+import { ingestSuite } from '../integration/ingest-processes.suite.ts';
 
 describePg('postgres', () => {
   const schema = testSchemaName('ingest-processes');

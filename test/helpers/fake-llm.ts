@@ -16,6 +16,9 @@ export interface FakeLlm {
     messages: { role: string; content: string }[];
   }[];
   latencyMs: number;
+  /** The most requests it held at once (being delayed) since the last reset. */
+  peakInFlight(): number;
+  resetPeak(): void;
   failNext(count: number, status: number): void;
   garbleNext(count: number): void;
   close(): Promise<void>;
@@ -25,12 +28,15 @@ export async function startFakeLlm(latencyMs = 0): Promise<FakeLlm> {
   let failures: { count: number; status: number } = { count: 0, status: 500 };
   let garbles = 0;
   const requests: FakeLlm['requests'] = [];
-  const state = { latencyMs };
+  const state = { latencyMs, inFlight: 0, peak: 0 };
   const server: Server = createServer((req, res) => {
     let raw = '';
     req.on('data', (chunk: Buffer) => (raw += chunk.toString()));
     req.on('end', () => {
+      state.inFlight += 1;
+      state.peak = Math.max(state.peak, state.inFlight);
       const answer = () => {
+        state.inFlight -= 1;
         if (req.method !== 'POST' || req.url !== '/v1/chat/completions') {
           res.writeHead(404).end();
           return;
@@ -98,6 +104,8 @@ export async function startFakeLlm(latencyMs = 0): Promise<FakeLlm> {
     set latencyMs(v: number) {
       state.latencyMs = v;
     },
+    peakInFlight: () => state.peak,
+    resetPeak: () => (state.peak = state.inFlight),
     failNext: (count, status) => (failures = { count, status }),
     garbleNext: (count) => (garbles = count),
     close: () =>

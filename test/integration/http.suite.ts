@@ -324,6 +324,16 @@ export function httpSuite(kind: 'pglite' | 'postgres'): void {
           expect.objectContaining({ name: 'limit', in: 'query', required: false }),
         ]),
       );
+      // Every templated path names each of its parameters.
+      for (const [path, methods] of Object.entries(doc.body['paths'] as object)) {
+        const templated = [...path.matchAll(/\{(\w+)\}/g)].map((m) => m[1]);
+        for (const operation of Object.values(methods as Record<string, { parameters?: [] }>)) {
+          const inPath = (operation.parameters ?? [])
+            .filter((p: { in: string }) => p.in === 'path')
+            .map((p: { name: string }) => p.name);
+          expect(inPath.sort(), path).toEqual([...templated].sort());
+        }
+      }
       // Every error status the API can answer with is listed.
       expect(Object.keys(search['responses'])).toEqual(
         expect.arrayContaining(['400', '401', '404', '409', '413', '429', '500', '503']),
