@@ -90,9 +90,12 @@ export function operationId(id: number): string {
   return `op_${id}`;
 }
 
+/** What an operation id looks like (`op_<n>`); the OpenAPI document quotes it. */
+export const OPERATION_ID_PATTERN = /^op_(\d{1,15})$/;
+
 /** Parses `op_<n>`; anything else is simply not found. */
 export function parseOperationId(id: string): number {
-  const m = /^op_(\d{1,15})$/.exec(id);
+  const m = OPERATION_ID_PATTERN.exec(id);
   if (m === null) {
     throw new MnemoError(ErrorCode.NotFound, `operation ${id} not found`);
   }

@@ -17,6 +17,7 @@ import {
   SearchQuery,
   SyncRequest,
 } from '../api/schemas.ts';
+import { OPERATION_ID_PATTERN } from '../app.ts';
 import { httpStatusFor } from './errors.ts';
 
 const jsonSchema = (schema: z.ZodType) =>
@@ -40,7 +41,7 @@ const operationId = {
   name: 'id',
   in: 'path',
   required: true,
-  schema: { type: 'string', pattern: '^op_[0-9]{1,15}$' },
+  schema: { type: 'string', pattern: OPERATION_ID_PATTERN.source },
 };
 /** Writes take their idempotency key in this header or as `idempotency_key` in the body. */
 const idempotencyKey = {
