@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 
 import pg from 'pg';
 
+import { ErrorCode, MnemoError } from '../core/errors.ts';
 import { translateDatabaseError } from './errors.ts';
 import { quoteIdent } from './quote.ts';
 import { assertSchemaName, backoffDelay, runTransactionWithRetries } from './retry.ts';
@@ -76,16 +77,46 @@ function wrap(client: pg.Pool | pg.PoolClient, inTransaction = false): Queryable
   };
 }
 
+/**
+ * Takes the `options` parameter (server settings, `-c name=value ...`) out of a connection
+ * URL. pg lets every parameter of the URL override the pool's own, so a URL's `options`
+ * would replace the `search_path` that puts Mnemo in its schema, and Mnemo would create and
+ * use its tables in another schema (`public`) without a word. The caller passes them on
+ * with its own setting last, which PostgreSQL applies last.
+ * @throws MnemoError `invalid_config` if the URL has `options` but cannot be rewritten
+ */
+export function splitServerOptions(url: string): { url: string; options: string | undefined } {
+  let parsed: URL | undefined;
+  try {
+    parsed = new URL(url);
+  } catch {
+    parsed = undefined;
+  }
+  const options = parsed?.searchParams.get('options') ?? undefined;
+  if (parsed === undefined || options === undefined) {
+    if (parsed === undefined && /[?&]options=/.test(url)) {
+      throw new MnemoError(
+        ErrorCode.InvalidConfig,
+        'the database URL has an options parameter but could not be read as a URL; set server options another way (e.g. ALTER ROLE ... SET)',
+      );
+    }
+    return { url, options: undefined };
+  }
+  parsed.searchParams.delete('options');
+  return { url: parsed.toString(), options };
+}
+
 /** Opens a pool on a PostgreSQL server. Connections are made lazily. */
 export function createPostgresStore(options: PostgresStoreOptions): Store {
   const schema = options.schema ?? 'mnemo';
   assertSchemaName(schema);
+  const server = splitServerOptions(options.url);
   const connectionConfig: pg.PoolConfig = {
-    connectionString: options.url,
+    connectionString: server.url,
     max: options.maxConnections ?? 10,
     connectionTimeoutMillis: options.connectTimeoutMs ?? 5000,
     application_name: options.applicationName ?? 'mnemo',
-    options: `-c search_path=${schema}`,
+    options: `${server.options === undefined ? '' : `${server.options} `}-c search_path=${schema}`,
     types: typeParsers,
   };
   const pool = new pg.Pool(connectionConfig);

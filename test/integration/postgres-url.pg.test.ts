@@ -1,0 +1,43 @@
+import { afterAll, expect, it } from 'vitest';
+
+import { migrate } from '../../src/store/migrate.ts';
+import { createPostgresStore } from '../../src/store/postgres.ts';
+import type { Store } from '../../src/store/types.ts';
+import { describePg, dropSchema, testDatabaseUrl, testSchemaName } from '../helpers/pg.ts';
+
+describePg('a database URL with server options of its own (PostgreSQL)', () => {
+  const schema = testSchemaName('postgres-url');
+  const stores: Store[] = [];
+  afterAll(async () => {
+    for (const store of stores) {
+      await store.close();
+    }
+    await dropSchema(schema);
+  });
+
+  it('keeps Mnemo in its schema and applies the URL options too', async () => {
+    const url = new URL(testDatabaseUrl);
+    // A search_path of its own among them: MNEMO_DATABASE_SCHEMA still decides.
+    url.searchParams.set('options', '-c statement_timeout=4321 -c search_path=public');
+    const store = createPostgresStore({ url: url.toString(), schema });
+    stores.push(store);
+    await migrate(store);
+
+    const [settings] = await store.query<{ path: string; timeout: string }>(
+      `select current_setting('search_path') as path,
+              current_setting('statement_timeout') as timeout`,
+    );
+    expect(settings).toEqual({ path: schema, timeout: '4321ms' });
+    const tables = await store.query<{ tablename: string }>(
+      `select tablename from pg_tables where schemaname = $1 and tablename in ('jobs', 'migrations')
+        order by tablename`,
+      [schema],
+    );
+    expect(tables.map((t) => t.tablename)).toEqual(['jobs', 'migrations']);
+    // In a transaction too (another pooled connection made from the same settings).
+    const inTx = await store.transaction((tx) =>
+      tx.query<{ path: string }>(`select current_setting('search_path') as path`),
+    );
+    expect(inTx).toEqual([{ path: schema }]);
+  });
+});
