@@ -32,7 +32,17 @@ export function claimJobs(
   ]);
 }
 
-/** Extends the leases still held; returns the ids whose lease was lost. */
+/**
+ * Extends the leases still held; returns the ids whose lease was lost.
+ *
+ * A job row another transaction has locked is skipped, not waited for. The lock is a
+ * completion of the job (this worker's own, batched with others) or another move of it; had
+ * the heartbeat waited, it would have held the rows it had already extended while the
+ * completion, wanting one of those, waited for it: a deadlock, which PostgreSQL breaks only
+ * after `deadlock_timeout` (1 s), stalling every job of that completion (seen in the ingest
+ * benchmark). A skipped job is not lost: it is still `running` under this worker's token as
+ * last committed, and the next heartbeat extends it if it still is.
+ */
 export async function extendLeases(
   q: Queryable,
   held: readonly { id: number; token: number }[],
@@ -42,11 +52,18 @@ export async function extendLeases(
     return [];
   }
   const rows = await q.query<{ id: number }>(
-    `update jobs j set lease_expires_at = now() + make_interval(secs => $3 / 1000.0)
-       from unnest($1::bigint[], $2::bigint[]) as h(id, token)
-      where j.id = any($1::bigint[]) and j.id = h.id and j.lease_token = h.token
-        and j.status = 'running'
-      returning j.id`,
+    `with h as (select * from unnest($1::bigint[], $2::bigint[]) as h(id, token)),
+     mine as (
+       select j.id from jobs j join h on h.id = j.id
+        where j.id = any($1::bigint[]) and j.lease_token = h.token and j.status = 'running'),
+     free as (
+       select j.id from jobs j join h on h.id = j.id
+        where j.id = any($1::bigint[]) and j.lease_token = h.token and j.status = 'running'
+        for update of j skip locked),
+     extended as (
+       update jobs j set lease_expires_at = now() + make_interval(secs => $3 / 1000.0)
+         from free where j.id = free.id)
+     select id from mine`,
     [held.map((h) => h.id), held.map((h) => h.token), leaseMs],
   );
   const kept = new Set(rows.map((r) => r.id));
