@@ -92,7 +92,8 @@ export function splitServerOptions(url: string): { url: string; options: string 
   } catch {
     parsed = undefined;
   }
-  const options = parsed?.searchParams.get('options') ?? undefined;
+  // pg keeps the last of repeated parameters.
+  const options = parsed?.searchParams.getAll('options').at(-1);
   if (parsed === undefined || options === undefined) {
     if (parsed === undefined && /[?&]options=/.test(url)) {
       throw new MnemoError(

@@ -78,6 +78,18 @@ describePg('heartbeat against a completion in flight (PostgreSQL)', () => {
     expect(await leaseSecondsLeft(y!.id)).toBeGreaterThan(500);
   });
 
+  it('extends a job whose row is only key-share locked (a child being inserted under it)', async () => {
+    const [x] = await runningJobs(1);
+    await other.query('begin');
+    await other.query(`select id from jobs where id = $1 for key share`, [x!.id]);
+    try {
+      expect(await extendLeases(store, [x!], 600_000)).toEqual([]);
+    } finally {
+      await other.query('commit');
+    }
+    expect(await leaseSecondsLeft(x!.id)).toBeGreaterThan(500);
+  });
+
   it('still reports a job lost when it is not running under its token any more', async () => {
     const [x, y, z] = await runningJobs(3);
     await store.query(`update jobs set status = 'succeeded', finished_at = now() where id = $1`, [

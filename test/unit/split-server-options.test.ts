@@ -24,6 +24,14 @@ describe('splitServerOptions', () => {
     expect([...rest.searchParams]).toEqual([['sslmode', 'require']]);
   });
 
+  it('passes on the last of repeated options, as pg would read them, and removes them all', () => {
+    const split = splitServerOptions(
+      'postgres://h/db?options=-c%20work_mem%3D8MB&options=-c%20work_mem%3D16MB',
+    );
+    expect(split.options).toBe('-c work_mem=16MB');
+    expect(new URL(split.url).searchParams.has('options')).toBe(false);
+  });
+
   it('refuses options it cannot take out, instead of losing the schema', () => {
     let caught: unknown;
     try {

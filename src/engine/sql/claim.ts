@@ -35,13 +35,15 @@ export function claimJobs(
 /**
  * Extends the leases still held; returns the ids whose lease was lost.
  *
- * A job row another transaction has locked is skipped, not waited for. The lock is a
- * completion of the job (this worker's own, batched with others) or another move of it; had
- * the heartbeat waited, it would have held the rows it had already extended while the
- * completion, wanting one of those, waited for it: a deadlock, which PostgreSQL breaks only
- * after `deadlock_timeout` (1 s), stalling every job of that completion (seen in the ingest
- * benchmark). A skipped job is not lost: it is still `running` under this worker's token as
- * last committed, and the next heartbeat extends it if it still is.
+ * A job row another transaction has locked is skipped, not waited for. The lock is usually
+ * a completion of the job (this worker's own, batched with others); other moves of a job
+ * and the short transactions that read it for update hold it too (none spans a network
+ * call). Had the heartbeat waited, it would have held the rows it had already extended
+ * while a completion of several jobs, wanting one of those, waited for it: a deadlock, which
+ * PostgreSQL breaks only after `deadlock_timeout` (1 s), stalling every job of that
+ * completion (seen in the ingest benchmark). A skipped job is not lost: it is still
+ * `running` under this worker's token as last committed, and the next heartbeat extends it
+ * (a lease outlasts three heartbeats by default).
  */
 export async function extendLeases(
   q: Queryable,
@@ -59,10 +61,10 @@ export async function extendLeases(
      free as (
        select j.id from jobs j join h on h.id = j.id
         where j.id = any($1::bigint[]) and j.lease_token = h.token and j.status = 'running'
-        for update of j skip locked),
+        for no key update of j skip locked),
      extended as (
        update jobs j set lease_expires_at = now() + make_interval(secs => $3 / 1000.0)
-         from free where j.id = free.id)
+         from free where j.id = any($1::bigint[]) and j.id = free.id)
      select id from mine`,
     [held.map((h) => h.id), held.map((h) => h.token), leaseMs],
   );
