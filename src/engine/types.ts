@@ -152,6 +152,15 @@ export interface JobHandler<P = unknown, C = unknown> {
    */
   applyFunction?: { name: string; argument: (computed: C, ctx: JobContext<P>) => unknown };
   /**
+   * What the apply locks, as a sort key (e.g. the user whose rows it writes). The applies of
+   * one completion run in the order of this key (then of job id; jobs without a key first),
+   * so that two completions in flight take the locks of the same keys in one order instead
+   * of each waiting for the other (a deadlock, which PostgreSQL breaks only after
+   * `deadlock_timeout`). Needed when jobs of one key can complete in different completions
+   * at once: jobs of one lane never do.
+   */
+  lockKey?: (ctx: JobContext<P>) => string;
+  /**
    * Runs in the transaction that fails the job for good — its completion (the last attempt
    * failed, or its error is final), or the reaper's (its worker stopped on the last attempt):
    * the place to release what the job held. Not run when a pending job is cancelled.

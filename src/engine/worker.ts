@@ -701,7 +701,9 @@ export class Worker {
     const outcomes = new Map<number, Outcome>(
       batch.map((r) => [r.row.id, r.outcome ?? failedUnknown()]),
     );
-    const applying = batch.filter((r) => r.outcome?.ok === true && this.#hasApply(r));
+    const applying = sortByLockKey(
+      batch.filter((r) => r.outcome?.ok === true && this.#hasApply(r)),
+    );
     const hooked = batch.filter(
       (r) => r.outcome?.ok === false && r.handler.onFailure !== undefined,
     );
@@ -1141,6 +1143,19 @@ class ApplyFailed extends Error {
 
 /** Raised by assert_moved (migration 0008): a job applied on the fast path had lost its lease. */
 const LEASE_LOST_SQLSTATE = 'MNL01';
+
+/**
+ * The applies of one completion in the order of their handlers' lock keys (then job ids;
+ * jobs without a key first), so that completions in flight lock shared keys in one order.
+ */
+function sortByLockKey(applying: Running[]): Running[] {
+  if (applying.length < 2 || applying.every((r) => r.handler.lockKey === undefined)) {
+    return applying;
+  }
+  const keyed = applying.map((r) => ({ r, key: r.handler.lockKey?.(r.ctx) ?? '' }));
+  keyed.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : a.r.row.id - b.r.row.id));
+  return keyed.map((k) => k.r);
+}
 
 function failedUnknown(): Outcome & { ok: false } {
   return {

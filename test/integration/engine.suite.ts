@@ -397,6 +397,47 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       expect(rows.map((r) => r.n)).toEqual([1, 3]);
     });
 
+    it('runs the applies of one completion in the order of their lock keys, then of job ids', async () => {
+      // Three computes end in one turn of the event loop, so one completion takes them all;
+      // the first job's compute ends last.
+      let started = 0;
+      let open!: () => void;
+      const gate = new Promise<void>((resolve) => (open = resolve));
+      engine.register<{ key: string; late: boolean }, void>('keyed', {
+        compute: async (ctx) => {
+          started += 1;
+          await gate;
+          if (ctx.payload.late) {
+            await Promise.resolve();
+            await Promise.resolve();
+          }
+        },
+        apply: async (tx, _none, ctx) => {
+          await tx.query('insert into effects (job_id, lane) values ($1, $2)', [
+            ctx.id,
+            ctx.payload.key,
+          ]);
+        },
+        lockKey: (ctx) => ctx.payload.key,
+      });
+      const jobs = await store.transaction((tx) =>
+        engine.enqueueMany(tx, 'default', [
+          { kind: 'keyed', payload: { key: 'a', late: true } },
+          { kind: 'keyed', payload: { key: 'b', late: false } },
+          { kind: 'keyed', payload: { key: 'a', late: false } },
+        ]),
+      );
+      await engine.startWorker({ concurrency: 3 });
+      await eventually(() => started === 3);
+      open();
+      await Promise.all(jobs.map((j) => waitDone(j.id)));
+      const order = await store.query<{ job_id: number }>(
+        'select job_id::int as job_id from effects order by at',
+      );
+      // Finished b, a (id 3), a (id 1); applied a (1), a (3), b.
+      expect(order.map((r) => r.job_id)).toEqual([jobs[0]!.id, jobs[2]!.id, jobs[1]!.id]);
+    });
+
     it('does not run a job before its run_at', async () => {
       engine.register('later', { compute: () => Promise.resolve(Date.now()) });
       await engine.startWorker({ concurrency: 1, pollIntervalMs: 50 });
