@@ -97,6 +97,14 @@ export async function writeTurn(
   return row.result;
 }
 
+/**
+ * The lock key ({@link JobHandler.lockKey}) of jobs whose applies lock a user's rows outside
+ * the user's lane (sync segments, the user's deletion): completions order them by user.
+ */
+export function userLockKey(ctx: { tenantId: string; payload: { user_id: string } }): string {
+  return `${ctx.tenantId}\u0000${ctx.payload.user_id}`;
+}
+
 /** Registers the memory jobs with the engine. */
 export function registerMemoryJobs(
   engine: Engine,
@@ -131,8 +139,15 @@ export function registerMemoryJobs(
 
   engine.register<{ user_id: string }, void>(MemoryJob.DeleteUser, {
     maxAttempts: 5,
+    lockKey: userLockKey,
     async apply(tx, _none, ctx) {
       const args = [ctx.tenantId, ctx.payload.user_id];
+      // The user's sync lock first, as every sync apply takes it before the user's segments
+      // and conversations, which are deleted below.
+      await tx.query(
+        `select 1 from sync_users where tenant_id = $1 and user_id = $2 for update`,
+        args,
+      );
       const counts: Record<string, number> = {};
       // Sessions take their messages, archives and append keys with them (on delete
       // cascade). Sync: segments before conversations (they point at them), and the batches,

@@ -18,6 +18,7 @@ import { createHash } from 'node:crypto';
 import { ErrorCode, isMnemoError, MnemoError } from '../core/errors.ts';
 import { canonicalJson } from '../core/json.ts';
 import type { Engine, Job } from '../engine/index.ts';
+import { userLockKey } from '../memory/pipeline.ts';
 import type { Extractor } from '../memory/types.ts';
 import type { Queryable, Store } from '../store/types.ts';
 import { isSilent, parseWav } from './audio.ts';
@@ -410,9 +411,23 @@ export function cluster(
 }
 
 /**
- * Moves the batch's cursor over every consecutive finished segment, under the user's lock,
- * assigning the ready ones with a few set-based statements, and adds the batch's summarize
- * job once the cursor has passed them all.
+ * Takes the user's lock (the `sync_users` row) until the transaction ends: one assignment of
+ * this user at a time, whatever the batch or process. Every apply that writes a user's
+ * segments or conversations takes it before any of their rows, so that none holds one of
+ * those rows while waiting for the lock that another holds while wanting that row.
+ */
+async function lockUser(tx: Queryable, tenantId: string, userId: string): Promise<void> {
+  await tx.query(
+    `insert into sync_users (tenant_id, user_id) values ($1, $2)
+     on conflict (tenant_id, user_id) do update set updated_at = now()`,
+    [tenantId, userId],
+  );
+}
+
+/**
+ * Moves the batch's cursor over every consecutive finished segment, assigning the ready ones
+ * with a few set-based statements, and adds the batch's summarize job once the cursor has
+ * passed them all. The caller holds the user's lock ({@link lockUser}).
  */
 async function advance(
   tx: Queryable,
@@ -421,12 +436,6 @@ async function advance(
   userId: string,
   batchId: number,
 ): Promise<void> {
-  // The user's lock: one assignment of this user at a time, whatever the batch or process.
-  await tx.query(
-    `insert into sync_users (tenant_id, user_id) values ($1, $2)
-     on conflict (tenant_id, user_id) do update set updated_at = now()`,
-    [tenantId, userId],
-  );
   // In one statement after the lock: the batch, the segments its cursor can pass (up to the
   // first one still being transcribed, included: it stops the cursor), and every conversation
   // those segments can reach, directly or through a merge — all overlap [first ready start −
@@ -675,6 +684,8 @@ export function registerSyncJobs(
     result: Transcribed,
   ): Promise<void> {
     const { user_id: userId, batch_id: batchId, segment_id: segmentId } = ctx.payload;
+    // The lock before the segment's row: advance, under the lock, writes other segments.
+    await lockUser(tx, ctx.tenantId, userId);
     await tx.query(
       `update sync_segments set state = $5, transcript = coalesce($6, transcript), reason = $7
         where tenant_id = $1 and user_id = $2 and id = $3 and batch_id = $4
@@ -693,6 +704,7 @@ export function registerSyncJobs(
   }
 
   engine.register<SegmentPayload, Transcribed>(SyncJob.Segment, {
+    lockKey: userLockKey,
     timeoutMs: settings.timeoutMs,
     maxAttempts: 3,
     backoff: { baseMs: 500, maxMs: 10_000 },
@@ -770,6 +782,7 @@ export function registerSyncJobs(
   }
 
   engine.register<BatchPayload, Map<number, string>>(SyncJob.Summarize, {
+    lockKey: userLockKey,
     timeoutMs: settings.timeoutMs,
     maxAttempts: 3,
     async compute(ctx) {
@@ -805,6 +818,8 @@ export function registerSyncJobs(
       return summaries;
     },
     async apply(tx, summaries, ctx): Promise<SyncResult> {
+      // The lock before the conversations: a later batch's cursor, under it, merges them.
+      await lockUser(tx, ctx.tenantId, ctx.payload.user_id);
       const ids = [...summaries.keys()];
       await tx.query(
         `update conversations c set summary = s.summary, summary_count = c.summary_count + 1,
