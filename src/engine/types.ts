@@ -152,8 +152,9 @@ export interface JobHandler<P = unknown, C = unknown> {
    */
   applyFunction?: { name: string; argument: (computed: C, ctx: JobContext<P>) => unknown };
   /**
-   * What the apply locks, as a sort key (e.g. the user whose rows it writes). The applies of
-   * one completion run in the order of this key (then of job id; jobs without a key first),
+   * What the apply locks, as a sort key (e.g. the user whose rows it writes). The applies and
+   * failure hooks of one completion run in the order of this key (then of job id; jobs
+   * without a key first; in a statement of apply functions, within each function),
    * so that two completions in flight take the locks of the same keys in one order instead
    * of each waiting for the other (a deadlock, which PostgreSQL breaks only after
    * `deadlock_timeout`). Needed when jobs of one key can complete in different completions

@@ -752,7 +752,12 @@ export class Worker {
     const transitions = batch
       .filter((r) => !lost.has(r.row.id))
       .map((r) => this.#transitionFor(r, outcomes.get(r.row.id) ?? failedUnknown()));
-    for (const t of transitions) {
+    // Failure hooks in lock-key order too (they lock what the applies lock).
+    const hookOrder = new Map(sortByLockKey([...batch]).map((r, i) => [r.row.id, i]));
+    const byKey = [...transitions].sort(
+      (a, b) => (hookOrder.get(a.id) ?? 0) - (hookOrder.get(b.id) ?? 0),
+    );
+    for (const t of byKey) {
       const running = batch.find((r) => r.row.id === t.id);
       const outcome = outcomes.get(t.id);
       if (t.to === 'failed' && running?.handler.onFailure !== undefined && outcome?.ok === false) {
@@ -1144,6 +1149,15 @@ class ApplyFailed extends Error {
 /** Raised by assert_moved (migration 0008): a job applied on the fast path had lost its lease. */
 const LEASE_LOST_SQLSTATE = 'MNL01';
 
+/** A job's lock key ('' without one, or when the handler's function throws: order only). */
+function lockKeyOf(running: Running): string {
+  try {
+    return running.handler.lockKey?.(running.ctx) ?? '';
+  } catch {
+    return '';
+  }
+}
+
 /**
  * The applies of one completion in the order of their handlers' lock keys (then job ids;
  * jobs without a key first), so that completions in flight lock shared keys in one order.
@@ -1152,7 +1166,7 @@ function sortByLockKey(applying: Running[]): Running[] {
   if (applying.length < 2 || applying.every((r) => r.handler.lockKey === undefined)) {
     return applying;
   }
-  const keyed = applying.map((r) => ({ r, key: r.handler.lockKey?.(r.ctx) ?? '' }));
+  const keyed = applying.map((r) => ({ r, key: lockKeyOf(r) }));
   keyed.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : a.r.row.id - b.r.row.id));
   return keyed.map((k) => k.r);
 }

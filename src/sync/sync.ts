@@ -819,7 +819,11 @@ export function registerSyncJobs(
     },
     async apply(tx, summaries, ctx): Promise<SyncResult> {
       // The lock before the conversations: a later batch's cursor, under it, merges them.
-      await lockUser(tx, ctx.tenantId, ctx.payload.user_id);
+      // (Locked, not upserted: the user may have been deleted since, lock row and all.)
+      await tx.query(`select 1 from sync_users where tenant_id = $1 and user_id = $2 for update`, [
+        ctx.tenantId,
+        ctx.payload.user_id,
+      ]);
       const ids = [...summaries.keys()];
       await tx.query(
         `update conversations c set summary = s.summary, summary_count = c.summary_count + 1,

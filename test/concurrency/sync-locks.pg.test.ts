@@ -18,6 +18,7 @@ describePg('sync applies take the user lock before the user rows (PostgreSQL)', 
   const schema = testSchemaName('sync-locks');
   let mnemo: Mnemo;
   let other: pg.Client;
+  let otherPid = 0;
 
   beforeAll(async () => {
     mnemo = await createMnemo(
@@ -29,6 +30,7 @@ describePg('sync applies take the user lock before the user rows (PostgreSQL)', 
       options: `-c search_path=${schema}`,
     });
     await other.connect();
+    otherPid = (await other.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!.pid;
   });
 
   afterAll(async () => {
@@ -46,12 +48,11 @@ describePg('sync applies take the user lock before the user rows (PostgreSQL)', 
       { wait: true, timeoutMs: 30_000 },
     );
 
-  /** Whether a statement on the user's lock row is waiting for a lock now. */
-  const waitingOnUserLock = async () => {
+  /** Whether some statement waits for a lock the other connection holds. */
+  const waitingOnOther = async () => {
     const [row] = await mnemo.store.query<{ n: number }>(
-      `select count(*)::int as n from pg_stat_activity
-        where datname = current_database() and wait_event_type = 'Lock'
-          and query like '%sync_users%' and pid <> pg_backend_pid()`,
+      `select count(*)::int as n from pg_stat_activity where $1::int = any(pg_blocking_pids(pid))`,
+      [otherPid],
     );
     return (row?.n ?? 0) > 0;
   };
@@ -65,7 +66,7 @@ describePg('sync applies take the user lock before the user rows (PostgreSQL)', 
     );
     const running = blocked();
     try {
-      await eventually(waitingOnUserLock);
+      await eventually(waitingOnOther);
       // The blocked apply holds none of the user's segments: they can be written at once
       // (well before deadlock_timeout, after which PostgreSQL would break the wait anyway).
       await other.query(`set local lock_timeout = '200ms'`);

@@ -147,14 +147,15 @@ export function finishStatement(
     options.want ?? [],
   ];
   // The records of applied jobs get their result from their function, one group per
-  // function (in the batch's order within a group; a batch holds one job per lane at most):
-  // arguments are evaluated before finish_jobs runs, so every apply comes first, and an
-  // error in any of them aborts the whole statement.
+  // function (in the order of `applied` within a group: the worker's lock-key order; a batch
+  // holds one job per lane at most): arguments are evaluated before finish_jobs runs, so
+  // every apply comes first, and an error in any of them aborts the whole statement.
   let recordsSql = '$1::jsonb';
   const groups = new Map<string, string[]>();
-  for (const record of records) {
-    const fn = applied.get(record.id);
-    if (fn !== undefined) {
+  const byId = new Map(records.map((r) => [r.id, r]));
+  for (const fn of applied.values()) {
+    const record = byId.get(fn.id);
+    if (record !== undefined) {
       const group = groups.get(fn.name) ?? [];
       group.push(`{"r":${JSON.stringify({ ...record, result: null })},"a":${fn.argument}}`);
       groups.set(fn.name, group);
