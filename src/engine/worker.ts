@@ -1107,16 +1107,24 @@ export class Worker {
                 [hooked.map((r) => r.id)],
               );
               const ids = new Set(still.map((r) => r.id));
-              for (const row of hooked.filter((r) => ids.has(r.id))) {
-                const handler = this.#deps.handlers.get(row.kind);
-                const ctx = contextOf(row, this.#stopController.signal);
-                if (handler !== undefined) {
-                  await this.#onFailure(
-                    tx,
-                    { row: { id: row.id, kind: row.kind }, handler, ctx },
-                    new MnemoError(ErrorCode.Timeout, 'the worker running this job stopped'),
-                  );
-                }
+              // In lock-key order, as a completion runs its hooks.
+              const hooks = sortByLockKey(
+                hooked
+                  .filter((r) => ids.has(r.id))
+                  .flatMap((row) => {
+                    const handler = this.#deps.handlers.get(row.kind);
+                    const ctx = contextOf(row, this.#stopController.signal);
+                    return handler === undefined
+                      ? []
+                      : [{ row: { id: row.id, kind: row.kind }, handler, ctx }];
+                  }),
+              );
+              for (const hook of hooks) {
+                await this.#onFailure(
+                  tx,
+                  hook,
+                  new MnemoError(ErrorCode.Timeout, 'the worker running this job stopped'),
+                );
               }
               return applyTransitions(tx, this.#deps.channels, transitions);
             });
@@ -1149,8 +1157,15 @@ class ApplyFailed extends Error {
 /** Raised by assert_moved (migration 0008): a job applied on the fast path had lost its lease. */
 const LEASE_LOST_SQLSTATE = 'MNL01';
 
+/** What {@link sortByLockKey} orders: a job with its handler and context. */
+interface Keyed {
+  row: { id: number };
+  handler: JobHandler;
+  ctx: JobContext;
+}
+
 /** A job's lock key ('' without one, or when the handler's function throws: order only). */
-function lockKeyOf(running: Running): string {
+function lockKeyOf(running: Keyed): string {
   try {
     return running.handler.lockKey?.(running.ctx) ?? '';
   } catch {
@@ -1162,7 +1177,7 @@ function lockKeyOf(running: Running): string {
  * The applies of one completion in the order of their handlers' lock keys (then job ids;
  * jobs without a key first), so that completions in flight lock shared keys in one order.
  */
-function sortByLockKey(applying: Running[]): Running[] {
+function sortByLockKey<T extends Keyed>(applying: T[]): T[] {
   if (applying.length < 2 || applying.every((r) => r.handler.lockKey === undefined)) {
     return applying;
   }
