@@ -753,10 +753,16 @@ export class Worker {
       .filter((r) => !lost.has(r.row.id))
       .map((r) => this.#transitionFor(r, outcomes.get(r.row.id) ?? failedUnknown()));
     // Failure hooks in lock-key order too (they lock what the applies lock).
-    const hookOrder = new Map(sortByLockKey([...batch]).map((r, i) => [r.row.id, i]));
-    const byKey = [...transitions].sort(
-      (a, b) => (hookOrder.get(a.id) ?? 0) - (hookOrder.get(b.id) ?? 0),
+    const hookOrder = new Map(
+      sortByLockKey(batch.filter((r) => r.handler.onFailure !== undefined)).map((r, i) => [
+        r.row.id,
+        i,
+      ]),
     );
+    const byKey =
+      hookOrder.size < 2
+        ? transitions
+        : [...transitions].sort((a, b) => (hookOrder.get(a.id) ?? 0) - (hookOrder.get(b.id) ?? 0));
     for (const t of byKey) {
       const running = batch.find((r) => r.row.id === t.id);
       const outcome = outcomes.get(t.id);
