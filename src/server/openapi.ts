@@ -35,8 +35,9 @@ const query = (schema: z.ZodObject) =>
     schema: jsonSchema(field as z.ZodType),
   }));
 
-const userId = { name: 'user_id', in: 'path', required: true, schema: jsonSchema(Id) };
-const sessionId = { name: 'session_id', in: 'path', required: true, schema: jsonSchema(Id) };
+const pathId = (name: string) => ({ name, in: 'path', required: true, schema: jsonSchema(Id) });
+const userId = pathId('user_id');
+const sessionId = pathId('session_id');
 const operationId = {
   name: 'id',
   in: 'path',

@@ -1,11 +1,11 @@
-import pg from 'pg';
+import type pg from 'pg';
 import { afterEach, beforeEach, expect, it } from 'vitest';
 
 import { createEngine, type Engine } from '../../src/engine/index.ts';
 import { claimJobs, extendLeases } from '../../src/engine/sql/claim.ts';
 import { migrate } from '../../src/store/migrate.ts';
 import type { Store } from '../../src/store/types.ts';
-import { createPgTestStore, describePg, testDatabaseUrl } from '../helpers/pg.ts';
+import { connectToSchema, createPgTestStore, describePg } from '../helpers/pg.ts';
 
 // A heartbeat extends every lease its worker holds, while that worker's completions move some
 // of the same jobs. It used to wait for a row a completion had locked while holding the rows it
@@ -22,11 +22,7 @@ describePg('heartbeat against a completion in flight (PostgreSQL)', () => {
     await migrate(store);
     engine = createEngine({ store });
     engine.register('step', {});
-    other = new pg.Client({
-      connectionString: testDatabaseUrl,
-      options: `-c search_path=${store.schema}`,
-    });
-    await other.connect();
+    other = await connectToSchema(store.schema);
   });
 
   afterEach(async () => {

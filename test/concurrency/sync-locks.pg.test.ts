@@ -1,10 +1,16 @@
-import pg from 'pg';
+import type pg from 'pg';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 
 import { createMnemo, type Mnemo } from '../../src/app.ts';
 import { loadConfig } from '../../src/config.ts';
 import { eventually } from '../helpers/engine.ts';
-import { describePg, dropSchema, testDatabaseUrl, testSchemaName } from '../helpers/pg.ts';
+import {
+  connectToSchema,
+  describePg,
+  dropSchema,
+  testDatabaseUrl,
+  testSchemaName,
+} from '../helpers/pg.ts';
 
 const T0 = Date.parse('2026-06-01T08:00:00.000Z');
 const at = (s: number) => new Date(T0 + s * 1000).toISOString();
@@ -25,11 +31,7 @@ describePg('sync applies take the user lock before the user rows (PostgreSQL)', 
       loadConfig({ MNEMO_DATABASE_URL: testDatabaseUrl, MNEMO_DATABASE_SCHEMA: schema }),
     );
     await mnemo.startWorker();
-    other = new pg.Client({
-      connectionString: testDatabaseUrl,
-      options: `-c search_path=${schema}`,
-    });
-    await other.connect();
+    other = await connectToSchema(schema);
     otherPid = (await other.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!.pid;
   });
 

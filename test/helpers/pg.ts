@@ -59,6 +59,16 @@ export async function dropSchema(schema: string): Promise<void> {
   }
 }
 
+/** A plain connection to the test database working in `schema` (to hold locks beside a store). */
+export async function connectToSchema(schema: string): Promise<pg.Client> {
+  const client = new pg.Client({
+    connectionString: testDatabaseUrl,
+    options: `-c search_path=${schema}`,
+  });
+  await client.connect();
+  return client;
+}
+
 /** A store on its own fresh schema of the test database; `dispose` closes it and drops the schema. */
 export function createPgTestStore(
   label: string,
