@@ -12,6 +12,7 @@ import {
   createEngine,
   type Engine,
   type Job,
+  type JobStatus,
   type Worker,
   type WorkerOptions,
 } from './engine/index.ts';
@@ -218,7 +219,7 @@ export interface WriteOptions {
 
 export interface OperationFilter {
   userId?: string | undefined;
-  status?: string | undefined;
+  status?: JobStatus | undefined;
   kind?: string | undefined;
   limit: number;
   cursor?: number | undefined;
@@ -443,28 +444,17 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
       return toOperation(await engine.cancel(tenantId, parseOperationId(id)));
     },
     async listOperations(tenantId, filter) {
-      const rows = await store.query<{ id: number }>(
-        `select id from jobs
-          where tenant_id = $1 and parent_id is null
-            and ($2::text is null or payload->>'user_id' = $2)
-            and ($3::text is null or status = $3)
-            and ($4::text is null or kind = $4)
-            and ($5::bigint is null or id < $5)
-          order by id desc limit $6`,
-        [
-          tenantId,
-          filter.userId ?? null,
-          filter.status ?? null,
-          filter.kind ?? null,
-          filter.cursor ?? null,
-          filter.limit + 1,
-        ],
-      );
-      const page = rows.slice(0, filter.limit);
-      const jobs = await Promise.all(page.map((r) => engine.getJob(tenantId, r.id)));
+      const jobs = await engine.listJobs(tenantId, {
+        userId: filter.userId,
+        status: filter.status,
+        kind: filter.kind,
+        beforeId: filter.cursor,
+        limit: filter.limit + 1,
+      });
+      const page = jobs.slice(0, filter.limit);
       return {
-        items: jobs.filter((j): j is Job => j !== undefined).map(toOperation),
-        next_cursor: rows.length > filter.limit ? String(page[page.length - 1]?.id) : null,
+        items: page.map(toOperation),
+        next_cursor: jobs.length > filter.limit ? String(page[page.length - 1]?.id) : null,
       };
     },
     search: (tenantId, userId, q, types, limit) =>

@@ -15,13 +15,14 @@ import {
   enqueueJobs,
 } from './enqueue.ts';
 import { createEngineMetrics, type EngineMetrics } from './metrics.ts';
-import { JOB_COLUMNS, type JobRow, toJob } from './sql/rows.ts';
+import { type JobCountsRow, listJobsQuery, selectJobs, toJobWithCounts } from './sql/rows.ts';
 import { applyTransitions, type Channels, finishedIn, type Transition } from './sql/transition.ts';
 import {
   type BatchParentSpec,
   type Enqueued,
   type EnqueuedBatch,
   type Job,
+  type JobFilter,
   type JobHandler,
   type JobSpec,
   TERMINAL_STATUSES,
@@ -109,6 +110,8 @@ export interface Engine {
   getJob(tenantId: string, id: number, q?: Queryable): Promise<Job | undefined>;
   /** A batch parent's children, in order. */
   getChildren(tenantId: string, id: number): Promise<Job[]>;
+  /** Jobs of `tenantId` without a parent, newest first, one page: see {@link JobFilter}. */
+  listJobs(tenantId: string, filter: JobFilter): Promise<Job[]>;
   /**
    * Cancels pending work: the job if it is pending, or a parent's pending children.
    * Running and finished jobs are left alone. Returns the job as it stands after.
@@ -220,19 +223,11 @@ export function createEngine(deps: {
   };
 
   async function readJob(q: Queryable, tenantId: string, id: number): Promise<Job | undefined> {
-    const [row] = await q.query<
-      JobRow & { child_pending: number | null; child_running: number | null }
-    >(
-      `select ${JOB_COLUMNS},
-         case when j.is_parent then (select count(*) from jobs c where c.parent_id = j.id and c.tenant_id = j.tenant_id and c.status = 'pending') end::int as child_pending,
-         case when j.is_parent then (select count(*) from jobs c where c.parent_id = j.id and c.tenant_id = j.tenant_id and c.status = 'running') end::int as child_running
-       from jobs j where j.id = $1 and j.tenant_id = $2`,
-      [id, tenantId],
-    );
-    if (row === undefined) {
-      return undefined;
-    }
-    return toJob(row, { pending: row.child_pending ?? 0, running: row.child_running ?? 0 });
+    const [row] = await q.query<JobCountsRow>(selectJobs('j.id = $1 and j.tenant_id = $2'), [
+      id,
+      tenantId,
+    ]);
+    return row === undefined ? undefined : toJobWithCounts(row);
   }
 
   /**
@@ -353,6 +348,11 @@ export function createEngine(deps: {
     async getChildren(tenantId, id) {
       const parent = await readJob(store, tenantId, id);
       return parent === undefined ? [] : childrenOf(store, id, tenantId);
+    },
+    async listJobs(tenantId, filter) {
+      const { text, params } = listJobsQuery(tenantId, filter);
+      const rows = await store.query<JobCountsRow>(text, params);
+      return rows.map(toJobWithCounts);
     },
     async cancel(tenantId, id) {
       let finished: number[] = [];

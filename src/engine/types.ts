@@ -174,3 +174,17 @@ export interface JobHandler<P = unknown, C = unknown> {
   /** Backoff between attempts. @defaultValue { baseMs: 1000, maxMs: 300000 } */
   backoff?: { baseMs: number; maxMs: number };
 }
+
+/** Which jobs `Engine.listJobs` returns. */
+export interface JobFilter {
+  /**
+   * Jobs whose payload's `user_id` is this (the convention of every per-user job): read by
+   * index (`jobs_user_idx`), not by filtering the tenant's jobs.
+   */
+  userId?: string | undefined;
+  status?: JobStatus | undefined;
+  kind?: string | undefined;
+  /** Only jobs with a lower id (a page's cursor). */
+  beforeId?: number | undefined;
+  limit: number;
+}

@@ -105,6 +105,18 @@ export function userLockKey(ctx: { tenantId: string; payload: { user_id: string 
   return `${ctx.tenantId}\u0000${ctx.payload.user_id}`;
 }
 
+/**
+ * A user's deletion redacts the user's operations finished before it ($1 tenant, $2 user,
+ * $3 the deletion's id): read through `jobs_user_idx` (migration 0012), not the tenant's jobs.
+ */
+export const REDACT_USER_JOBS = `with r as (
+    update jobs set payload = jsonb_build_object('user_id', $2::text, 'redacted', true),
+                    result = null
+     where tenant_id = $1 and payload ->> 'user_id' = $2 and id < $3
+       and status in ('succeeded', 'failed', 'cancelled')
+    returning 1)
+  select count(*)::int as n from r`;
+
 /** Registers the memory jobs with the engine. */
 export function registerMemoryJobs(
   engine: Engine,
@@ -174,16 +186,11 @@ export function registerMemoryJobs(
         counts[table] = rows[0]?.n ?? 0;
       }
       // Earlier operations of this user keep no copy of their words either.
-      const redacted = await tx.query<{ n: number }>(
-        `with r as (
-           update jobs set payload = jsonb_build_object('user_id', $2::text, 'redacted', true),
-                           result = null
-            where tenant_id = $1 and payload->>'user_id' = $2 and id < $3
-              and status in ('succeeded', 'failed', 'cancelled')
-           returning 1)
-         select count(*)::int as n from r`,
-        [ctx.tenantId, ctx.payload.user_id, ctx.id],
-      );
+      const redacted = await tx.query<{ n: number }>(REDACT_USER_JOBS, [
+        ctx.tenantId,
+        ctx.payload.user_id,
+        ctx.id,
+      ]);
       counts['operations_redacted'] = redacted[0]?.n ?? 0;
       return { deleted: counts };
     },

@@ -1,4 +1,4 @@
-import type { ChildCounts, Job, JobError, JobStatus } from '../types.ts';
+import type { ChildCounts, Job, JobError, JobFilter, JobStatus } from '../types.ts';
 
 /** The columns every job read selects (as `j`). */
 export const JOB_COLUMNS = `j.id, j.tenant_id, j.kind, j.payload, j.lane, j.status, j.is_parent, j.parent_id,
@@ -67,5 +67,46 @@ export function toJob(row: JobRow, active?: { pending: number; running: number }
     createdAt: row.created_at,
     startedAt: row.started_at,
     finishedAt: row.finished_at,
+  };
+}
+
+/** A row of {@link selectJobs}: a parent's pending and running child counts beside the job. */
+export type JobCountsRow = JobRow & { child_pending: number | null; child_running: number | null };
+
+/** A read of jobs (`j`) with a parent's pending and running child counts. */
+export function selectJobs(where: string): string {
+  return `select ${JOB_COLUMNS},
+    case when j.is_parent then (select count(*) from jobs c where c.parent_id = j.id and c.tenant_id = j.tenant_id and c.status = 'pending') end::int as child_pending,
+    case when j.is_parent then (select count(*) from jobs c where c.parent_id = j.id and c.tenant_id = j.tenant_id and c.status = 'running') end::int as child_running
+  from jobs j where ${where}`;
+}
+
+/** Maps a row of {@link selectJobs}. */
+export function toJobWithCounts(row: JobCountsRow): Job {
+  return toJob(row, { pending: row.child_pending ?? 0, running: row.child_running ?? 0 });
+}
+
+/** The statement of `Engine.listJobs`: jobs without a parent, newest first. */
+export function listJobsQuery(
+  tenantId: string,
+  filter: JobFilter,
+): { text: string; params: unknown[] } {
+  // The user's condition only when asked for: inside `($n is null or …)` a generic plan could
+  // not use its index.
+  const user = filter.userId === undefined ? '' : `and j.payload ->> 'user_id' = $6`;
+  return {
+    text: selectJobs(`j.tenant_id = $1 and j.parent_id is null ${user}
+      and ($2::text is null or j.status = $2)
+      and ($3::text is null or j.kind = $3)
+      and ($4::bigint is null or j.id < $4)
+    order by j.id desc limit $5`),
+    params: [
+      tenantId,
+      filter.status ?? null,
+      filter.kind ?? null,
+      filter.beforeId ?? null,
+      filter.limit,
+      ...(filter.userId === undefined ? [] : [filter.userId]),
+    ],
   };
 }
