@@ -735,15 +735,17 @@ CREATE INDEX jobs_pending_idx ON mnemo.jobs USING btree (id) WHERE (status = 'pe
 
 CREATE INDEX jobs_tenant_created_idx ON mnemo.jobs USING btree (tenant_id, id);
 
+CREATE INDEX jobs_user_idx ON mnemo.jobs USING btree (tenant_id, ((payload ->> 'user_id'::text)), id) WHERE ((payload ->> 'user_id'::text) IS NOT NULL);
+
 CREATE INDEX memories_search_idx ON mnemo.memories USING gin (search) WITH (fastupdate=off);
 
 CREATE INDEX memories_user_idx ON mnemo.memories USING btree (tenant_id, user_id, id);
 
+CREATE INDEX session_append_keys_session_idx ON mnemo.session_append_keys USING btree (tenant_id, session_id);
+
 CREATE UNIQUE INDEX session_archives_request_key_uniq ON mnemo.session_archives USING btree (tenant_id, request_key) WHERE (request_key IS NOT NULL);
 
-CREATE INDEX session_messages_archive_idx ON mnemo.session_messages USING btree (tenant_id, session_id, archive_index, id) WHERE (archive_index IS NOT NULL);
-
-CREATE INDEX session_messages_live_idx ON mnemo.session_messages USING btree (tenant_id, session_id, id) WHERE (archive_index IS NULL);
+CREATE INDEX session_messages_session_idx ON mnemo.session_messages USING btree (tenant_id, session_id, archive_index, id);
 
 CREATE INDEX sessions_user_idx ON mnemo.sessions USING btree (tenant_id, user_id);
 

@@ -1,0 +1,138 @@
+import { afterAll, beforeAll, expect, it } from 'vitest';
+
+import { createEngine, type Engine } from '../../src/engine/index.ts';
+import { listJobsQuery } from '../../src/engine/sql/rows.ts';
+import { REDACT_USER_JOBS } from '../../src/memory/pipeline.ts';
+import { migrate } from '../../src/store/migrate.ts';
+import type { Store } from '../../src/store/types.ts';
+import { createPgTestStore, describePg } from '../helpers/pg.ts';
+
+// Reads that must find one user's or one session's rows by index, not by reading a tenant's or
+// a table's. The plans are checked on tables where those rows are few among many, so that the
+// planner's choice is the real one.
+describePg('reads by index (PostgreSQL)', () => {
+  let store: Store;
+  let dispose: () => Promise<void>;
+  let engine: Engine;
+
+  beforeAll(async () => {
+    ({ store, dispose } = createPgTestStore('jobs-by-user'));
+    await migrate(store);
+    engine = createEngine({ store });
+    await store.query(
+      `insert into jobs (tenant_id, kind, payload, status, finished_at)
+       select 'default', 'memory.ingest',
+              jsonb_build_object('user_id', case when i % 751 = 0 then 'alice' else 'u' || (i % 500) end,
+                                 'user_query', 'turn ' || i),
+              case when i % 3 = 0 then 'failed' else 'succeeded' end, now()
+         from generate_series(1, 30040) as i`,
+    );
+    // 300 sessions of 10 messages (half archived) and 10 append keys each.
+    await store.query(
+      `insert into sessions (tenant_id, id, user_id)
+       select 'default', 's' || i, 'u' || (i % 50) from generate_series(1, 300) as i`,
+    );
+    await store.query(
+      `insert into session_messages (tenant_id, session_id, role, content, archive_index)
+       select 'default', 's' || (i % 300 + 1), 'user', 'message ' || i,
+              case when i % 2 = 0 then 0 end
+         from generate_series(1, 3000) as i`,
+    );
+    await store.query(
+      `insert into session_append_keys (tenant_id, key, session_id, payload_hash)
+       select 'default', 'k' || i, 's' || (i % 300 + 1), 'h' from generate_series(1, 3000) as i`,
+    );
+    await store.query('analyze jobs, sessions, session_messages, session_append_keys');
+  });
+
+  afterAll(async () => {
+    await engine.stop();
+    await dispose();
+  });
+
+  async function plan(text: string, params: unknown[]): Promise<string> {
+    const rows = await store.query<{ 'QUERY PLAN': unknown }>(
+      `explain (format json) ${text}`,
+      params,
+    );
+    return JSON.stringify(rows[0]?.['QUERY PLAN']);
+  }
+
+  /** The plan PostgreSQL would keep for a statement run many times (as a cascade's is). */
+  async function genericPlan(text: string, types: string[], params: string[]): Promise<string> {
+    return store.transaction(async (tx) => {
+      await tx.query(`set local plan_cache_mode = force_generic_plan`);
+      await tx.query(`prepare probe (${types.join(', ')}) as ${text}`);
+      try {
+        const args = params.map((p) => `'${p}'`).join(', ');
+        const rows = await tx.query<{ 'QUERY PLAN': unknown }>(
+          `explain (format json) execute probe (${args})`,
+        );
+        return JSON.stringify(rows[0]?.['QUERY PLAN']);
+      } finally {
+        await tx.query('deallocate probe');
+      }
+    });
+  }
+
+  it('lists one user’s operations through jobs_user_idx, newest first, page by page', async () => {
+    const first = listJobsQuery('default', { userId: 'alice', limit: 11 });
+    expect(await plan(first.text, first.params)).toContain('"Index Name":"jobs_user_idx"');
+    const filtered = listJobsQuery('default', { userId: 'alice', status: 'failed', limit: 11 });
+    expect(await plan(filtered.text, filtered.params)).toContain('"Index Name":"jobs_user_idx"');
+
+    const seen: number[] = [];
+    let beforeId: number | undefined;
+    for (;;) {
+      const page = await engine.listJobs('default', { userId: 'alice', beforeId, limit: 15 });
+      expect(page.every((job) => (job.payload as { user_id: string }).user_id === 'alice')).toBe(
+        true,
+      );
+      seen.push(...page.map((job) => job.id));
+      if (page.length < 15) {
+        break;
+      }
+      beforeId = page[page.length - 1]?.id;
+    }
+    const expected = await store.query<{ id: number }>(
+      `select id from jobs where payload ->> 'user_id' = 'alice' order by id desc`,
+    );
+    expect(seen).toEqual(expected.map((row) => row.id));
+    expect(seen).toHaveLength(40);
+  });
+
+  it('redacts a deleted user’s operations through jobs_user_idx', async () => {
+    const [last] = await store.query<{ id: number }>('select max(id)::int as id from jobs');
+    const text = await plan(REDACT_USER_JOBS, ['default', 'alice', (last?.id ?? 0) + 1]);
+    expect(text).toContain('"Index Name":"jobs_user_idx"');
+  });
+
+  // A session's deletion cascades to its messages and append keys: PostgreSQL runs one such
+  // statement per deleted session, so a user's deletion runs it once per session of the user.
+  it('finds a session’s messages and append keys by index when the session is deleted', async () => {
+    for (const table of ['session_messages', 'session_append_keys']) {
+      const text = await genericPlan(
+        `delete from only ${table} where $1 = tenant_id and $2 = session_id`,
+        ['text', 'text'],
+        ['default', 's7'],
+      );
+      expect(text, table).toContain(`"Index Name":"${table}_session_idx"`);
+    }
+    // The two partial indexes it replaced served the live messages and an archive's, in order.
+    const live = await genericPlan(
+      `select count(*) from session_messages
+        where tenant_id = $1 and session_id = $2 and archive_index is null`,
+      ['text', 'text'],
+      ['default', 's7'],
+    );
+    expect(live).toContain('"Index Name":"session_messages_session_idx"');
+    const archived = await genericPlan(
+      `select role, content from session_messages
+        where tenant_id = $1 and session_id = $2 and archive_index = $3 order by id`,
+      ['text', 'text', 'integer'],
+      ['default', 's7', '0'],
+    );
+    expect(archived).toContain('"Index Name":"session_messages_session_idx"');
+    expect(archived).not.toContain('"Node Type":"Sort"');
+  });
+});
