@@ -470,9 +470,9 @@ async function advance(
        (select coalesce(json_agg(json_build_object('id', w.id, 'state', w.state,
            'started_at', w.started_at, 'ended_at', w.ended_at) order by w.ord), '[]'::json)
           from w) as waiting,
-       (select count(*) from sync_segments s
-         where s.batch_id = b.id and s.tenant_id = b.tenant_id and not s.processed)::int
-         as unprocessed,
+       -- Every segment row of the batch counts once in total and once in the cursor when
+       -- it is processed (below): no count of the rest at every advance.
+       b.total - b.cursor as unprocessed,
        (select coalesce(json_agg(json_build_object('id', c.id, 'started_at', c.started_at,
            'finished_at', c.finished_at, 'segment_count', c.segment_count) order by c.id),
            '[]'::json)
