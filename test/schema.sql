@@ -731,6 +731,8 @@ CREATE INDEX jobs_lease_expiry_idx ON mnemo.jobs USING btree (lease_expires_at) 
 
 CREATE INDEX jobs_parent_idx ON mnemo.jobs USING btree (parent_id, id) WHERE (parent_id IS NOT NULL);
 
+CREATE INDEX jobs_parent_running_idx ON mnemo.jobs USING btree (parent_id) WHERE ((status = 'running'::text) AND (parent_id IS NOT NULL));
+
 CREATE INDEX jobs_pending_idx ON mnemo.jobs USING btree (id) WHERE (status = 'pending'::text);
 
 CREATE INDEX jobs_tenant_created_idx ON mnemo.jobs USING btree (tenant_id, id);

@@ -387,7 +387,7 @@ export async function enqueueBatchJobs(
   }
   const childRows = await insertJobs(tx, ctx, tenantId, prepared, parentRow.id);
   return {
-    parent: toJob(parentRow, { pending: children.length, running: 0 }),
+    parent: toJob(parentRow),
     children: childRows.map((row) => toJob(row)),
     created: true,
   };

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 
 import { createEngine, type Engine } from '../../src/engine/index.ts';
-import { listJobsQuery } from '../../src/engine/sql/rows.ts';
+import { listJobsQuery, selectJobs } from '../../src/engine/sql/rows.ts';
 import { REDACT_USER_JOBS } from '../../src/memory/pipeline.ts';
 import { migrate } from '../../src/store/migrate.ts';
 import type { Store } from '../../src/store/types.ts';
@@ -134,5 +134,37 @@ describePg('reads by index (PostgreSQL)', () => {
     );
     expect(archived).toContain('"Index Name":"session_messages_session_idx"');
     expect(archived).not.toContain('"Node Type":"Sort"');
+  });
+
+  // Every read of a batch parent counts its running children; its pending ones follow from its
+  // counters. A parent of 5,000 children, 3 of them running and 1,000 finished.
+  it('counts a large batch’s running children by index', async () => {
+    const [parent] = await store.query<{ id: number }>(
+      `insert into jobs (tenant_id, kind, is_parent, children_total, children_succeeded,
+                         children_failed)
+       values ('default', 'batch', true, 5000, 900, 100) returning id::int as id`,
+    );
+    const parentId = parent?.id ?? 0;
+    await store.query(
+      `insert into jobs (tenant_id, kind, parent_id, status, lease_expires_at)
+       select 'default', 'child', $1,
+              case when i <= 900 then 'succeeded' when i <= 1000 then 'failed'
+                   when i <= 1003 then 'running' else 'pending' end,
+              case when i between 1001 and 1003 then now() + interval '1 minute' end
+         from generate_series(1, 5000) as i`,
+      [parentId],
+    );
+    await store.query('analyze jobs');
+    const text = await plan(selectJobs('j.id = $1 and j.tenant_id = $2'), [parentId, 'default']);
+    expect(text).toContain('"Index Name":"jobs_parent_running_idx"');
+    const job = await engine.getJob('default', parentId);
+    expect(job?.children).toEqual({
+      total: 5000,
+      pending: 3997,
+      running: 3,
+      succeeded: 900,
+      failed: 100,
+      cancelled: 0,
+    });
   });
 });

@@ -79,5 +79,11 @@ export const migrations: readonly Migration[] = [
     "name": "session_rows_by_session",
     "sql": "-- A session's messages and append keys by index, for the cascade that deletes them with the\n-- session (a user's deletion deletes the user's sessions).\n--\n-- PostgreSQL runs a cascading foreign key as one `delete … where tenant_id = $1 and\n-- session_id = $2` per deleted session. Neither index of session_messages could serve it\n-- (both partial, on whether a message is archived), nor could session_append_keys' primary\n-- key beyond its tenant: deleting a user with N sessions read the whole of session_messages N\n-- times, and the tenant's append keys N times, inside the deletion's transaction.\n--\n-- One index on (tenant_id, session_id, archive_index, id) replaces the two partial ones of\n-- session_messages: it serves the cascade, the live messages (`archive_index is null`, which\n-- sort last) and an archive's messages in order, and a row version enters one index as before.\ncreate index if not exists session_messages_session_idx\n  on session_messages (tenant_id, session_id, archive_index, id);\ndrop index if exists session_messages_live_idx;\ndrop index if exists session_messages_archive_idx;\n\ncreate index if not exists session_append_keys_session_idx\n  on session_append_keys (tenant_id, session_id);\n",
     "checksum": "8dfaba4f4ce59f422edee268abd5d09c47f7afbbc276b4a15c7cc1fdbeeb134b"
+  },
+  {
+    "id": 14,
+    "name": "running_children",
+    "sql": "-- A batch parent's running children by index. Every read of a parent (GET of an operation, a\n-- page of operations, a waiter's poll) counted its pending and running children through\n-- jobs_parent_idx, visiting every child: 10,000 rows a read for a large sync. Its pending\n-- children follow from its counters (kept by the statements that finish children) once the\n-- running ones are known, and these are few: this index holds running children only.\ncreate index if not exists jobs_parent_running_idx on jobs (parent_id)\n  where status = 'running' and parent_id is not null;\n",
+    "checksum": "029d0bb2177c01115fea26edd260e89f389736a1bcd307ce5844e8ada13531cd"
   }
 ];
