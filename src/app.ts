@@ -236,6 +236,7 @@ function chooseExtractor(config: Config): Extractor {
       model: config.llmModel,
       apiKey: config.llmApiKey,
       timeoutMs: config.llmTimeoutMs,
+      maxInputChars: config.llmMaxInputChars,
     });
   }
   return rulesExtractor;

@@ -49,6 +49,10 @@ const settings = {
   llmModel: { env: 'MNEMO_LLM_MODEL', schema: z.string().trim().min(1).optional() },
   llmApiKey: { env: 'MNEMO_LLM_API_KEY', schema: z.string().min(1).optional() },
   llmTimeoutMs: { env: 'MNEMO_LLM_TIMEOUT_MS', schema: intFrom(100, 600_000).default(30_000) },
+  llmMaxInputChars: {
+    env: 'MNEMO_LLM_MAX_INPUT_CHARS',
+    schema: intFrom(1000, 10_000_000).default(200_000),
+  },
   sttBaseUrl: {
     env: 'MNEMO_STT_BASE_URL',
     schema: httpUrl.optional(),

@@ -63,6 +63,24 @@ describe('OpenAI-compatible extractor (against a local chat-completions server)'
     });
   });
 
+  it('sends at most maxInputChars of a long conversation: its start and its end', async () => {
+    const extractor = createOpenAiExtractor({
+      baseUrl: llm.url,
+      model: 'tiny',
+      maxInputChars: 2000,
+    });
+    const messages = Array.from({ length: 200 }, (_, i) => ({
+      role: 'user' as const,
+      content: `I said thing number ${i}.`,
+    }));
+    expect(await extractor.summarize(messages, signal())).not.toBe('');
+    const sent = llm.requests.at(-1)?.messages[1]?.content ?? '';
+    expect(sent.length).toBeLessThanOrEqual(2000);
+    expect(sent.startsWith('user: I said thing number 0.\n')).toBe(true);
+    expect(sent.endsWith('\nuser: I said thing number 199.')).toBe(true);
+    expect(sent).toMatch(/\n\[… \d+ characters left out here …\]\n/);
+  });
+
   it('drives ingest end to end, a failed first call being retried by the engine', async () => {
     // A fresh server: a request of the test above that timed out before reaching the shared
     // one (a loaded machine) would leave its failure armed for this test.

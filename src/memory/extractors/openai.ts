@@ -12,6 +12,11 @@ export interface OpenAiExtractorOptions {
   apiKey?: string | undefined;
   /** Per request. @defaultValue 30000 */
   timeoutMs?: number;
+  /**
+   * The most characters of conversation one request sends; longer input keeps its start and
+   * its end ({@link fitText}). @defaultValue 200000
+   */
+  maxInputChars?: number;
 }
 
 const extractionSchema = z.object({
@@ -41,12 +46,49 @@ const SUMMARY_PROMPT = `You summarize a conversation between a user and an assis
 user's long-term memory, in at most five sentences. Answer with the summary text only.`;
 
 /**
+ * `text` within `maxChars`: its first third and its last two thirds (cut at line ends when one
+ * is near), with one line in between saying how much was left out. A model's context is
+ * finite and some input is not: a conversation grown by sync merges, a session archive of a
+ * million characters. Sent whole, such a request fails on every attempt, and the conversation
+ * is never summarized.
+ */
+export function fitText(text: string, maxChars: number): string {
+  if (text.length <= maxChars) {
+    return text;
+  }
+  const marker = (left: number) => `\n[… ${left} characters left out here …]\n`;
+  const budget = Math.max(0, maxChars - marker(text.length).length);
+  let headEnd = Math.floor(budget / 3);
+  let tailStart = text.length - (budget - headEnd);
+  // Whole lines when a line ends in the second half of the head or the first of the tail.
+  const lineEnd = text.lastIndexOf('\n', headEnd);
+  if (lineEnd > headEnd / 2) {
+    headEnd = lineEnd;
+  }
+  const lineStart = text.indexOf('\n', tailStart);
+  if (lineStart >= 0 && lineStart < tailStart + (text.length - tailStart) / 2) {
+    tailStart = lineStart + 1;
+  }
+  // Never half of a surrogate pair at either cut.
+  if (isLowSurrogate(text.charCodeAt(headEnd))) {
+    headEnd -= 1;
+  }
+  if (isLowSurrogate(text.charCodeAt(tailStart))) {
+    tailStart += 1;
+  }
+  return text.slice(0, headEnd) + marker(tailStart - headEnd) + text.slice(tailStart);
+}
+
+const isLowSurrogate = (code: number) => code >= 0xdc00 && code <= 0xdfff;
+
+/**
  * Extracts with any OpenAI-compatible chat-completions endpoint (OpenAI, Ollama, vLLM).
  * Network errors, timeouts, 408/429/5xx and malformed output are retryable; other 4xx are not.
  */
 export function createOpenAiExtractor(options: OpenAiExtractorOptions): Extractor {
   const url = `${options.baseUrl.replace(/\/+$/, '')}/chat/completions`;
   const timeoutMs = options.timeoutMs ?? 30_000;
+  const maxInputChars = options.maxInputChars ?? 200_000;
 
   /** One chat completion; resolves with the answer's text. */
   async function complete(
@@ -66,7 +108,7 @@ export function createOpenAiExtractor(options: OpenAiExtractorOptions): Extracto
         ...(json ? { response_format: { type: 'json_object' } } : {}),
         messages: [
           { role: 'system', content: system },
-          { role: 'user', content: user },
+          { role: 'user', content: fitText(user, maxInputChars) },
         ],
       }),
       timeoutMs,
