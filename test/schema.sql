@@ -610,7 +610,8 @@ CREATE TABLE mnemo.sync_segments (
 CREATE TABLE mnemo.sync_users (
     tenant_id text NOT NULL,
     user_id text NOT NULL,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    longest_conversation interval DEFAULT '00:00:00'::interval NOT NULL
 );
 
 CREATE TABLE mnemo.tenants (

@@ -479,7 +479,11 @@ async function advance(
           from conversations c, r
          where r.lo is not null and c.tenant_id = b.tenant_id and c.user_id = b.user_id
            and c.started_at <= r.hi + make_interval(secs => b.merge_window_s)
-           and c.finished_at >= r.lo - make_interval(secs => b.merge_window_s)) as stored
+           and c.finished_at >= r.lo - make_interval(secs => b.merge_window_s)
+           -- Implied by the line above (migration 0015); it bounds the index's range.
+           and c.started_at >= r.lo - make_interval(secs => b.merge_window_s)
+                 - (select u.longest_conversation from sync_users u
+                     where u.tenant_id = b.tenant_id and u.user_id = b.user_id)) as stored
        from sync_batches b where b.id = $1 and b.tenant_id = $2 for update`,
     [batchId, tenantId],
   );
@@ -498,6 +502,7 @@ async function advance(
   const assignedTo = new Map<string, number>();
   const created: number[] = [];
   const absorbed: number[] = [];
+  let longest = 0; // ms: the longest conversation this advance writes
   if (ready.length > 0) {
     const stored = batch.stored.map((c) => ({
       id: c.id,
@@ -559,6 +564,7 @@ async function advance(
       ]);
     }
     const kept = spans.filter((c) => c.stored && c.alive && targets.has(c));
+    longest = Math.max(0, ...[...fresh, ...kept].map((c) => c.end - c.start));
     if (kept.length > 0) {
       await tx.query(
         `update conversations c set started_at = u.s, finished_at = u.f, segment_count = u.n,
@@ -579,7 +585,12 @@ async function advance(
   const touched = [...new Set(assignedTo.values())];
   const done = passed.length === batch.unprocessed;
   await tx.query(
-    `with seg as (
+    `with longest as (
+       update sync_users set longest_conversation =
+         greatest(longest_conversation, make_interval(secs => $13::float8 / 1000))
+        where tenant_id = $2 and user_id = $3 and $13::float8 > 0
+        returning 1),
+     seg as (
        update sync_segments g set processed = true,
          -- Still pending here means its job ended without a result (cancelled, reaped).
          reason = case when g.state = 'pending'
@@ -611,6 +622,7 @@ async function advance(
       created,
       absorbed,
       done,
+      longest,
     ],
   );
   if (done) {

@@ -176,6 +176,43 @@ export function syncSuite(kind: 'pglite' | 'postgres'): void {
       });
     });
 
+    it('reaches a conversation that began hours before a later segment, through its end', async () => {
+      // Three hours of recording in six half-hour segments: one conversation. Then, in another
+      // upload, a segment just after its end: within the window of its end, so it joins it,
+      // although the conversation began hours before the window.
+      const half = 1800;
+      const long = await h.call('POST', '/v1/sync', {
+        user_id: 'u6',
+        segments: [0, 1, 2, 3, 4, 5].map((n) => ({
+          id: `h${n}`,
+          started_at: at(n * half),
+          ended_at: at((n + 1) * half),
+          transcript: `Half hour ${n}.`,
+        })),
+      });
+      await finished(long.body['id']);
+      const later = await h.call('POST', '/v1/sync', {
+        user_id: 'u6',
+        segments: [
+          {
+            id: 'after',
+            started_at: at(6 * half + 60),
+            ended_at: at(6 * half + 90),
+            transcript: 'After.',
+          },
+        ],
+      });
+      await finished(later.body['id']);
+      const items = (await h.call('GET', '/v1/users/u6/conversations')).body['items'];
+      expect(items).toEqual([
+        expect.objectContaining({
+          started_at: at(0),
+          finished_at: at(6 * half + 90),
+          segment_ids: ['h0', 'h1', 'h2', 'h3', 'h4', 'h5', 'after'],
+        }),
+      ]);
+    });
+
     it('deletes uploaded audio after the retention delay by a scheduled job', async () => {
       const wav = speechWav(300);
       stt.script(wav, { text: 'Hello there.' });

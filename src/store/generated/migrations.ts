@@ -85,5 +85,11 @@ export const migrations: readonly Migration[] = [
     "name": "running_children",
     "sql": "-- A batch parent's running children by index. Every read of a parent (GET of an operation, a\n-- page of operations, a waiter's poll) counted its pending and running children through\n-- jobs_parent_idx, visiting every child: 10,000 rows a read for a large sync. Its pending\n-- children follow from its counters (kept by the statements that finish children) once the\n-- running ones are known, and these are few: this index holds running children only.\ncreate index if not exists jobs_parent_running_idx on jobs (parent_id)\n  where status = 'running' and parent_id is not null;\n",
     "checksum": "029d0bb2177c01115fea26edd260e89f389736a1bcd307ce5844e8ada13531cd"
+  },
+  {
+    "id": 15,
+    "name": "longest_conversation",
+    "sql": "-- The longest of a user's conversations, so that a sync's cursor finds the conversations its\n-- segments can reach by a range of start times instead of by reading most of the user's.\n--\n-- Every segment's job looks up the user's conversations overlapping [lo - window, hi + window]\n-- (src/sync/sync.ts, `advance`). Through conversations_user_time_idx only `started_at <=\n-- hi + window` bounded the read: for new recordings, later than everything stored, that was\n-- every conversation of the user, at every segment's job. A conversation that ends at or after\n-- lo - window starts at or after lo - window - its length; with the longest length as a lower\n-- bound on started_at, the index reads the window, widened by that length.\n--\n-- Kept by the statements that write conversations (all of them in `advance`, under the user's\n-- lock); it only grows, as a bound may.\nalter table sync_users add column longest_conversation interval not null default interval '0';\nupdate sync_users u\n   set longest_conversation = coalesce(\n     (select max(c.finished_at - c.started_at) from conversations c\n       where c.tenant_id = u.tenant_id and c.user_id = u.user_id),\n     interval '0');\n",
+    "checksum": "1317eec815072d12b7cca35b974884d05836133ce16a5b70bc7aeadcf31ecc81"
   }
 ];
