@@ -11,7 +11,14 @@
 import { Agent, request } from 'node:http';
 
 import { dropSchema } from '../test/helpers/pg.ts';
-import { type Child, createReporter, percentile, startChild } from './lib.ts';
+import {
+  type Child,
+  createReporter,
+  percentile,
+  postgresCpuMs,
+  processCpuMs,
+  startChild,
+} from './lib.ts';
 
 const url =
   process.env['MNEMO_BENCH_DATABASE_URL'] ??
@@ -128,9 +135,25 @@ async function throughputPhase(ingest: Ingest) {
   };
 }
 
+/**
+ * CPU time spent so far by the setup's processes, PostgreSQL's (all of the machine's) and this
+ * load generator's, in ms: what the phases' requests cost the machine's cores, whose queue is
+ * where a request's overhead goes when several share them (docs/benchmarks.md).
+ */
+function cpuSnapshot(children: readonly Child[], store: 'postgres' | 'pglite') {
+  const server = children.reduce((sum, c) => sum + (processCpuMs(c.process.pid ?? -1) ?? NaN), 0);
+  const own = process.cpuUsage();
+  return {
+    server,
+    postgres: store === 'postgres' ? (postgresCpuMs() ?? NaN) : NaN, // PGlite: in the server
+    loadGenerator: (own.user + own.system) / 1000,
+  };
+}
+
 /** Overhead: one client per user (min(U, W) of them), nothing queued behind its own user. */
-async function overheadPhase(ingest: Ingest) {
+async function overheadPhase(ingest: Ingest, cpu: () => ReturnType<typeof cpuSnapshot>) {
   const overhead: number[] = [];
+  const before = cpu();
   await Promise.all(
     Array.from({ length: Math.min(USERS, SLOTS) }, async (_, u) => {
       for (let n = 0; n < OVERHEAD_PER_CLIENT; n++) {
@@ -138,11 +161,20 @@ async function overheadPhase(ingest: Ingest) {
       }
     }),
   );
+  const after = cpu();
   overhead.sort((a, b) => a - b);
+  const perRequest = (key: keyof typeof after) => {
+    const ms = (after[key] - before[key]) / overhead.length;
+    return Number.isFinite(ms) ? Number(ms.toFixed(2)) : undefined;
+  };
   return {
     overhead_samples: overhead.length,
     overhead_p50_ms: Number(percentile(overhead, 50).toFixed(2)),
     overhead_p99_ms: Number(percentile(overhead, 99).toFixed(2)),
+    // CPU a request of this phase cost, by process (10 ms ticks of /proc over ~1 s of CPU).
+    overhead_cpu_ms_server: perRequest('server'),
+    overhead_cpu_ms_postgres: perRequest('postgres'),
+    overhead_cpu_ms_load_generator: perRequest('loadGenerator'),
   };
 }
 
@@ -193,7 +225,9 @@ async function run(setup: Setup) {
     const measured = await throughputPhase(ingest);
     const throughputLate = await extractorLate();
     const throughput = setup === 'floor' ? undefined : measured;
-    const overhead = await overheadPhase(ingest);
+    const overhead = await overheadPhase(ingest, () =>
+      cpuSnapshot(children, setup === 'pglite' ? 'pglite' : 'postgres'),
+    );
     const overheadLate = await extractorLate();
     const single = await singleClientPhase(ingest);
     return {

@@ -1,6 +1,6 @@
 /** Shared pieces of the benchmark scripts: child processes, timing, output. */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -12,6 +12,49 @@ export const repoRoot = join(benchDir, '..');
 /** Wall clock in milliseconds with sub-millisecond resolution, comparable across processes. */
 export function epochMs(): number {
   return performance.timeOrigin + performance.now();
+}
+
+/** CPU time (user + system) of a process so far, in ms, from /proc; undefined elsewhere. */
+export function processCpuMs(pid: number): number | undefined {
+  try {
+    // Fields after the command (which may hold spaces, so: after its closing parenthesis).
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the command.
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS_PER_S;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The kernel's USER_HZ: 100 on Linux on every common architecture. */
+const CLOCK_TICKS_PER_S = 100;
+
+/**
+ * CPU time of every process of this machine named `postgres` (the server, its backends and
+ * background workers) so far, in ms; undefined without /proc. Backends that exit in between
+ * take their time with them: measure over a span where the connections stay open.
+ */
+export function postgresCpuMs(): number | undefined {
+  let pids: number[];
+  try {
+    pids = readdirSync('/proc')
+      .filter((name) => /^\d+$/.test(name))
+      .map(Number);
+  } catch {
+    return undefined;
+  }
+  let total = 0;
+  for (const pid of pids) {
+    try {
+      if (readFileSync(`/proc/${pid}/comm`, 'utf8').trim() === 'postgres') {
+        total += processCpuMs(pid) ?? 0;
+      }
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return total;
 }
 
 /** A child process speaking line-delimited JSON on stdin/stdout. */
