@@ -310,6 +310,14 @@ CREATE FUNCTION mnemo.lane_lock_key(tenant text, lane text) RETURNS bigint
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     AS $$ select hashtextextended('lane:' || length(tenant) || ':' || tenant || ':' || lane, 0) $$;
 
+CREATE FUNCTION mnemo.search_owner(p_tenant text, p_user text) RETURNS tsvector
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$ select array_to_tsvector(array[' ' || md5(p_tenant || chr(31) || p_user)]) $$;
+
+CREATE FUNCTION mnemo.search_owner_query(p_tenant text, p_user text) RETURNS tsquery
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$ select quote_literal(' ' || md5(p_tenant || chr(31) || p_user))::tsquery $$;
+
 CREATE FUNCTION mnemo.write_turn(p jsonb) RETURNS jsonb
     LANGUAGE plpgsql
     AS $$
@@ -716,7 +724,7 @@ CREATE INDEX api_keys_active_idx ON mnemo.api_keys USING btree (secret_hash) WHE
 
 CREATE INDEX conversations_user_time_idx ON mnemo.conversations USING btree (tenant_id, user_id, started_at);
 
-CREATE INDEX events_search_idx ON mnemo.events USING gin (search) WITH (fastupdate=off);
+CREATE INDEX events_owner_search_idx ON mnemo.events USING gin (((search || mnemo.search_owner(tenant_id, user_id)))) WITH (fastupdate=off);
 
 CREATE INDEX events_user_date_idx ON mnemo.events USING btree (tenant_id, user_id, date);
 
@@ -740,7 +748,7 @@ CREATE INDEX jobs_tenant_created_idx ON mnemo.jobs USING btree (tenant_id, id);
 
 CREATE INDEX jobs_user_idx ON mnemo.jobs USING btree (tenant_id, ((payload ->> 'user_id'::text)), id) WHERE ((payload ->> 'user_id'::text) IS NOT NULL);
 
-CREATE INDEX memories_search_idx ON mnemo.memories USING gin (search) WITH (fastupdate=off);
+CREATE INDEX memories_owner_search_idx ON mnemo.memories USING gin (((search || mnemo.search_owner(tenant_id, user_id)))) WITH (fastupdate=off);
 
 CREATE INDEX memories_user_idx ON mnemo.memories USING btree (tenant_id, user_id, id);
 
@@ -760,7 +768,7 @@ CREATE INDEX sync_segments_batch_idx ON mnemo.sync_segments USING btree (batch_i
 
 CREATE INDEX sync_segments_conversation_idx ON mnemo.sync_segments USING btree (conversation_id, started_at) WHERE (conversation_id IS NOT NULL);
 
-CREATE INDEX turns_search_idx ON mnemo.turns USING gin (search) WITH (fastupdate=off);
+CREATE INDEX turns_owner_search_idx ON mnemo.turns USING gin (((search || mnemo.search_owner(tenant_id, user_id)))) WITH (fastupdate=off);
 
 CREATE INDEX turns_user_idx ON mnemo.turns USING btree (tenant_id, user_id, id);
 

@@ -111,6 +111,41 @@ export async function listEvents(
 export type SearchType = 'memory' | 'event' | 'conversation';
 
 /**
+ * The statement of {@link searchMemory}: $1 tenant, $2 user, $3 words, $4 types, $5 limit.
+ * Each branch asks for the words and the owner's lexeme, which the `*_owner_search_idx`
+ * indexes hold (migration 0016). A query of stop words only matches nothing, as `@@` with an
+ * empty query would (`&&` would leave the owner's lexeme alone, which every row of the user
+ * matches).
+ */
+export const SEARCH_MEMORY = `with query as (
+       select websearch_to_tsquery('english', $3) as words,
+              websearch_to_tsquery('english', $3) && search_owner_query($1, $2) as owned),
+     hits as (
+       select 'memory' as type, 'mem_' || m.id as id, m.text, ts_rank(m.search, query.words) as rank,
+              coalesce(m.occurred_at, m.created_at) as at
+         from memories m, query
+        where 'memory' = any($4::text[]) and numnode(query.words) > 0
+          and m.tenant_id = $1 and m.user_id = $2
+          and (m.search || search_owner(m.tenant_id, m.user_id)) @@ query.owned
+       union all
+       select 'event', 'evt_' || e.id, e.description, ts_rank(e.search, query.words), e.date::timestamptz
+         from events e, query
+        where 'event' = any($4::text[]) and numnode(query.words) > 0
+          and e.tenant_id = $1 and e.user_id = $2
+          and (e.search || search_owner(e.tenant_id, e.user_id)) @@ query.owned
+       union all
+       select 'conversation', 'turn_' || t.id, t.user_query || coalesce(E'\\n' || t.agent_response, ''),
+              ts_rank(t.search, query.words), t.occurred_at
+         from turns t, query
+        where 'conversation' = any($4::text[]) and numnode(query.words) > 0
+          and t.tenant_id = $1 and t.user_id = $2
+          and (t.search || search_owner(t.tenant_id, t.user_id)) @@ query.owned
+     )
+     select type, id, text, at as occurred_at,
+            (rank * (0.5 + 0.5 * power(0.5, greatest(0, extract(epoch from now() - at)) / 2592000)))::float8 as score
+       from hits order by score desc, at desc limit $5`;
+
+/**
  * Full-text search over a user's memories, events and conversation turns, ranked by text
  * rank weighted by recency (half-life 30 days).
  */
@@ -130,28 +165,7 @@ export async function searchMemory(
     text: string;
     score: number;
     occurred_at: Date;
-  }>(
-    `with query as (select websearch_to_tsquery('english', $3) as tsq),
-     hits as (
-       select 'memory' as type, 'mem_' || m.id as id, m.text, ts_rank(m.search, query.tsq) as rank,
-              coalesce(m.occurred_at, m.created_at) as at
-         from memories m, query
-        where 'memory' = any($4::text[]) and m.tenant_id = $1 and m.user_id = $2 and m.search @@ query.tsq
-       union all
-       select 'event', 'evt_' || e.id, e.description, ts_rank(e.search, query.tsq), e.date::timestamptz
-         from events e, query
-        where 'event' = any($4::text[]) and e.tenant_id = $1 and e.user_id = $2 and e.search @@ query.tsq
-       union all
-       select 'conversation', 'turn_' || t.id, t.user_query || coalesce(E'\\n' || t.agent_response, ''),
-              ts_rank(t.search, query.tsq), t.occurred_at
-         from turns t, query
-        where 'conversation' = any($4::text[]) and t.tenant_id = $1 and t.user_id = $2 and t.search @@ query.tsq
-     )
-     select type, id, text, at as occurred_at,
-            (rank * (0.5 + 0.5 * power(0.5, greatest(0, extract(epoch from now() - at)) / 2592000)))::float8 as score
-       from hits order by score desc, at desc limit $5`,
-    [tenantId, userId, text, types, limit],
-  );
+  }>(SEARCH_MEMORY, [tenantId, userId, text, types, limit]);
   return {
     items: rows.map((r) => ({
       type: r.type,

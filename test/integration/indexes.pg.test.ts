@@ -3,6 +3,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { createEngine, type Engine } from '../../src/engine/index.ts';
 import { listJobsQuery, selectJobs } from '../../src/engine/sql/rows.ts';
 import { REDACT_USER_JOBS } from '../../src/memory/pipeline.ts';
+import { SEARCH_MEMORY } from '../../src/memory/read.ts';
 import { migrate } from '../../src/store/migrate.ts';
 import type { Store } from '../../src/store/types.ts';
 import { createPgTestStore, describePg } from '../helpers/pg.ts';
@@ -166,5 +167,51 @@ describePg('reads by index (PostgreSQL)', () => {
       failed: 100,
       cancelled: 0,
     });
+  });
+
+  // A user with a long history searches a word that is common among other users and absent
+  // from their own: neither all the word's rows nor all the user's should be read.
+  it('searches one user’s matches through the owner indexes', async () => {
+    await store.query(
+      `insert into turns (tenant_id, user_id, operation_id, user_query)
+       select 'default', case when i % 4 = 0 then 'heavy' else 'u' || (i % 400) end, i,
+              case when i % 4 = 0 then 'we talked about the budget ' || i
+                   else 'the trip to Lisbon was long ' || i end
+         from generate_series(1, 40000) as i`,
+    );
+    await store.query(
+      `insert into memories (tenant_id, user_id, text, norm)
+       select 'default', case when i % 4 = 0 then 'heavy' else 'u' || (i % 400) end,
+              case when i % 4 = 0 then 'budget fact ' || i else 'Lisbon fact ' || i end,
+              'fact ' || i
+         from generate_series(1, 20000) as i`,
+    );
+    await store.query('analyze turns, memories');
+    const text = await plan(SEARCH_MEMORY, [
+      'default',
+      'heavy',
+      'Lisbon',
+      ['memory', 'event', 'conversation'],
+      10,
+    ]);
+    expect(text).toContain('"Index Name":"turns_owner_search_idx"');
+    expect(text).toContain('"Index Name":"memories_owner_search_idx"');
+    expect(text).not.toContain('"Node Type":"Seq Scan"');
+    const search = async (user: string, words: string) =>
+      (
+        await store.query<{ id: string }>(SEARCH_MEMORY, [
+          'default',
+          user,
+          words,
+          ['memory', 'conversation'],
+          50,
+        ])
+      ).length;
+    expect(await search('heavy', 'Lisbon')).toBe(0);
+    expect(await search('heavy', 'budget')).toBe(50);
+    expect(await search('u1', 'Lisbon')).toBe(50);
+    expect(await search('u1', 'budget')).toBe(0);
+    // Stop words only: nothing, not every row of the user.
+    expect(await search('heavy', 'the of')).toBe(0);
   });
 });
