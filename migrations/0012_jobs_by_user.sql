@@ -7,10 +7,13 @@
 -- the payloads of the user's finished operations inside its apply transaction, holding the
 -- user's lane and sync lock meanwhile. Both now read the user's jobs only.
 --
--- Partial: jobs without a user (audio clean-up) stay out. `payload ->> 'user_id' = $x` implies
--- the predicate (the operator is strict), so both reads can use it.
+-- Partial: operations only (jobs without a parent), and only those with a user. A batch's
+-- children (up to 10,000 for a sync) stay out: a page of a user's operations would walk them
+-- all before their parent otherwise; the deletion reaches them through their parents
+-- (jobs_parent_idx). `payload ->> 'user_id' = $x` implies the predicate's second part (the
+-- operator is strict), so both reads can use it.
 --
 -- Building it locks the jobs table against writes for as long as it takes: on a large table,
 -- create it beforehand with `create index concurrently` under the same name and definition.
 create index if not exists jobs_user_idx on jobs (tenant_id, (payload ->> 'user_id'), id)
-  where (payload ->> 'user_id') is not null;
+  where parent_id is null and (payload ->> 'user_id') is not null;

@@ -10,6 +10,9 @@
 -- One index on (tenant_id, session_id, archive_index, id) replaces the two partial ones of
 -- session_messages: it serves the cascade, the live messages (`archive_index is null`, which
 -- sort last) and an archive's messages in order, and a row version enters one index as before.
+--
+-- Building them locks the two tables against writes for as long as it takes: on large tables,
+-- create them beforehand with `create index concurrently` under the same names and definitions.
 create index if not exists session_messages_session_idx
   on session_messages (tenant_id, session_id, archive_index, id);
 drop index if exists session_messages_live_idx;

@@ -9,10 +9,16 @@
 -- bound on started_at, the index reads the window, widened by that length.
 --
 -- Kept by the statements that write conversations (all of them in `advance`, under the user's
--- lock); it only grows, as a bound may.
+-- lock); it only grows, as a bound may. Held as a time without days (`26:00:00`, not `1 day
+-- 02:00:00`): a day subtracted from a timestamptz is a calendar day, 23 hours across a change
+-- to summer time, and the bound would be an hour short.
+--
+-- Upgrading: stop the processes of earlier versions before migrating; they would extend
+-- conversations without raising this bound.
 alter table sync_users add column longest_conversation interval not null default interval '0';
 update sync_users u
    set longest_conversation = coalesce(
-     (select max(c.finished_at - c.started_at) from conversations c
+     (select make_interval(secs => max(extract(epoch from c.finished_at - c.started_at)))
+        from conversations c
        where c.tenant_id = u.tenant_id and c.user_id = u.user_id),
      interval '0');

@@ -179,7 +179,8 @@ export interface JobHandler<P = unknown, C = unknown> {
 export interface JobFilter {
   /**
    * Jobs whose payload's `user_id` is this (the convention of every per-user job): read by
-   * index (`jobs_user_idx`), not by filtering the tenant's jobs.
+   * index (`jobs_user_idx`, which holds jobs without a parent), not by filtering the
+   * tenant's jobs.
    */
   userId?: string | undefined;
   status?: JobStatus | undefined;

@@ -106,14 +106,21 @@ export function userLockKey(ctx: { tenantId: string; payload: { user_id: string 
 }
 
 /**
- * A user's deletion redacts the user's operations finished before it ($1 tenant, $2 user,
- * $3 the deletion's id): read through `jobs_user_idx` (migration 0012), not the tenant's jobs.
+ * A user's deletion redacts the user's operations finished before it and their children
+ * ($1 tenant, $2 user, $3 the deletion's id): the operations through `jobs_user_idx`
+ * (migration 0012), their children through `jobs_parent_idx`, not the tenant's jobs.
  */
-export const REDACT_USER_JOBS = `with r as (
-    update jobs set payload = jsonb_build_object('user_id', $2::text, 'redacted', true),
-                    result = null
-     where tenant_id = $1 and payload ->> 'user_id' = $2 and id < $3
-       and status in ('succeeded', 'failed', 'cancelled')
+export const REDACT_USER_JOBS = `with mine as (
+    select id from jobs
+     where tenant_id = $1 and parent_id is null and payload ->> 'user_id' = $2 and id < $3),
+  r as (
+    update jobs j set payload = jsonb_build_object('user_id', $2::text, 'redacted', true),
+                      result = null
+      from (select id from mine
+            union all
+            select c.id from mine m join jobs c on c.parent_id = m.id) t
+     where j.id = t.id and j.tenant_id = $1 and j.id < $3
+       and j.status in ('succeeded', 'failed', 'cancelled')
     returning 1)
   select count(*)::int as n from r`;
 

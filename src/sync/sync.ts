@@ -587,8 +587,8 @@ async function advance(
   await tx.query(
     `with longest as (
        update sync_users set longest_conversation =
-         greatest(longest_conversation, make_interval(secs => $13::float8 / 1000))
-        where tenant_id = $2 and user_id = $3 and $13::float8 > 0
+         greatest(longest_conversation, $13::bigint * interval '1 millisecond')
+        where tenant_id = $2 and user_id = $3 and $13::bigint > 0
         returning 1),
      seg as (
        update sync_segments g set processed = true,

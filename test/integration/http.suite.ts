@@ -197,10 +197,16 @@ export function httpSuite(kind: 'pglite' | 'postgres'): void {
     });
 
     it('deletes a user in the user lane: every read is empty afterwards', async () => {
-      await h.call('POST', '/v1/memory/ingest', {
+      const ingest = await h.call('POST', '/v1/memory/ingest', {
         user_id: 'u6',
         user_query: 'My name is Zed. I like jazz. On 2024-03-03 I moved.',
       });
+      const batch = await h.call('POST', '/v1/memory/batch-ingest', {
+        user_id: 'u6',
+        wait: true,
+        items: [{ user_query: 'I like blues.' }, { user_query: 'My city is Oslo.' }],
+      });
+      expect(batch.body['status']).toBe('succeeded');
       const del = await h.call('DELETE', '/v1/users/u6');
       expect([200, 202]).toContain(del.status);
       expect(del.body['kind']).toBe('memory.delete_user');
@@ -219,6 +225,22 @@ export function httpSuite(kind: 'pglite' | 'postgres'): void {
       expect((await h.call('GET', '/v1/memory/search?user_id=u6&q=jazz')).body['items']).toEqual(
         [],
       );
+      // Its earlier operations, a batch's items included, keep no copy of its words.
+      const before = await h.call('GET', `/v1/operations/${ingest.body['id'] as string}`);
+      expect(before.body).toMatchObject({ status: 'succeeded', result: null });
+      const items = await h.call(
+        'GET',
+        `/v1/operations/${batch.body['id'] as string}?include=children`,
+      );
+      expect(items.body['items']).toHaveLength(2);
+      for (const item of items.body['items'] as { result: unknown }[]) {
+        expect(item.result).toBeNull();
+      }
+      const [words] = await h.mnemo.store.query<{ n: number }>(
+        `select count(*)::int as n from jobs where payload ->> 'user_id' = 'u6'
+            and payload ? 'user_query'`,
+      );
+      expect(words?.n).toBe(0);
     });
 
     it('answers bad input with a 4xx error body and writes nothing', async () => {

@@ -10,7 +10,7 @@ import { createPgTestStore, describePg } from '../helpers/pg.ts';
 
 // Reads that must find one user's or one session's rows by index, not by reading a tenant's or
 // a table's. The plans are checked on tables where those rows are few among many, so that the
-// planner's choice is the real one.
+// planner's choice is the real one. (The tests share the tables; they run in order.)
 describePg('reads by index (PostgreSQL)', () => {
   let store: Store;
   let dispose: () => Promise<void>;
@@ -27,6 +27,20 @@ describePg('reads by index (PostgreSQL)', () => {
                                  'user_query', 'turn ' || i),
               case when i % 3 = 0 then 'failed' else 'succeeded' end, now()
          from generate_series(1, 30040) as i`,
+    );
+    // And one batch of alice's with 3,000 children, which are not operations of their own.
+    await store.query(
+      `with parent as (
+         insert into jobs (tenant_id, kind, payload, status, is_parent, children_total,
+                           children_succeeded, finished_at)
+         values ('default', 'memory.batch_ingest', '{"user_id": "alice"}', 'succeeded', true,
+                 3000, 3000, now())
+         returning id)
+       insert into jobs (tenant_id, kind, payload, status, parent_id, finished_at)
+       select 'default', 'memory.ingest',
+              jsonb_build_object('user_id', 'alice', 'user_query', 'item ' || i), 'succeeded',
+              parent.id, now()
+         from parent, generate_series(1, 3000) as i`,
     );
     // 300 sessions of 10 messages (half archived) and 10 append keys each.
     await store.query(
@@ -96,16 +110,32 @@ describePg('reads by index (PostgreSQL)', () => {
       beforeId = page[page.length - 1]?.id;
     }
     const expected = await store.query<{ id: number }>(
-      `select id from jobs where payload ->> 'user_id' = 'alice' order by id desc`,
+      `select id from jobs where payload ->> 'user_id' = 'alice' and parent_id is null
+        order by id desc`,
     );
     expect(seen).toEqual(expected.map((row) => row.id));
-    expect(seen).toHaveLength(40);
+    expect(seen).toHaveLength(41);
   });
 
-  it('redacts a deleted user’s operations through jobs_user_idx', async () => {
+  it('redacts a deleted user’s operations and their children by index, and only hers', async () => {
     const [last] = await store.query<{ id: number }>('select max(id)::int as id from jobs');
     const text = await plan(REDACT_USER_JOBS, ['default', 'alice', (last?.id ?? 0) + 1]);
     expect(text).toContain('"Index Name":"jobs_user_idx"');
+    expect(text).toContain('"Index Name":"jobs_parent_idx"');
+    // (The rows found may then be joined to the table by a scan of it, when it is as small as
+    // here against 3,041 rows to update; with millions of rows, by its primary key.)
+    const [redacted] = await store.query<{ n: number }>(REDACT_USER_JOBS, [
+      'default',
+      'alice',
+      (last?.id ?? 0) + 1,
+    ]);
+    // Her 40 ingests, her batch and its 3,000 items; nobody else's.
+    expect(redacted?.n).toBe(3041);
+    const [left] = await store.query<{ n: number }>(
+      `select count(*)::int as n from jobs where payload ? 'user_query'
+          and payload ->> 'user_id' = 'alice'`,
+    );
+    expect(left?.n).toBe(0);
   });
 
   // A session's deletion cascades to its messages and append keys: PostgreSQL runs one such

@@ -177,23 +177,21 @@ export function syncSuite(kind: 'pglite' | 'postgres'): void {
     });
 
     it('reaches a conversation that began hours before a later segment, through its end', async () => {
-      // Three hours of recording in six half-hour segments: one conversation. Then, in another
-      // upload, a segment just after its end: within the window of its end, so it joins it,
-      // although the conversation began hours before the window.
+      // Three hours of recording in half-hour segments, the fourth sent later: first two
+      // conversations (0-1.5 h and 2-3 h), then one when the fourth bridges them (the merge
+      // makes it 3 h long). Then, in a third upload, a segment just after its end: within the
+      // window of its end, so it joins it, though it began hours before the window.
       const half = 1800;
-      const long = await h.call('POST', '/v1/sync', {
-        user_id: 'u6',
-        segments: [0, 1, 2, 3, 4, 5].map((n) => ({
-          id: `h${n}`,
-          started_at: at(n * half),
-          ended_at: at((n + 1) * half),
-          transcript: `Half hour ${n}.`,
-        })),
+      const seg = (n: number) => ({
+        id: `h${n}`,
+        started_at: at(n * half),
+        ended_at: at((n + 1) * half),
+        transcript: `Half hour ${n}.`,
       });
-      await finished(long.body['id']);
-      const later = await h.call('POST', '/v1/sync', {
-        user_id: 'u6',
-        segments: [
+      for (const segments of [
+        [0, 1, 2, 4, 5].map(seg),
+        [seg(3)],
+        [
           {
             id: 'after',
             started_at: at(6 * half + 60),
@@ -201,8 +199,10 @@ export function syncSuite(kind: 'pglite' | 'postgres'): void {
             transcript: 'After.',
           },
         ],
-      });
-      await finished(later.body['id']);
+      ]) {
+        const res = await h.call('POST', '/v1/sync', { user_id: 'u6', segments });
+        await finished(res.body['id']);
+      }
       const items = (await h.call('GET', '/v1/users/u6/conversations')).body['items'];
       expect(items).toEqual([
         expect.objectContaining({

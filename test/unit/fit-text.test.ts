@@ -35,6 +35,15 @@ describe('fitText (what one model call sends of a long conversation)', () => {
     }
   });
 
+  it('cuts to the limit without its line when the limit leaves no room for the line', () => {
+    expect(fitText('a'.repeat(100), 10)).toBe('a'.repeat(10));
+    expect(fitText('😀'.repeat(50), 11)).toBe('😀'.repeat(5));
+    // A text starting with half a pair (invalid, but it may come) does not make the cut wrap.
+    for (let max = 20; max < 60; max++) {
+      expect(fitText('\udc00' + 'b'.repeat(100), max).length).toBeLessThanOrEqual(max);
+    }
+  });
+
   it('stays within the limit, keeps the start and the end, and never splits a character', () => {
     fc.assert(
       fc.property(

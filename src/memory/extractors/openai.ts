@@ -57,7 +57,10 @@ export function fitText(text: string, maxChars: number): string {
     return text;
   }
   const marker = (left: number) => `\n[… ${left} characters left out here …]\n`;
-  const budget = Math.max(0, maxChars - marker(text.length).length);
+  const budget = maxChars - marker(text.length).length;
+  if (budget <= 0) {
+    return cutBefore(text, maxChars); // no room for the line (MNEMO_LLM_MAX_INPUT_CHARS ≥ 1000)
+  }
   let headEnd = Math.floor(budget / 3);
   let tailStart = text.length - (budget - headEnd);
   // Whole lines when a line ends in the second half of the head or the first of the tail.
@@ -70,7 +73,7 @@ export function fitText(text: string, maxChars: number): string {
     tailStart = lineStart + 1;
   }
   // Never half of a surrogate pair at either cut.
-  if (isLowSurrogate(text.charCodeAt(headEnd))) {
+  if (headEnd > 0 && isLowSurrogate(text.charCodeAt(headEnd))) {
     headEnd -= 1;
   }
   if (isLowSurrogate(text.charCodeAt(tailStart))) {
@@ -80,6 +83,13 @@ export function fitText(text: string, maxChars: number): string {
 }
 
 const isLowSurrogate = (code: number) => code >= 0xdc00 && code <= 0xdfff;
+
+/** The first `end` code units of `text`, one fewer if the last would be half of a pair. */
+function cutBefore(text: string, end: number): string {
+  return end > 0 && isLowSurrogate(text.charCodeAt(end))
+    ? text.slice(0, end - 1)
+    : text.slice(0, end);
+}
 
 /**
  * Extracts with any OpenAI-compatible chat-completions endpoint (OpenAI, Ollama, vLLM).
