@@ -308,7 +308,7 @@ $$;
 
 CREATE FUNCTION mnemo.lane_lock_key(tenant text, lane text) RETURNS bigint
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    AS $$ select hashtextextended('lane:' || length(tenant) || ':' || tenant || ':' || lane, 0) $$;
+    AS $$ select hashtextextended('lane:' || length(tenant)::text || ':' || tenant || ':' || lane, 0) $$;
 
 CREATE FUNCTION mnemo.search_owner(p_tenant text, p_user text) RETURNS tsvector
     LANGUAGE sql IMMUTABLE PARALLEL SAFE

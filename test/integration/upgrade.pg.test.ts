@@ -46,4 +46,40 @@ describePg('upgrading a database with data (PostgreSQL)', () => {
       { user_id: 'cy', longest: '26:00:00' },
     ]);
   });
+
+  it('0017 inlines lane_lock_key with the same keys as before and as finish_jobs’s copy', async () => {
+    await migrate(
+      store,
+      migrations.filter((m) => m.id < 17),
+    );
+    // Tenants and lanes of many lengths and characters, including multibyte ones and ':'.
+    await store.query(`create table lane_samples (tenant text, lane text)`);
+    await store.query(
+      `insert into lane_samples
+       select repeat(chr(65 + i % 50) || 'é:', i % 40), 'user:' || i || repeat('ß', i % 7)
+         from generate_series(1, 2000) as i`,
+    );
+    const keys = `select tenant, lane, lane_lock_key(tenant, lane)::text as key from lane_samples
+                  order by tenant, lane`;
+    const before = await store.query<{ key: string }>(keys);
+    await migrate(store);
+    expect(await store.query(keys)).toEqual(before);
+    // finish_jobs writes the key out; enqueue_jobs calls the function: both lock one lane.
+    const [differ] = await store.query<{ n: number }>(
+      `select count(*)::int as n from lane_samples
+        where lane_lock_key(tenant, lane)
+              <> hashtextextended('lane:' || length(tenant) || ':' || tenant || ':' || lane, 0)`,
+    );
+    expect(differ?.n).toBe(0);
+    // Inlined: the plan computes the hash itself instead of calling the function.
+    const plan = (
+      await store.query<{ 'QUERY PLAN': string }>(
+        `explain (verbose, format text) select lane_lock_key(tenant, lane) from lane_samples`,
+      )
+    )
+      .map((r) => r['QUERY PLAN'])
+      .join('\n');
+    expect(plan).toContain('hashtextextended');
+    expect(plan).not.toContain('lane_lock_key');
+  });
 });
