@@ -262,7 +262,12 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
   // Every waiting request listens on it for as long as it waits: no limit to warn about.
   setMaxListeners(0, waitsEnded.signal);
   const extractor = options.extractor ?? chooseExtractor(config);
-  registerMemoryJobs(engine, extractor, { timeoutMs: config.llmTimeoutMs * 2 });
+  registerMemoryJobs(engine, extractor, {
+    timeoutMs: config.llmTimeoutMs * 2,
+    ...(config.operationRetentionHours > 0 && {
+      retainMs: config.operationRetentionHours * 3_600_000,
+    }),
+  });
   registerSessionJobs(engine, store, extractor, { timeoutMs: config.llmTimeoutMs * 2 });
   const transcriber =
     options.transcriber ??

@@ -66,6 +66,10 @@ const settings = {
     env: 'MNEMO_SYNC_MAX_BODY_BYTES',
     schema: intFrom(1024, 1024 * 1024 * 1024).default(64 * 1024 * 1024),
   },
+  operationRetentionHours: {
+    env: 'MNEMO_OPERATION_RETENTION_HOURS',
+    schema: intFrom(0, 87_600).default(168),
+  },
   audioRetentionS: { env: 'MNEMO_AUDIO_RETENTION_S', schema: intFrom(0, 30 * 86_400).default(480) },
   rateLimitPerS: { env: 'MNEMO_RATE_LIMIT_PER_S', schema: intFrom(0, 1_000_000).default(100) },
   rateLimitBurst: { env: 'MNEMO_RATE_LIMIT_BURST', schema: intFrom(1, 1_000_000).default(200) },

@@ -730,6 +730,8 @@ CREATE INDEX events_user_date_idx ON mnemo.events USING btree (tenant_id, user_i
 
 CREATE INDEX jobs_claim_idx ON mnemo.jobs USING btree (run_at, id) WHERE ((status = 'pending'::text) AND ready);
 
+CREATE INDEX jobs_finished_idx ON mnemo.jobs USING btree (kind, finished_at) WHERE ((parent_id IS NULL) AND (status = ANY (ARRAY['succeeded'::text, 'failed'::text, 'cancelled'::text])));
+
 CREATE UNIQUE INDEX jobs_idempotency_key_uniq ON mnemo.jobs USING btree (tenant_id, idempotency_key) WHERE (idempotency_key IS NOT NULL);
 
 CREATE INDEX jobs_lane_active_idx ON mnemo.jobs USING btree (tenant_id, lane, id) WHERE ((lane IS NOT NULL) AND (status = ANY (ARRAY['pending'::text, 'running'::text])));

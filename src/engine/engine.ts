@@ -75,6 +75,12 @@ export interface Engine {
   /** Registers the handler of a job kind. Register before starting workers. */
   register<P, C>(kind: string, handler: JobHandler<P, C>): void;
   /**
+   * Keeps finished jobs of `kind` without a parent for `ms` after they finish, then deletes
+   * them with their children: each worker sweeps them (see `WorkerOptions.sweepIntervalMs`).
+   * Kinds not named here are kept for good. Call before starting workers.
+   */
+  retain(kind: string, ms: number): void;
+  /**
    * Writes a job in one statement: inside the caller's transaction (it exists iff that
    * commits; wake-ups go out then), or on the store itself in autocommit.
    * @throws MnemoError `invalid_request`, `idempotency_conflict`, `queue_full`
@@ -153,6 +159,7 @@ export function createEngine(deps: {
   const defaultTimeoutMs = options.defaultTimeoutMs ?? 60_000;
   const defaultMaxAttempts = options.defaultMaxAttempts ?? 3;
   const handlers = new Map<string, JobHandler>();
+  const retention = new Map<string, number>();
   const metrics = createEngineMetrics(store);
   const channels: Channels = {
     jobs: `${store.schema}_jobs`,
@@ -259,6 +266,15 @@ export function createEngine(deps: {
         );
       }
       handlers.set(kind, handler as JobHandler);
+    },
+    retain(kind, ms) {
+      if (!Number.isSafeInteger(ms) || ms < 1) {
+        throw new MnemoError(
+          ErrorCode.Internal,
+          `job kind ${kind}: retention must be 1 ms or more`,
+        );
+      }
+      retention.set(kind, ms);
     },
     async enqueue(tx, spec) {
       if (tx.inTransaction) {
@@ -455,6 +471,7 @@ export function createEngine(deps: {
         {
           store,
           handlers,
+          retention,
           metrics,
           logger,
           channels,

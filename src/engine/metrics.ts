@@ -10,6 +10,7 @@ export interface EngineMetrics {
   retried: Counter<'kind'>;
   leaseLost: Counter<'kind'>;
   reaped: Counter<'kind'>;
+  swept: Counter<'kind'>;
   waitSeconds: Histogram<'kind'>;
   runSeconds: Histogram<'kind'>;
 }
@@ -50,6 +51,12 @@ export function createEngineMetrics(store: Queryable): EngineMetrics {
     reaped: new Counter({
       name: 'mnemo_jobs_reaped_total',
       help: 'Running jobs whose lease expired (worker crashed or stalled), returned to pending or failed.',
+      labelNames: ['kind'],
+      registers: [registry],
+    }),
+    swept: new Counter({
+      name: 'mnemo_jobs_swept_total',
+      help: 'Finished jobs without a parent deleted at the end of their retention (their children went with them).',
       labelNames: ['kind'],
       registers: [registry],
     }),

@@ -11,6 +11,7 @@ import { DEFAULT_BACKOFF, retryDelayMs } from './backoff.ts';
 import type { EngineMetrics } from './metrics.ts';
 import { WakeSignal } from './signal.ts';
 import { type ClaimedRow, claimJobs, extendLeases, findExpired } from './sql/claim.ts';
+import { deleteFinished } from './sql/retention.ts';
 import {
   type AppliedInStatement,
   applyTransitions,
@@ -43,6 +44,11 @@ export interface WorkerOptions {
   heartbeatMs?: number;
   /** Reaper period (0 disables this worker's reaper). @defaultValue min(leaseMs / 2, 5000) */
   reapIntervalMs?: number;
+  /**
+   * Retention sweep period: finished jobs of the kinds given to `Engine.retain` are deleted
+   * once their time is up (0 disables this worker's sweep). @defaultValue 60000
+   */
+  sweepIntervalMs?: number;
   /** On stop, how long running jobs may take to finish before they are released. @defaultValue 10000 */
   shutdownGraceMs?: number;
   /**
@@ -63,6 +69,8 @@ export interface WorkerOptions {
 export interface WorkerDeps {
   store: Store;
   handlers: ReadonlyMap<string, JobHandler>;
+  /** How long finished jobs of a kind are kept (ms); kinds not in it are kept for good. */
+  retention?: ReadonlyMap<string, number>;
   metrics: EngineMetrics;
   logger: Logger;
   channels: Channels;
@@ -147,6 +155,7 @@ export class Worker {
   readonly #leaseMs: number;
   readonly #heartbeatMs: number;
   readonly #reapMs: number;
+  readonly #sweepMs: number;
   readonly #graceMs: number;
   readonly #maxBatch: number;
   readonly #slots = new Map<number, Running>();
@@ -175,6 +184,7 @@ export class Worker {
   readonly #prefetch: number;
   #heartbeating: Promise<void> | undefined;
   #reaping: Promise<void> | undefined;
+  #sweeping: Promise<number> | undefined;
   readonly #kinds: string[];
   #loop: Promise<void> | undefined;
   #timers: NodeJS.Timeout[] = [];
@@ -188,6 +198,7 @@ export class Worker {
     this.#leaseMs = options.leaseMs ?? 30_000;
     this.#heartbeatMs = options.heartbeatMs ?? Math.max(10, Math.floor(this.#leaseMs / 3));
     this.#reapMs = options.reapIntervalMs ?? Math.min(Math.floor(this.#leaseMs / 2), 5000);
+    this.#sweepMs = options.sweepIntervalMs ?? 60_000;
     this.#graceMs = options.shutdownGraceMs ?? 10_000;
     this.#maxBatch = options.maxBatch ?? 200;
     this.#prefetch = options.prefetch ?? 2;
@@ -222,7 +233,45 @@ export class Worker {
         }, this.#reapMs),
       );
     }
+    if (this.#sweepMs > 0 && (this.#deps.retention?.size ?? 0) > 0) {
+      this.#timers.push(
+        setInterval(() => {
+          this.sweep().catch((err: unknown) => {
+            this.#deps.logger.warn({ err }, 'deleting finished jobs past their retention failed');
+          });
+        }, this.#sweepMs),
+      );
+    }
     this.#loop = this.#claimLoop();
+  }
+
+  /**
+   * Deletes the finished jobs whose retention is over (see `Engine.retain`), with their
+   * children, a bounded number a round; returns how many (children not counted). One sweep
+   * at a time in a worker; sweeps of several workers skip each other's rows.
+   */
+  sweep(): Promise<number> {
+    this.#sweeping ??= this.#sweep().finally(() => (this.#sweeping = undefined));
+    return this.#sweeping;
+  }
+
+  async #sweep(): Promise<number> {
+    let total = 0;
+    for (const [kind, ms] of this.#deps.retention ?? []) {
+      // Bounded: 20 statements of 500 a kind a round. A backlog larger than that (a first
+      // sweep of an old table) goes over the next rounds.
+      for (let round = 0; round < 20; round++) {
+        const n = await deleteFinished(this.#deps.store, kind, ms, SWEEP_BATCH);
+        if (n > 0) {
+          this.#deps.metrics.swept.inc({ kind }, n);
+          total += n;
+        }
+        if (n < SWEEP_BATCH || this.#stopController.signal.aborted) {
+          break;
+        }
+      }
+    }
+    return total;
   }
 
   /** Claims at once if a slot is free (a local enqueue committed); NOTIFY does it otherwise. */
@@ -315,7 +364,7 @@ export class Worker {
       clearInterval(timer); // also clears timeouts
     }
     this.#timers = [];
-    await Promise.all([this.#heartbeating, this.#reaping]);
+    await Promise.all([this.#heartbeating, this.#reaping, this.#sweeping?.catch(() => 0)]);
     await this.#unlisten?.();
   }
 
@@ -1159,6 +1208,9 @@ class ApplyFailed extends Error {
     super('a job apply failed', { cause });
   }
 }
+
+/** Jobs a retention statement deletes at most (with their children). */
+const SWEEP_BATCH = 500;
 
 /** Raised by assert_moved (migration 0008): a job applied on the fast path had lost its lease. */
 const LEASE_LOST_SQLSTATE = 'MNL01';

@@ -124,12 +124,21 @@ export const REDACT_USER_JOBS = `with mine as (
     returning 1)
   select count(*)::int as n from r`;
 
-/** Registers the memory jobs with the engine. */
+/**
+ * Registers the memory jobs with the engine. With `retainMs`, the finished operations of the
+ * memory API (ingests, batches with their items, deletions) are deleted that long after they
+ * finish; without it they are kept for good.
+ */
 export function registerMemoryJobs(
   engine: Engine,
   extractor: Extractor,
-  options: { timeoutMs?: number } = {},
+  options: { timeoutMs?: number; retainMs?: number } = {},
 ): void {
+  if (options.retainMs !== undefined) {
+    for (const kind of [MemoryJob.Ingest, MemoryJob.BatchIngest, MemoryJob.DeleteUser]) {
+      engine.retain(kind, options.retainMs);
+    }
+  }
   engine.register<IngestPayload, Extraction>(MemoryJob.Ingest, {
     timeoutMs: options.timeoutMs ?? 60_000,
     maxAttempts: 3,

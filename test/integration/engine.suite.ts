@@ -881,6 +881,56 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       ]);
     });
 
+    it('deletes finished jobs of a retained kind after their time, a batch with its children, and nothing else', async () => {
+      engine.register('noop', {});
+      engine.retain('noop', 60_000);
+      engine.retain('batch', 60_000);
+      engine.retain('recent', 3_600_000);
+      engine.register('recent', {});
+      const worker = await engine.startWorker({ concurrency: 4, sweepIntervalMs: 0 });
+      const old = await engine.enqueue(store, { kind: 'noop', lane: 'a' });
+      const batch = await store.transaction((tx) =>
+        engine.enqueueBatch(tx, { kind: 'batch' }, [
+          { kind: 'noop', lane: 'b' },
+          { kind: 'noop', lane: 'b' },
+        ]),
+      );
+      const other = await engine.enqueue(store, { kind: 'kept_for_good' }); // no handler: stays pending
+      const recent = await engine.enqueue(store, { kind: 'recent' });
+      for (const id of [old.job.id, batch.parent.id, recent.job.id]) {
+        expect((await waitDone(id)).status).toBe('succeeded');
+      }
+      // Not yet due: a sweep leaves everything.
+      expect(await worker.sweep()).toBe(0);
+      // A pending job of a retained kind, and a finished one of a kind kept for good.
+      const waiting = await engine.enqueue(store, {
+        kind: 'noop',
+        runAt: new Date(Date.now() + 3_600_000),
+      });
+      await store.query(`update jobs set status = 'succeeded', finished_at = now() where id = $1`, [
+        other.job.id,
+      ]);
+      // Two hours pass for every job but `recent` (kept an hour): it finished 30 minutes ago.
+      await store.query(
+        `update jobs set finished_at = finished_at - case when id = $1 then interval '30 minutes'
+                                                          else interval '2 hours' end`,
+        [recent.job.id],
+      );
+      expect(await worker.sweep()).toBe(2); // `old` and the batch parent (with its 2 children)
+      const left = await store.query<{ id: number }>('select id from jobs order by id');
+      expect(left.map((r) => r.id)).toEqual([other.job.id, recent.job.id, waiting.job.id]);
+      expect(await engine.getJob('default', old.job.id)).toBeUndefined();
+      expect(await worker.sweep()).toBe(0);
+      const metrics = await engine.metrics.registry.metrics();
+      expect(metrics).toContain('mnemo_jobs_swept_total{kind="noop"} 1');
+      expect(metrics).toContain('mnemo_jobs_swept_total{kind="batch"} 1');
+    });
+
+    it('refuses a retention below one millisecond', () => {
+      expect(() => engine.retain('noop', 0)).toThrow(/retention/);
+      expect(() => engine.retain('noop', 1.5)).toThrow(/retention/);
+    });
+
     it('cancels a whole pending batch through its parent', async () => {
       engine.register('noop', {});
       const batch = await store.transaction((tx) =>

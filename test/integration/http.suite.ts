@@ -469,4 +469,55 @@ export function httpSuite(kind: 'pglite' | 'postgres'): void {
       },
     );
   });
+
+  describe(`HTTP API with operation retention (${kind})`, () => {
+    it('deletes operations past MNEMO_OPERATION_RETENTION_HOURS, batches with their items, and keeps the memories', async () => {
+      const h = await openHttp(kind, 'http:retention', {
+        env: { MNEMO_OPERATION_RETENTION_HOURS: '1' },
+        worker: false,
+      });
+      try {
+        const worker = await h.mnemo.startWorker({ pollIntervalMs: 200, sweepIntervalMs: 0 });
+        const body = { user_id: 'r1', user_query: 'I like tea.', idempotency_key: 'day-1' };
+        const first = await h.call('POST', '/v1/memory/ingest', body);
+        const batch = await h.call('POST', '/v1/memory/batch-ingest', {
+          user_id: 'r1',
+          items: [{ user_query: 'I like rain.' }, { user_query: 'I like snow.' }],
+          wait: true,
+        });
+        expect([first.body['status'], batch.body['status']]).toEqual(['succeeded', 'succeeded']);
+        const recent = await h.call('POST', '/v1/memory/ingest', {
+          user_id: 'r1',
+          user_query: 'I like fog.',
+        });
+        expect(await worker.sweep()).toBe(0); // all within the hour
+        // The first two finished two hours ago.
+        await h.mnemo.store.query(
+          `update jobs set finished_at = finished_at - interval '2 hours' where id <> $1`,
+          [Number((recent.body['id'] as string).slice(3))],
+        );
+        expect(await worker.sweep()).toBe(2);
+        for (const id of [first.body['id'], batch.body['id']] as string[]) {
+          const gone = await h.call('GET', `/v1/operations/${id}`);
+          expect(gone.status).toBe(404);
+          expect(gone.body).toMatchObject({ error: { code: 'not_found' } });
+        }
+        expect((await h.call('GET', `/v1/operations/${recent.body['id']}`)).status).toBe(200);
+        expect(
+          (await h.mnemo.store.query<{ n: number }>('select count(*)::int as n from jobs'))[0]?.n,
+        ).toBe(1);
+        // What the operations wrote stays; their idempotency key is free again.
+        expect((await h.call('GET', '/v1/users/r1/profile')).body['summary']).toMatchObject({
+          turn_count: 4,
+        });
+        const again = await h.call('POST', '/v1/memory/ingest', body);
+        expect(again.body['id']).not.toBe(first.body['id']);
+        const metrics = await h.call('GET', '/metrics');
+        expect(metrics.body).toContain('mnemo_jobs_swept_total{kind="memory.ingest"} 1');
+        expect(metrics.body).toContain('mnemo_jobs_swept_total{kind="memory.batch_ingest"} 1');
+      } finally {
+        await h.dispose();
+      }
+    });
+  });
 }

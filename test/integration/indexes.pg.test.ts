@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 
 import { createEngine, type Engine } from '../../src/engine/index.ts';
+import { DELETE_FINISHED } from '../../src/engine/sql/retention.ts';
 import { listJobsQuery, selectJobs } from '../../src/engine/sql/rows.ts';
 import { REDACT_USER_JOBS } from '../../src/memory/pipeline.ts';
 import { SEARCH_MEMORY } from '../../src/memory/read.ts';
@@ -197,6 +198,23 @@ describePg('reads by index (PostgreSQL)', () => {
       failed: 100,
       cancelled: 0,
     });
+  });
+
+  // The retention sweep of a kind finds its oldest finished jobs by index, not by reading the
+  // jobs of other kinds or the unfinished ones: here 30,000 finished ingests and 5,000 pending
+  // children lie beside a few finished jobs of the swept kind.
+  it('finds a kind’s oldest finished jobs by index for the retention sweep', async () => {
+    await store.query(
+      `insert into jobs (tenant_id, kind, status, finished_at)
+       select 'default', 'memory.delete_user', 'succeeded', now() - i * interval '1 hour'
+         from generate_series(1, 20) as i`,
+    );
+    await store.query('analyze jobs');
+    for (const kind of ['memory.delete_user', 'memory.ingest']) {
+      const text = await plan(DELETE_FINISHED, [kind, 3_600_000, 500]);
+      expect(text).toContain('"Index Name":"jobs_finished_idx"');
+      expect(text).not.toContain('"Node Type":"Seq Scan"');
+    }
   });
 
   // A user with a long history searches a word that is common among other users and absent

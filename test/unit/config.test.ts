@@ -12,6 +12,7 @@ describe('loadConfig', () => {
       databaseSchema: 'mnemo',
       host: '127.0.0.1',
       port: 8787,
+      operationRetentionHours: 168,
     });
     expect(Object.isFrozen(config)).toBe(true);
   });
@@ -19,6 +20,10 @@ describe('loadConfig', () => {
   it('lets flags override the environment', () => {
     const config = loadConfig({ MNEMO_PORT: '1000' }, { port: '2000' });
     expect(config.port).toBe(2000);
+  });
+
+  it('keeps operations for good with MNEMO_OPERATION_RETENTION_HOURS=0', () => {
+    expect(loadConfig({ MNEMO_OPERATION_RETENTION_HOURS: '0' }).operationRetentionHours).toBe(0);
   });
 
   it('treats an empty variable as unset', () => {
@@ -33,6 +38,8 @@ describe('loadConfig', () => {
     ['MNEMO_DATABASE_SCHEMA', 'drop table'],
     ['MNEMO_DATABASE_POOL_SIZE', '0'],
     ['MNEMO_LOG_LEVEL', 'loud'],
+    ['MNEMO_OPERATION_RETENTION_HOURS', '-1'],
+    ['MNEMO_OPERATION_RETENTION_HOURS', '1.5'],
   ])('rejects %s=%s naming the variable', (name, value) => {
     expect(() => loadConfig({ [name]: value })).toThrow(
       expect.objectContaining({

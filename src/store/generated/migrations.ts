@@ -103,5 +103,11 @@ export const migrations: readonly Migration[] = [
     "name": "lane_lock_key_inlined",
     "sql": "-- lane_lock_key() as the planner can inline it. Its body joined text and an integer with\n-- `||` (`anytextcat`, which is only stable), so this immutable function was never inlined:\n-- every call ran it as a function of its own, planning its one statement anew: 0.05 ms a\n-- lane an enqueue locks, against 0.008 ms inlined (a loop of 20,000 lock statements), about\n-- 5 % of `enqueue_jobs` for one job, too little to show end to end. The explicit cast makes\n-- every operator immutable; the text, and so every key, is the same as before, and the same\n-- as the copy written out in finish_jobs (test/integration/upgrade.pg.test.ts).\ncreate or replace function lane_lock_key(tenant text, lane text) returns bigint\nlanguage sql immutable parallel safe\nas $$ select hashtextextended('lane:' || length(tenant)::text || ':' || tenant || ':' || lane, 0) $$;\n",
     "checksum": "290b4027f29cb8d56291f04b722914d415446c58c2bf8f68090baa376d9b2b16"
+  },
+  {
+    "id": 18,
+    "name": "finished_jobs_by_kind",
+    "sql": "-- Finished operations by kind and age, for the retention sweep (Engine.retain): the oldest\n-- finished jobs of a kind without a parent, found by index however many jobs of other kinds\n-- (kept for good) or still unfinished lie beside them. A batch's children go with their\n-- parent (jobs_parent_id_fkey cascades), so they are not in it.\n--\n-- Building it locks jobs against writes for as long as it takes: on a large table, create it\n-- beforehand with `create index concurrently` under the same name and definition.\ncreate index if not exists jobs_finished_idx on jobs (kind, finished_at)\n  where parent_id is null and status in ('succeeded', 'failed', 'cancelled');\n",
+    "checksum": "b5acfa594a1c0a16de3b7ad7e8c03a55db877fa988891d82debc08f6710a28fb"
   }
 ];
