@@ -120,6 +120,15 @@ export function toOperation(job: Job): OperationView {
 }
 
 /** What `createMnemo` needs besides the configuration. */
+/** A time-ordered list's page: the range, its size, and where the previous page ended. */
+export interface Page {
+  from?: string | undefined;
+  to?: string | undefined;
+  limit: number;
+  /** A previous page's `next_cursor`. */
+  cursor?: string | undefined;
+}
+
 export interface MnemoOptions {
   logger?: Logger;
   /** An extractor to use instead of the configured one (tests, embedding). */
@@ -166,12 +175,12 @@ export interface Mnemo {
     options: { mergeWindowS: number; deviceId?: string | undefined },
     opts: WriteOptions,
   ): Promise<WriteOutcome>;
+  /** A page of the user's conversations overlapping [from, to], in time order. */
   conversations(
     tenantId: string,
     userId: string,
-    from?: string,
-    to?: string,
-  ): Promise<{ items: ConversationView[] }>;
+    page: Page,
+  ): Promise<{ items: ConversationView[]; next_cursor: string | null }>;
   getOperation(tenantId: string, id: string, includeChildren: boolean): Promise<OperationView>;
   cancelOperation(tenantId: string, id: string): Promise<OperationView>;
   listOperations(
@@ -192,12 +201,7 @@ export interface Mnemo {
     limit: number,
     cursor?: number,
   ): ReturnType<typeof listMemories>;
-  events(
-    tenantId: string,
-    userId: string,
-    from?: string,
-    to?: string,
-  ): ReturnType<typeof listEvents>;
+  events(tenantId: string, userId: string, page: Page): ReturnType<typeof listEvents>;
   /** Database reachable and every migration applied. */
   ready(): Promise<boolean>;
   startWorker(options?: WorkerOptions): Promise<Worker>;
@@ -433,8 +437,7 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
       });
       return finish(tenantId, parent, opts);
     },
-    conversations: (tenantId, userId, from, to) =>
-      listConversations(store, tenantId, userId, from, to),
+    conversations: (tenantId, userId, page) => listConversations(store, tenantId, userId, page),
     async getOperation(tenantId, id, includeChildren) {
       const job = await engine.getJob(tenantId, parseOperationId(id));
       if (job === undefined) {
@@ -468,7 +471,7 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
     profile: (tenantId, userId) => readProfile(store, tenantId, userId),
     memories: (tenantId, userId, limit, cursor) =>
       listMemories(store, tenantId, userId, limit, cursor),
-    events: (tenantId, userId, from, to) => listEvents(store, tenantId, userId, from, to),
+    events: (tenantId, userId, page) => listEvents(store, tenantId, userId, page),
     async ready() {
       try {
         return (await migrationStatus(store)).pending.length === 0;

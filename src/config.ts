@@ -66,9 +66,10 @@ const settings = {
     env: 'MNEMO_SYNC_MAX_BODY_BYTES',
     schema: intFrom(1024, 1024 * 1024 * 1024).default(64 * 1024 * 1024),
   },
+  // 0: kept for good, as API.md promises idempotency keys without a time limit (decision 0009).
   operationRetentionHours: {
     env: 'MNEMO_OPERATION_RETENTION_HOURS',
-    schema: intFrom(0, 87_600).default(168),
+    schema: intFrom(0, 87_600).default(0),
   },
   audioRetentionS: { env: 'MNEMO_AUDIO_RETENTION_S', schema: intFrom(0, 30 * 86_400).default(480) },
   rateLimitPerS: { env: 'MNEMO_RATE_LIMIT_PER_S', schema: intFrom(0, 1_000_000).default(100) },

@@ -159,17 +159,22 @@ export const SyncRequest = z.strictObject({
 });
 export type SyncRequest = z.infer<typeof SyncRequest>;
 
-/** `GET /v1/users/{id}/conversations`. */
+const Limit = (max: number, fallback: number) =>
+  z.coerce.number().int().min(1).max(max).default(fallback);
+
+/** `GET /v1/users/{id}/conversations`: `cursor` is a page's `next_cursor`. */
 export const ConversationsQuery = z.strictObject({
   from: IsoTime.optional(),
   to: IsoTime.optional(),
+  limit: Limit(1000, 200),
+  cursor: z
+    .string()
+    .regex(/^-?\d{1,20}_\d{1,18}$/, 'must be a next_cursor this route returned')
+    .optional(),
 });
 
 /** `DELETE /v1/users/{id}` body (optional). */
 export const DeleteUserRequest = z.strictObject({ idempotency_key: Id.optional(), ...Wait });
-
-const Limit = (max: number, fallback: number) =>
-  z.coerce.number().int().min(1).max(max).default(fallback);
 
 export const OperationsQuery = z.strictObject({
   user_id: Id.optional(),
@@ -201,7 +206,16 @@ export const MemoriesQuery = z.strictObject({
     .optional(),
 });
 
-export const EventsQuery = z.strictObject({ from: IsoDate.optional(), to: IsoDate.optional() });
+/** `GET /v1/users/{id}/events`: `cursor` is a page's `next_cursor`. */
+export const EventsQuery = z.strictObject({
+  from: IsoDate.optional(),
+  to: IsoDate.optional(),
+  limit: Limit(1000, 1000),
+  cursor: z
+    .string()
+    .regex(/^\d{4}-\d{2}-\d{2}_\d{1,18}$/, 'must be a next_cursor this route returned')
+    .optional(),
+});
 
 export const OperationQuery = z.strictObject({ include: z.enum(['children']).optional() });
 

@@ -270,9 +270,13 @@ export function createEngine(deps: {
     retain(kind, ms) {
       if (!Number.isSafeInteger(ms) || ms < 1) {
         throw new MnemoError(
-          ErrorCode.Internal,
-          `job kind ${kind}: retention must be 1 ms or more`,
+          ErrorCode.InvalidConfig,
+          `job kind ${kind}: retention must be a whole number of ms, 1 or more`,
         );
+      }
+      if (workers.size > 0) {
+        // A worker started before the first retained kind has no sweep.
+        throw new MnemoError(ErrorCode.Internal, 'retain job kinds before starting workers');
       }
       retention.set(kind, ms);
     },

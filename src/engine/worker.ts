@@ -188,6 +188,7 @@ export class Worker {
   readonly #kinds: string[];
   #loop: Promise<void> | undefined;
   #timers: NodeJS.Timeout[] = [];
+  #sweepTimer: NodeJS.Timeout | undefined;
   #unlisten: (() => Promise<void>) | undefined;
   #stopping: Promise<void> | undefined;
 
@@ -234,13 +235,11 @@ export class Worker {
       );
     }
     if (this.#sweepMs > 0 && (this.#deps.retention?.size ?? 0) > 0) {
-      this.#timers.push(
-        setInterval(() => {
-          this.sweep().catch((err: unknown) => {
-            this.#deps.logger.warn({ err }, 'deleting finished jobs past their retention failed');
-          });
-        }, this.#sweepMs),
-      );
+      this.#sweepTimer = setInterval(() => {
+        this.sweep().catch((err: unknown) => {
+          this.#deps.logger.warn({ err }, 'deleting finished jobs past their retention failed');
+        });
+      }, this.#sweepMs);
     }
     this.#loop = this.#claimLoop();
   }
@@ -251,22 +250,30 @@ export class Worker {
    * at a time in a worker; sweeps of several workers skip each other's rows.
    */
   sweep(): Promise<number> {
+    if (this.#stopController.signal.aborted) {
+      return Promise.resolve(0);
+    }
     this.#sweeping ??= this.#sweep().finally(() => (this.#sweeping = undefined));
     return this.#sweeping;
   }
 
   async #sweep(): Promise<number> {
     let total = 0;
+    // Statements of SWEEP_BATCH jobs, each its own transaction, for at most SWEEP_BUDGET_MS a
+    // round: a larger backlog (the first sweep of an old table) goes over the next rounds, and
+    // on PGlite, whose one connection every query shares, other queries run in between.
+    const until = Date.now() + SWEEP_BUDGET_MS;
     for (const [kind, ms] of this.#deps.retention ?? []) {
-      // Bounded: 20 statements of 500 a kind a round. A backlog larger than that (a first
-      // sweep of an old table) goes over the next rounds.
-      for (let round = 0; round < 20; round++) {
+      for (;;) {
+        if (this.#stopController.signal.aborted || Date.now() >= until) {
+          return total;
+        }
         const n = await deleteFinished(this.#deps.store, kind, ms, SWEEP_BATCH);
         if (n > 0) {
           this.#deps.metrics.swept.inc({ kind }, n);
           total += n;
         }
-        if (n < SWEEP_BATCH || this.#stopController.signal.aborted) {
+        if (n < SWEEP_BATCH) {
           break;
         }
       }
@@ -339,6 +346,7 @@ export class Worker {
 
   async #shutdown(): Promise<void> {
     this.#stopController.abort();
+    clearInterval(this.#sweepTimer);
     this.#wake.notify();
     // Jobs claimed ahead and not started go back at once, without counting the attempt.
     for (const running of this.#waiting.splice(0)) {
@@ -1210,7 +1218,9 @@ class ApplyFailed extends Error {
 }
 
 /** Jobs a retention statement deletes at most (with their children). */
-const SWEEP_BATCH = 500;
+const SWEEP_BATCH = 200;
+/** How long one retention sweep goes on at most before it leaves the rest to the next. */
+const SWEEP_BUDGET_MS = 10_000;
 
 /** Raised by assert_moved (migration 0008): a job applied on the fast path had lost its lease. */
 const LEASE_LOST_SQLSTATE = 'MNL01';

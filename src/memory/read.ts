@@ -87,23 +87,34 @@ export async function listMemories(
   };
 }
 
-/** A user's temporal events between `from` and `to` (inclusive ISO dates), in date order. */
+/**
+ * A page of a user's temporal events between `from` and `to` (inclusive ISO dates), in date
+ * order (then id): at most `limit`, after `cursor` (a previous page's `next_cursor`, which is
+ * null on the last page).
+ */
 export async function listEvents(
   q: Queryable,
   tenantId: string,
   userId: string,
-  from?: string,
-  to?: string,
-): Promise<{ items: { id: string; date: string; description: string }[] }> {
+  page: { from?: string; to?: string; limit: number; cursor?: string },
+): Promise<{
+  items: { id: string; date: string; description: string }[];
+  next_cursor: string | null;
+}> {
+  const [afterDate, afterId] = page.cursor === undefined ? [null, null] : page.cursor.split('_');
   const rows = await q.query<{ id: number; date: string; description: string }>(
     `select id, date::text as date, description from events
       where tenant_id = $1 and user_id = $2
         and ($3::date is null or date >= $3::date) and ($4::date is null or date <= $4::date)
-      order by date, id`,
-    [tenantId, userId, from ?? null, to ?? null],
+        and ($5::date is null or (date, id) > ($5::date, $6::bigint))
+      order by date, id limit $7`,
+    [tenantId, userId, page.from ?? null, page.to ?? null, afterDate, afterId, page.limit + 1],
   );
+  const items = rows.slice(0, page.limit);
+  const last = items[items.length - 1];
   return {
-    items: rows.map((r) => ({ id: `evt_${r.id}`, date: r.date, description: r.description })),
+    items: items.map((r) => ({ id: `evt_${r.id}`, date: r.date, description: r.description })),
+    next_cursor: rows.length > page.limit && last !== undefined ? `${last.date}_${last.id}` : null,
   };
 }
 

@@ -345,7 +345,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
 
   app.get('/v1/users/:user_id/events', async (c) => {
     const query = parse(EventsQuery, c.req.query());
-    return c.json(await mnemo.events(c.get('tenant'), userIdParam(c), query.from, query.to));
+    return c.json(await mnemo.events(c.get('tenant'), userIdParam(c), query));
   });
 
   app.delete('/v1/users/:user_id', async (c) => {
@@ -398,7 +398,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
 
   app.get('/v1/users/:user_id/conversations', async (c) => {
     const query = parse(ConversationsQuery, c.req.query());
-    return c.json(await mnemo.conversations(c.get('tenant'), userIdParam(c), query.from, query.to));
+    return c.json(await mnemo.conversations(c.get('tenant'), userIdParam(c), query));
   });
 
   app.get('/v1/sessions/:session_id', async (c) =>

@@ -141,7 +141,10 @@ export function openApiDocument(): object {
       '/v1/users/{user_id}/events': {
         get: {
           parameters: [userId, ...query(EventsQuery)],
-          responses: { '200': { description: 'events in date order' }, ...errors },
+          responses: {
+            '200': { description: 'a page of events in date order, with `next_cursor`' },
+            ...errors,
+          },
         },
       },
       '/v1/sessions/{session_id}/messages': {
@@ -182,7 +185,10 @@ export function openApiDocument(): object {
       '/v1/users/{user_id}/conversations': {
         get: {
           parameters: [userId, ...query(ConversationsQuery)],
-          responses: { '200': { description: 'conversations in time order' }, ...errors },
+          responses: {
+            '200': { description: 'a page of conversations in time order, with `next_cursor`' },
+            ...errors,
+          },
         },
       },
       '/v1/sessions/{session_id}': {

@@ -295,39 +295,52 @@ export interface ConversationView {
   summary: string | null;
 }
 
-/** The user's conversations overlapping [from, to], in time order. */
+/**
+ * A page of the user's conversations overlapping [from, to], in time order (then id): at most
+ * `limit`, after `cursor` (a previous page's `next_cursor`, null on the last page; it holds
+ * the last one's start in microseconds, PostgreSQL's precision, and its id).
+ */
 export async function listConversations(
   q: Queryable,
   tenantId: string,
   userId: string,
-  from?: string,
-  to?: string,
-): Promise<{ items: ConversationView[] }> {
+  page: { from?: string; to?: string; limit: number; cursor?: string },
+): Promise<{ items: ConversationView[]; next_cursor: string | null }> {
+  const [afterUs, afterId] = page.cursor === undefined ? [null, null] : page.cursor.split('_');
   const rows = await q.query<{
     id: number;
     started_at: Date;
+    started_us: string;
     finished_at: Date;
     summary: string | null;
     segment_ids: string[] | null;
   }>(
     `select c.id::float8 as id, c.started_at, c.finished_at, c.summary,
+       (extract(epoch from c.started_at) * 1000000)::bigint::text as started_us,
        (select array_agg(s.id order by s.started_at, s.id) from sync_segments s
          where s.conversation_id = c.id and s.tenant_id = c.tenant_id) as segment_ids
        from conversations c
       where c.tenant_id = $1 and c.user_id = $2
         and ($3::timestamptz is null or c.finished_at >= $3)
         and ($4::timestamptz is null or c.started_at <= $4)
-      order by c.started_at, c.id`,
-    [tenantId, userId, from ?? null, to ?? null],
+        and ($5::bigint is null
+             or (c.started_at, c.id)
+                > (timestamptz 'epoch' + $5::bigint * interval '1 microsecond', $6::bigint))
+      order by c.started_at, c.id limit $7`,
+    [tenantId, userId, page.from ?? null, page.to ?? null, afterUs, afterId, page.limit + 1],
   );
+  const items = rows.slice(0, page.limit);
+  const last = items[items.length - 1];
   return {
-    items: rows.map((r) => ({
+    items: items.map((r) => ({
       id: conversationId(r.id),
       started_at: r.started_at.toISOString(),
       finished_at: r.finished_at.toISOString(),
       segment_ids: r.segment_ids ?? [],
       summary: r.summary,
     })),
+    next_cursor:
+      rows.length > page.limit && last !== undefined ? `${last.started_us}_${last.id}` : null,
   };
 }
 

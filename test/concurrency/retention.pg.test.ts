@@ -73,6 +73,17 @@ describePg('retention sweeps at once (PostgreSQL)', () => {
     expect(kept).toHaveLength(50);
   });
 
+  it('skips a job another transaction holds instead of waiting for it', async () => {
+    const ids = await finished('swept', 5);
+    await other.query('begin');
+    await other.query(`select id from jobs where id = $1 for update`, [ids[0]]);
+    // Four deleted while the fifth is still held: the statement did not wait for it (with a
+    // plain FOR UPDATE it would have, and given way after 100 ms with nothing deleted).
+    expect(await deleteFinished(store, 'swept', 3_600_000, 100)).toBe(4);
+    await other.query('commit');
+    expect(await deleteFinished(store, 'swept', 3_600_000, 100)).toBe(1);
+  });
+
   it('gives way to a transaction holding a child row, and deletes the batch once it is gone', async () => {
     const [parent] = await finished('swept', 1);
     await store.query(`update jobs set is_parent = true, children_total = 5 where id = $1`, [

@@ -49,10 +49,25 @@ export async function openHttp(
     // eslint-disable-next-line @typescript-eslint/no-explicit-any -- tests probe response JSON freely
     return { status: res.status, headers: res.headers, body: json as Record<string, any> };
   };
+  /** Every page of a paged list (`limit`, `cursor`, `next_cursor`), first to last (at most 50). */
+  const pages = async <Item>(path: string): Promise<Item[][]> => {
+    const out: Item[][] = [];
+    let cursor: string | null = null;
+    do {
+      const page = await call('GET', cursor === null ? path : `${path}&cursor=${cursor}`);
+      if (page.status !== 200) {
+        throw new Error(`GET ${path} answered ${page.status}: ${JSON.stringify(page.body)}`);
+      }
+      out.push(page.body['items'] as Item[]);
+      cursor = page.body['next_cursor'] as string | null;
+    } while (cursor !== null && out.length < 50);
+    return out;
+  };
   return {
     mnemo,
     app,
     call,
+    pages,
     dispose: async () => {
       await mnemo.close();
       if (kind === 'postgres') {

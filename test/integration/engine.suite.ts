@@ -926,9 +926,22 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       expect(metrics).toContain('mnemo_jobs_swept_total{kind="batch"} 1');
     });
 
-    it('refuses a retention below one millisecond', () => {
+    it('sweeps on its own every sweepIntervalMs', async () => {
+      engine.register('noop', {});
+      engine.retain('noop', 1);
+      await engine.startWorker({ sweepIntervalMs: 20 });
+      const { job } = await engine.enqueue(store, { kind: 'noop' });
+      await eventually(async () => (await engine.getJob('default', job.id)) === undefined);
+      expect(await engine.metrics.registry.metrics()).toContain(
+        'mnemo_jobs_swept_total{kind="noop"} 1',
+      );
+    });
+
+    it('refuses a retention below one millisecond, and one given after a worker started', async () => {
       expect(() => engine.retain('noop', 0)).toThrow(/retention/);
       expect(() => engine.retain('noop', 1.5)).toThrow(/retention/);
+      await engine.startWorker();
+      expect(() => engine.retain('noop', 1000)).toThrow(/before starting workers/);
     });
 
     it('cancels a whole pending batch through its parent', async () => {

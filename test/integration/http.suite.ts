@@ -74,6 +74,38 @@ export function httpSuite(kind: 'pglite' | 'postgres'): void {
       ]);
     });
 
+    it('lists events page by page in date order, several on one date included', async () => {
+      await h.call('POST', '/v1/memory/ingest', {
+        user_id: 'ev',
+        user_query:
+          'On 2024-03-01 I moved house. On 2024-01-05 I met Ana. On 2024-03-01 I bought a lamp. On 2024-02-10 I ran. On 2024-03-01 I painted.',
+      });
+      const pages = (await h.pages<{ date: string }>('/v1/users/ev/events?limit=2')).map((page) =>
+        page.map((e) => e.date),
+      );
+      expect(pages).toEqual([
+        ['2024-01-05', '2024-02-10'],
+        ['2024-03-01', '2024-03-01'],
+        ['2024-03-01'],
+      ]);
+      const march = await h.call('GET', '/v1/users/ev/events?from=2024-03-01&limit=2');
+      const rest = await h.call(
+        'GET',
+        `/v1/users/ev/events?from=2024-03-01&limit=2&cursor=${march.body['next_cursor']}`,
+      );
+      expect(
+        [...march.body['items'], ...rest.body['items']].map(
+          (e: { description: string }) => e.description,
+        ),
+      ).toEqual(['I moved house', 'I bought a lamp', 'I painted']);
+      expect(rest.body['next_cursor']).toBeNull();
+      for (const bad of ['cursor=2024-03-01', 'cursor=x_1', 'limit=0', 'limit=1001']) {
+        const res = await h.call('GET', `/v1/users/ev/events?${bad}`);
+        expect(res.status).toBe(400);
+        expect(res.body).toMatchObject({ error: { code: 'invalid_request' } });
+      }
+    });
+
     it('deduplicates facts and events per user and counts every turn', async () => {
       const body = { user_id: 'u2', user_query: 'I prefer tea. On 2024-01-02 I met Ana.' };
       await h.call('POST', '/v1/memory/ingest', body);

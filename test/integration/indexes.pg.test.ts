@@ -201,13 +201,18 @@ describePg('reads by index (PostgreSQL)', () => {
   });
 
   // The retention sweep of a kind finds its oldest finished jobs by index, not by reading the
-  // jobs of other kinds or the unfinished ones: here 30,000 finished ingests and 5,000 pending
-  // children lie beside a few finished jobs of the swept kind.
+  // jobs of other kinds or the unfinished ones: here 30,000 finished ingests, 4,000 pending
+  // children (a test above) and 10,000 unfinished jobs of the swept kind lie beside its 20
+  // finished ones.
   it('finds a kind’s oldest finished jobs by index for the retention sweep', async () => {
     await store.query(
       `insert into jobs (tenant_id, kind, status, finished_at)
        select 'default', 'memory.delete_user', 'succeeded', now() - i * interval '1 hour'
          from generate_series(1, 20) as i`,
+    );
+    await store.query(
+      `insert into jobs (tenant_id, kind, status)
+       select 'default', 'memory.delete_user', 'pending' from generate_series(1, 10000)`,
     );
     await store.query('analyze jobs');
     for (const kind of ['memory.delete_user', 'memory.ingest']) {

@@ -104,6 +104,34 @@ export function syncSuite(kind: 'pglite' | 'postgres'): void {
       expect(await count('select summary_count as n from conversations')).toBe(1);
     });
 
+    it('lists conversations page by page in time order', async () => {
+      // Five conversations 10 minutes apart.
+      const starts = [0, 1, 2, 3, 4].map((i) => at(i * 600));
+      const res = await h.call('POST', '/v1/sync', {
+        user_id: 'u9',
+        segments: starts.map((started_at, i) => ({
+          id: `p${i}`,
+          started_at,
+          ended_at: at(i * 600 + 5),
+          transcript: `Talk ${i}.`,
+        })),
+      });
+      expect(res.status, JSON.stringify(res.body)).toBe(202);
+      await finished(res.body['id']);
+      const seen = (
+        await h.pages<{ segment_ids: string[] }>('/v1/users/u9/conversations?limit=2')
+      ).map((page) => page.map((c) => c.segment_ids[0]));
+      expect(seen).toEqual([['p0', 'p1'], ['p2', 'p3'], ['p4']]);
+      const all = await h.call('GET', '/v1/users/u9/conversations');
+      expect(all.body['items']).toHaveLength(5);
+      expect(all.body['next_cursor']).toBeNull();
+      for (const bad of ['cursor=abc', 'cursor=12', 'limit=0', 'limit=1001']) {
+        const res = await h.call('GET', `/v1/users/u9/conversations?${bad}`);
+        expect(res.status).toBe(400);
+        expect(res.body).toMatchObject({ error: { code: 'invalid_request' } });
+      }
+    });
+
     it('skips a silent segment and a failed transcription in the middle of a cluster, and keeps the cluster one conversation', async () => {
       const speech = [0, 1, 2, 3].map((i) => speechWav(200 + i));
       speech.forEach((wav, i) => stt.script(wav, { text: `Sentence ${i}.` }));

@@ -12,7 +12,7 @@ describe('loadConfig', () => {
       databaseSchema: 'mnemo',
       host: '127.0.0.1',
       port: 8787,
-      operationRetentionHours: 168,
+      operationRetentionHours: 0,
     });
     expect(Object.isFrozen(config)).toBe(true);
   });
@@ -22,8 +22,10 @@ describe('loadConfig', () => {
     expect(config.port).toBe(2000);
   });
 
-  it('keeps operations for good with MNEMO_OPERATION_RETENTION_HOURS=0', () => {
-    expect(loadConfig({ MNEMO_OPERATION_RETENTION_HOURS: '0' }).operationRetentionHours).toBe(0);
+  it('reads MNEMO_OPERATION_RETENTION_HOURS in whole hours', () => {
+    expect(loadConfig({ MNEMO_OPERATION_RETENTION_HOURS: '168' }).operationRetentionHours).toBe(
+      168,
+    );
   });
 
   it('treats an empty variable as unset', () => {
