@@ -748,6 +748,8 @@ CREATE INDEX jobs_pending_idx ON mnemo.jobs USING btree (id) WHERE (status = 'pe
 
 CREATE INDEX jobs_tenant_created_idx ON mnemo.jobs USING btree (tenant_id, id);
 
+CREATE INDEX jobs_tenant_status_idx ON mnemo.jobs USING btree (tenant_id, status, id) WHERE (parent_id IS NULL);
+
 CREATE INDEX jobs_user_idx ON mnemo.jobs USING btree (tenant_id, ((payload ->> 'user_id'::text)), id) WHERE ((parent_id IS NULL) AND ((payload ->> 'user_id'::text) IS NOT NULL));
 
 CREATE INDEX memories_owner_search_idx ON mnemo.memories USING gin (((search || mnemo.search_owner(tenant_id, user_id)))) WITH (fastupdate=off);

@@ -118,6 +118,37 @@ describePg('reads by index (PostgreSQL)', () => {
     expect(seen).toHaveLength(41);
   });
 
+  // A rare status among 30,000 operations: the page comes from the status's index, not from
+  // walking the tenant's operations until enough of them match.
+  it('lists operations of one status through jobs_tenant_status_idx, page by page', async () => {
+    await store.query(
+      `update jobs set status = 'cancelled'
+        where parent_id is null and id % 1000 = 7 and status = 'succeeded'`,
+    );
+    await store.query('analyze jobs');
+    const query = listJobsQuery('default', { status: 'cancelled', limit: 11 });
+    const text = await plan(query.text, query.params);
+    expect(text).toContain('"Index Name":"jobs_tenant_status_idx"');
+    expect(text).not.toContain('"Node Type":"Seq Scan"');
+    const seen: number[] = [];
+    let beforeId: number | undefined;
+    for (;;) {
+      const page = await engine.listJobs('default', { status: 'cancelled', beforeId, limit: 7 });
+      expect(page.every((job) => job.status === 'cancelled')).toBe(true);
+      seen.push(...page.map((job) => job.id));
+      if (page.length < 7) {
+        break;
+      }
+      beforeId = page[page.length - 1]?.id;
+    }
+    const expected = await store.query<{ id: number }>(
+      `select id from jobs where status = 'cancelled' and parent_id is null order by id desc`,
+    );
+    expect(seen).toEqual(expected.map((row) => row.id));
+    expect(seen.length).toBeGreaterThan(20);
+    await store.query(`update jobs set status = 'succeeded' where status = 'cancelled'`); // as before
+  });
+
   it('redacts a deleted user’s operations and their children by index, and only hers', async () => {
     const [last] = await store.query<{ id: number }>('select max(id)::int as id from jobs');
     const text = await plan(REDACT_USER_JOBS, ['default', 'alice', (last?.id ?? 0) + 1]);

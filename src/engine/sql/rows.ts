@@ -95,12 +95,12 @@ export function listJobsQuery(
   tenantId: string,
   filter: JobFilter,
 ): { text: string; params: unknown[] } {
-  // The user's condition only when asked for: inside `($n is null or …)` a generic plan could
-  // not use its index.
+  // The user's and the status's conditions only when asked for: inside `($n is null or …)` a
+  // generic plan could not use their indexes (jobs_user_idx, jobs_tenant_status_idx).
   const user = filter.userId === undefined ? '' : `and j.payload ->> 'user_id' = $6`;
+  const status = filter.status === undefined ? '$2::text is null' : 'j.status = $2';
   return {
-    text: selectJobs(`j.tenant_id = $1 and j.parent_id is null ${user}
-      and ($2::text is null or j.status = $2)
+    text: selectJobs(`j.tenant_id = $1 and j.parent_id is null ${user} and ${status}
       and ($3::text is null or j.kind = $3)
       and ($4::bigint is null or j.id < $4)
     order by j.id desc limit $5`),

@@ -109,5 +109,11 @@ export const migrations: readonly Migration[] = [
     "name": "finished_jobs_by_kind",
     "sql": "-- Finished operations by kind and age, for the retention sweep (Engine.retain): the oldest\n-- finished jobs of a kind without a parent, found by index however many jobs of other kinds\n-- (kept for good) or still unfinished lie beside them. A batch's children go with their\n-- parent (jobs_parent_id_fkey cascades), so they are not in it.\n--\n-- Building it locks jobs against writes for as long as it takes: on a large table, create it\n-- beforehand with `create index concurrently` under the same name and definition.\ncreate index if not exists jobs_finished_idx on jobs (kind, finished_at)\n  where parent_id is null and status in ('succeeded', 'failed', 'cancelled');\n",
     "checksum": "b5acfa594a1c0a16de3b7ad7e8c03a55db877fa988891d82debc08f6710a28fb"
+  },
+  {
+    "id": 19,
+    "name": "jobs_by_status",
+    "sql": "-- Operations by status: `GET /v1/operations?status=failed` without a user read the tenant's\n-- operations from the newest until it had a page of that status, so a rare status (a few\n-- failures among millions of successes) read them all. This index gives the page directly.\n-- A job's status moves two or three times; each move is an update that writes the row's\n-- other indexes already (status is in them), so this is one more entry each time.\n--\n-- Building it locks jobs against writes for as long as it takes: on a large table, create it\n-- beforehand with `create index concurrently` under the same name and definition.\ncreate index if not exists jobs_tenant_status_idx on jobs (tenant_id, status, id)\n  where parent_id is null;\n",
+    "checksum": "33fe0181cee5a1cd01cba5fa68316fec6594d8526268dbc50ab0946d12cbc0da"
   }
 ];
