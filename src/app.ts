@@ -119,7 +119,6 @@ export function toOperation(job: Job): OperationView {
   };
 }
 
-/** What `createMnemo` needs besides the configuration. */
 /** A time-ordered list's page: the range, its size, and where the previous page ended. */
 export interface Page {
   from?: string | undefined;
@@ -129,6 +128,7 @@ export interface Page {
   cursor?: string | undefined;
 }
 
+/** What `createMnemo` needs besides the configuration. */
 export interface MnemoOptions {
   logger?: Logger;
   /** An extractor to use instead of the configured one (tests, embedding). */

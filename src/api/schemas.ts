@@ -159,6 +159,8 @@ export const SyncRequest = z.strictObject({
 });
 export type SyncRequest = z.infer<typeof SyncRequest>;
 
+const NOT_A_CURSOR = 'must be a next_cursor this route returned';
+
 const Limit = (max: number, fallback: number) =>
   z.coerce.number().int().min(1).max(max).default(fallback);
 
@@ -166,10 +168,20 @@ const Limit = (max: number, fallback: number) =>
 export const ConversationsQuery = z.strictObject({
   from: IsoTime.optional(),
   to: IsoTime.optional(),
-  limit: Limit(1000, 200),
+  limit: Limit(1000, 1000),
   cursor: z
     .string()
-    .regex(/^-?\d{1,20}_\d{1,18}$/, 'must be a next_cursor this route returned')
+    .regex(/^-?\d{1,18}_\d{1,18}$/, NOT_A_CURSOR)
+    .refine((v) => {
+      // A start in microseconds since 1970, within PostgreSQL's years 0001–9999. (Zod runs
+      // this check after a failed regex too: it must not throw on any string.)
+      const start = /^(-?\d{1,18})_\d{1,18}$/.exec(v)?.[1];
+      if (start === undefined) {
+        return false;
+      }
+      const us = BigInt(start);
+      return us >= -62_135_596_800_000_000n && us <= 253_402_300_799_999_999n;
+    }, NOT_A_CURSOR)
     .optional(),
 });
 
@@ -213,7 +225,8 @@ export const EventsQuery = z.strictObject({
   limit: Limit(1000, 1000),
   cursor: z
     .string()
-    .regex(/^\d{4}-\d{2}-\d{2}_\d{1,18}$/, 'must be a next_cursor this route returned')
+    .regex(/^\d{4}-\d{2}-\d{2}_\d{1,18}$/, NOT_A_CURSOR)
+    .refine((v) => IsoDate.safeParse(v.slice(0, 10)).success, NOT_A_CURSOR)
     .optional(),
 });
 

@@ -259,13 +259,16 @@ export class Worker {
 
   async #sweep(): Promise<number> {
     let total = 0;
+    const retention = this.#deps.retention ?? new Map<string, number>();
     // Statements of SWEEP_BATCH jobs, each its own transaction, for at most SWEEP_BUDGET_MS a
-    // round: a larger backlog (the first sweep of an old table) goes over the next rounds, and
-    // on PGlite, whose one connection every query shares, other queries run in between.
-    const until = Date.now() + SWEEP_BUDGET_MS;
-    for (const [kind, ms] of this.#deps.retention ?? []) {
+    // round shared by the kinds (a kind with a backlog must not hold the others back): a
+    // larger backlog (the first sweep of an old table) goes over the next rounds, and on
+    // PGlite, whose one connection every query shares, other queries run in between.
+    const share = SWEEP_BUDGET_MS / Math.max(1, retention.size);
+    for (const [kind, ms] of retention) {
+      const until = Date.now() + share;
       for (;;) {
-        if (this.#stopController.signal.aborted || Date.now() >= until) {
+        if (this.#stopController.signal.aborted) {
           return total;
         }
         const n = await deleteFinished(this.#deps.store, kind, ms, SWEEP_BATCH);
@@ -273,7 +276,7 @@ export class Worker {
           this.#deps.metrics.swept.inc({ kind }, n);
           total += n;
         }
-        if (n < SWEEP_BATCH) {
+        if (n < SWEEP_BATCH || Date.now() >= until) {
           break;
         }
       }

@@ -1,3 +1,4 @@
+import { Conditions } from '../store/conditions.ts';
 import type { Queryable } from '../store/types.ts';
 
 /** A user's profile as API.md shows it. */
@@ -88,6 +89,39 @@ export async function listMemories(
 }
 
 /**
+ * The statement of {@link listEvents}. Each condition only when asked for (see Conditions):
+ * the plan kept for it bounds its scan of events_user_date_idx with the cursor, so a page does
+ * not read the user's events from the first one. `to_char`, not `date::text`: a server's
+ * DateStyle (settable in the URL) must not change the dates answered, nor the cursors.
+ */
+export function eventsPageQuery(
+  tenantId: string,
+  userId: string,
+  page: { from?: string; to?: string; limit: number; cursor?: string },
+): { text: string; params: unknown[] } {
+  const where = new Conditions(
+    [`e.tenant_id = $1`, `e.user_id = $2`],
+    [tenantId, userId, page.limit + 1],
+  );
+  if (page.from !== undefined) {
+    where.add((from) => `e.date >= ${from}::date`, page.from);
+  }
+  if (page.to !== undefined) {
+    where.add((to) => `e.date <= ${to}::date`, page.to);
+  }
+  if (page.cursor !== undefined) {
+    const [date, id] = page.cursor.split('_');
+    where.add((d, i) => `(e.date, e.id) > (${d}::date, ${i}::bigint)`, date, id);
+  }
+  return {
+    text: `select e.id, to_char(e.date, 'YYYY-MM-DD') as date, e.description from events e
+            where ${where.sql}
+            order by e.date, e.id limit $3`,
+    params: where.params,
+  };
+}
+
+/**
  * A page of a user's temporal events between `from` and `to` (inclusive ISO dates), in date
  * order (then id): at most `limit`, after `cursor` (a previous page's `next_cursor`, which is
  * null on the last page).
@@ -101,14 +135,10 @@ export async function listEvents(
   items: { id: string; date: string; description: string }[];
   next_cursor: string | null;
 }> {
-  const [afterDate, afterId] = page.cursor === undefined ? [null, null] : page.cursor.split('_');
+  const query = eventsPageQuery(tenantId, userId, page);
   const rows = await q.query<{ id: number; date: string; description: string }>(
-    `select id, date::text as date, description from events
-      where tenant_id = $1 and user_id = $2
-        and ($3::date is null or date >= $3::date) and ($4::date is null or date <= $4::date)
-        and ($5::date is null or (date, id) > ($5::date, $6::bigint))
-      order by date, id limit $7`,
-    [tenantId, userId, page.from ?? null, page.to ?? null, afterDate, afterId, page.limit + 1],
+    query.text,
+    query.params,
   );
   const items = rows.slice(0, page.limit);
   const last = items[items.length - 1];

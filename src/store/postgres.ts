@@ -6,7 +6,13 @@ import { ErrorCode, MnemoError } from '../core/errors.ts';
 import { translateDatabaseError } from './errors.ts';
 import { quoteIdent } from './quote.ts';
 import { assertSchemaName, backoffDelay, runTransactionWithRetries } from './retry.ts';
-import type { NotificationHandler, Queryable, Store, TransactionOptions } from './types.ts';
+import type {
+  NotificationHandler,
+  Queryable,
+  QueryOptions,
+  Store,
+  TransactionOptions,
+} from './types.ts';
 
 /** Options of {@link createPostgresStore}. */
 export interface PostgresStoreOptions {
@@ -52,16 +58,22 @@ function statementName(sql: string): string {
 function wrap(client: pg.Pool | pg.PoolClient, inTransaction = false): Queryable {
   return {
     inTransaction,
-    async query<Row extends object>(sql: string, params: readonly unknown[] = []) {
+    async query<Row extends object>(
+      sql: string,
+      params: readonly unknown[] = [],
+      options: QueryOptions = {},
+    ) {
       try {
         const result =
           params.length === 0
             ? await client.query<Row>(sql)
-            : await client.query<Row>({
-                name: statementName(sql),
-                text: sql,
-                values: params as unknown[],
-              });
+            : options.planEachCall === true
+              ? await client.query<Row>(sql, params as unknown[])
+              : await client.query<Row>({
+                  name: statementName(sql),
+                  text: sql,
+                  values: params as unknown[],
+                });
         return result.rows;
       } catch (err) {
         throw translateDatabaseError(err);

@@ -15,9 +15,22 @@ export interface Queryable {
   query<Row extends object = Record<string, unknown>>(
     sql: string,
     params?: readonly unknown[],
+    options?: QueryOptions,
   ): Promise<Row[]>;
   /** Runs several statements without parameters (migrations, DDL). */
   exec(sql: string): Promise<void>;
+}
+
+/** Options of {@link Queryable.query}. */
+export interface QueryOptions {
+  /**
+   * Plan the statement for these parameters at every call. On PostgreSQL a statement with
+   * parameters is otherwise prepared once per connection, and after five calls PostgreSQL may
+   * keep one plan for every value, chosen for a typical one: wrong where values differ widely
+   * in how many rows they match (a rare status among millions of jobs). PGlite always plans
+   * for the values.
+   */
+  planEachCall?: boolean;
 }
 
 /** Options of {@link Store.transaction}. */

@@ -20,6 +20,7 @@ import { canonicalJson } from '../core/json.ts';
 import type { Engine, Job } from '../engine/index.ts';
 import { userLockKey } from '../memory/pipeline.ts';
 import type { Extractor } from '../memory/types.ts';
+import { Conditions } from '../store/conditions.ts';
 import type { Queryable, Store } from '../store/types.ts';
 import { isSilent, parseWav } from './audio.ts';
 import type { Transcriber } from './transcriber.ts';
@@ -296,6 +297,50 @@ export interface ConversationView {
 }
 
 /**
+ * The statement of {@link listConversations}. Each condition only when asked for (see
+ * Conditions): the plan kept for it bounds its scan of conversations_user_time_idx with the
+ * cursor.
+ */
+export function conversationsPageQuery(
+  tenantId: string,
+  userId: string,
+  page: { from?: string; to?: string; limit: number; cursor?: string },
+): { text: string; params: unknown[] } {
+  const where = new Conditions(
+    [`c.tenant_id = $1`, `c.user_id = $2`],
+    [tenantId, userId, page.limit + 1],
+  );
+  if (page.from !== undefined) {
+    where.add((from) => `c.finished_at >= ${from}::timestamptz`, page.from);
+  }
+  if (page.to !== undefined) {
+    where.add((to) => `c.started_at <= ${to}::timestamptz`, page.to);
+  }
+  if (page.cursor !== undefined) {
+    const [us, id] = page.cursor.split('_');
+    // Seconds and microseconds apart: a bigint times an interval goes through float8, exact
+    // only up to 2^53 microseconds.
+    where.add(
+      (u, i) => `(c.started_at, c.id) > (timestamptz 'epoch'
+        + (${u}::bigint / 1000000) * interval '1 second'
+        + (${u}::bigint % 1000000) * interval '1 microsecond', ${i}::bigint)`,
+      us,
+      id,
+    );
+  }
+  return {
+    text: `select c.id::float8 as id, c.started_at, c.finished_at, c.summary,
+             (extract(epoch from c.started_at) * 1000000)::bigint::text as started_us,
+             (select array_agg(s.id order by s.started_at, s.id) from sync_segments s
+               where s.conversation_id = c.id and s.tenant_id = c.tenant_id) as segment_ids
+             from conversations c
+            where ${where.sql}
+            order by c.started_at, c.id limit $3`,
+    params: where.params,
+  };
+}
+
+/**
  * A page of the user's conversations overlapping [from, to], in time order (then id): at most
  * `limit`, after `cursor` (a previous page's `next_cursor`, null on the last page; it holds
  * the last one's start in microseconds, PostgreSQL's precision, and its id).
@@ -306,7 +351,7 @@ export async function listConversations(
   userId: string,
   page: { from?: string; to?: string; limit: number; cursor?: string },
 ): Promise<{ items: ConversationView[]; next_cursor: string | null }> {
-  const [afterUs, afterId] = page.cursor === undefined ? [null, null] : page.cursor.split('_');
+  const query = conversationsPageQuery(tenantId, userId, page);
   const rows = await q.query<{
     id: number;
     started_at: Date;
@@ -314,21 +359,7 @@ export async function listConversations(
     finished_at: Date;
     summary: string | null;
     segment_ids: string[] | null;
-  }>(
-    `select c.id::float8 as id, c.started_at, c.finished_at, c.summary,
-       (extract(epoch from c.started_at) * 1000000)::bigint::text as started_us,
-       (select array_agg(s.id order by s.started_at, s.id) from sync_segments s
-         where s.conversation_id = c.id and s.tenant_id = c.tenant_id) as segment_ids
-       from conversations c
-      where c.tenant_id = $1 and c.user_id = $2
-        and ($3::timestamptz is null or c.finished_at >= $3)
-        and ($4::timestamptz is null or c.started_at <= $4)
-        and ($5::bigint is null
-             or (c.started_at, c.id)
-                > (timestamptz 'epoch' + $5::bigint * interval '1 microsecond', $6::bigint))
-      order by c.started_at, c.id limit $7`,
-    [tenantId, userId, page.from ?? null, page.to ?? null, afterUs, afterId, page.limit + 1],
-  );
+  }>(query.text, query.params);
   const items = rows.slice(0, page.limit);
   const last = items[items.length - 1];
   return {

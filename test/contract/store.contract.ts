@@ -69,6 +69,25 @@ export function storeContract(name: string, open: (label: string) => Promise<Sto
       });
     });
 
+    it('plans a statement for its values at every call when asked, preparing nothing', async () => {
+      const sql = 'select $1::int + 1 as n';
+      const prepared = (tx: Parameters<Parameters<Store['transaction']>[0]>[0]) =>
+        tx
+          .query<{ n: number }>(
+            'select count(*)::int as n from pg_prepared_statements where statement = $1',
+            [sql],
+          )
+          .then((rows) => rows[0]?.n);
+      await store.transaction(async (tx) => {
+        // One connection throughout: a transaction's.
+        expect(await tx.query(sql, [1], { planEachCall: true })).toEqual([{ n: 2 }]);
+        expect(await prepared(tx)).toBe(0);
+        await tx.query(sql, [2]);
+        // PostgreSQL prepares a statement with parameters once per connection; PGlite never.
+        expect(await prepared(tx)).toBe(store.kind === 'postgres' ? 1 : 0);
+      });
+    });
+
     it('runs several statements through exec and creates tables in its schema', async () => {
       await store.exec(
         'create table things (id int primary key); insert into things values (1), (2);',

@@ -99,7 +99,14 @@ export function httpSuite(kind: 'pglite' | 'postgres'): void {
         ),
       ).toEqual(['I moved house', 'I bought a lamp', 'I painted']);
       expect(rest.body['next_cursor']).toBeNull();
-      for (const bad of ['cursor=2024-03-01', 'cursor=x_1', 'limit=0', 'limit=1001']) {
+      for (const bad of [
+        'cursor=2024-03-01',
+        'cursor=x_1',
+        'cursor=2024-02-30_1', // the shape of a cursor, not a date
+        'cursor=0000-01-01_1',
+        'limit=0',
+        'limit=1001',
+      ]) {
         const res = await h.call('GET', `/v1/users/ev/events?${bad}`);
         expect(res.status).toBe(400);
         expect(res.body).toMatchObject({ error: { code: 'invalid_request' } });

@@ -125,7 +125,15 @@ export function syncSuite(kind: 'pglite' | 'postgres'): void {
       const all = await h.call('GET', '/v1/users/u9/conversations');
       expect(all.body['items']).toHaveLength(5);
       expect(all.body['next_cursor']).toBeNull();
-      for (const bad of ['cursor=abc', 'cursor=12', 'limit=0', 'limit=1001']) {
+      for (const bad of [
+        'cursor=abc',
+        'cursor=12',
+        'cursor=9223372036854775807_1', // past bigint's digits
+        'cursor=253402300800000000_1', // after the year 9999
+        'cursor=-62135596800000001_1', // before the year 1
+        'limit=0',
+        'limit=1001',
+      ]) {
         const res = await h.call('GET', `/v1/users/u9/conversations?${bad}`);
         expect(res.status).toBe(400);
         expect(res.body).toMatchObject({ error: { code: 'invalid_request' } });

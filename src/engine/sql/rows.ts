@@ -1,3 +1,4 @@
+import { Conditions } from '../../store/conditions.ts';
 import type { ChildCounts, Job, JobError, JobFilter, JobStatus } from '../types.ts';
 
 /** The columns every job read selects (as `j`). */
@@ -95,22 +96,26 @@ export function listJobsQuery(
   tenantId: string,
   filter: JobFilter,
 ): { text: string; params: unknown[] } {
-  // The user's and the status's conditions only when asked for: inside `($n is null or …)` a
-  // generic plan could not use their indexes (jobs_user_idx, jobs_tenant_status_idx).
-  const user = filter.userId === undefined ? '' : `and j.payload ->> 'user_id' = $6`;
-  const status = filter.status === undefined ? '$2::text is null' : 'j.status = $2';
+  // Each condition only when asked for (see Conditions), so that a plan can read the user's
+  // jobs through jobs_user_idx and a status's through jobs_tenant_status_idx.
+  const where = new Conditions(
+    ['j.tenant_id = $1', 'j.parent_id is null'],
+    [tenantId, filter.limit],
+  );
+  if (filter.userId !== undefined) {
+    where.add((user) => `j.payload ->> 'user_id' = ${user}`, filter.userId);
+  }
+  if (filter.status !== undefined) {
+    where.add((status) => `j.status = ${status}`, filter.status);
+  }
+  if (filter.kind !== undefined) {
+    where.add((kind) => `j.kind = ${kind}`, filter.kind);
+  }
+  if (filter.beforeId !== undefined) {
+    where.add((id) => `j.id < ${id}::bigint`, filter.beforeId);
+  }
   return {
-    text: selectJobs(`j.tenant_id = $1 and j.parent_id is null ${user} and ${status}
-      and ($3::text is null or j.kind = $3)
-      and ($4::bigint is null or j.id < $4)
-    order by j.id desc limit $5`),
-    params: [
-      tenantId,
-      filter.status ?? null,
-      filter.kind ?? null,
-      filter.beforeId ?? null,
-      filter.limit,
-      ...(filter.userId === undefined ? [] : [filter.userId]),
-    ],
+    text: selectJobs(`${where.sql} order by j.id desc limit $2`),
+    params: where.params,
   };
 }
