@@ -23,6 +23,7 @@ import { type IngestPayload, MemoryJob, registerMemoryJobs, userLane } from './m
 import {
   listEvents,
   listMemories,
+  type Page,
   readProfile,
   searchMemory,
   type SearchType,
@@ -117,15 +118,6 @@ export function toOperation(job: Job): OperationView {
     error: job.error === null ? null : { code: job.error.code, message: job.error.message },
     children: job.children ?? NO_CHILDREN,
   };
-}
-
-/** A time-ordered list's page: the range, its size, and where the previous page ended. */
-export interface Page {
-  from?: string | undefined;
-  to?: string | undefined;
-  limit: number;
-  /** A previous page's `next_cursor`. */
-  cursor?: string | undefined;
 }
 
 /** What `createMnemo` needs besides the configuration. */

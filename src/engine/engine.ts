@@ -78,6 +78,8 @@ export interface Engine {
    * Keeps finished jobs of `kind` without a parent for `ms` after they finish, then deletes
    * them with their children: each worker sweeps them (see `WorkerOptions.sweepIntervalMs`).
    * Kinds not named here are kept for good. Call before starting workers.
+   * @throws MnemoError `invalid_config` (`ms` not a whole number of 1 or more), `internal` (a
+   *   worker has started)
    */
   retain(kind: string, ms: number): void;
   /**

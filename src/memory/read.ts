@@ -88,6 +88,15 @@ export async function listMemories(
   };
 }
 
+/** A time-ordered list's page: the range, its size, and where the previous page ended. */
+export interface Page {
+  from?: string;
+  to?: string;
+  limit: number;
+  /** A previous page's `next_cursor`. */
+  cursor?: string;
+}
+
 /**
  * The statement of {@link listEvents}. Each condition only when asked for (see Conditions):
  * the plan kept for it bounds its scan of events_user_date_idx with the cursor, so a page does
@@ -97,7 +106,7 @@ export async function listMemories(
 export function eventsPageQuery(
   tenantId: string,
   userId: string,
-  page: { from?: string; to?: string; limit: number; cursor?: string },
+  page: Page,
 ): { text: string; params: unknown[] } {
   const where = new Conditions(
     [`e.tenant_id = $1`, `e.user_id = $2`],
@@ -130,7 +139,7 @@ export async function listEvents(
   q: Queryable,
   tenantId: string,
   userId: string,
-  page: { from?: string; to?: string; limit: number; cursor?: string },
+  page: Page,
 ): Promise<{
   items: { id: string; date: string; description: string }[];
   next_cursor: string | null;

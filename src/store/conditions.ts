@@ -1,8 +1,8 @@
 /**
  * A WHERE clause made of the conditions a call asks for, with their bind parameters.
  *
- * A condition absent from the statement is better than `($n is null or …)`: PostgreSQL keeps
- * one plan for a named statement after five calls, and in that plan a condition hidden behind
+ * A condition absent from the statement is better than `($n is null or …)`: PostgreSQL may
+ * keep one plan for a named statement after five calls, and in that plan a condition hidden behind
  * `$n is null` cannot bound an index scan. Each shape of the statement gets its own plan.
  */
 export class Conditions {

@@ -19,6 +19,7 @@ import { ErrorCode, isMnemoError, MnemoError } from '../core/errors.ts';
 import { canonicalJson } from '../core/json.ts';
 import type { Engine, Job } from '../engine/index.ts';
 import { userLockKey } from '../memory/pipeline.ts';
+import type { Page } from '../memory/read.ts';
 import type { Extractor } from '../memory/types.ts';
 import { Conditions } from '../store/conditions.ts';
 import type { Queryable, Store } from '../store/types.ts';
@@ -304,7 +305,7 @@ export interface ConversationView {
 export function conversationsPageQuery(
   tenantId: string,
   userId: string,
-  page: { from?: string; to?: string; limit: number; cursor?: string },
+  page: Page,
 ): { text: string; params: unknown[] } {
   const where = new Conditions(
     [`c.tenant_id = $1`, `c.user_id = $2`],
@@ -349,7 +350,7 @@ export async function listConversations(
   q: Queryable,
   tenantId: string,
   userId: string,
-  page: { from?: string; to?: string; limit: number; cursor?: string },
+  page: Page,
 ): Promise<{ items: ConversationView[]; next_cursor: string | null }> {
   const query = conversationsPageQuery(tenantId, userId, page);
   const rows = await q.query<{

@@ -49,7 +49,7 @@ describePg('retention sweeps at once (PostgreSQL)', () => {
 
   it('shares the work between six sweepers: every job deleted once, children with their parents', async () => {
     await finished('swept', 3000);
-    const kept = await finished('kept', 50);
+    await finished('kept', 50);
     const sweepers = Array.from({ length: 6 }, async () => {
       let deleted = 0;
       for (;;) {
@@ -70,7 +70,6 @@ describePg('retention sweeps at once (PostgreSQL)', () => {
       { kind: 'item', n: 25 },
       { kind: 'kept', n: 50 },
     ]);
-    expect(kept).toHaveLength(50);
   });
 
   it('skips a job another transaction holds instead of waiting for it', async () => {

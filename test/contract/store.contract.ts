@@ -69,7 +69,7 @@ export function storeContract(name: string, open: (label: string) => Promise<Sto
       });
     });
 
-    it('plans a statement for its values at every call when asked, preparing nothing', async () => {
+    it('plans a statement for its values at every call when asked (PostgreSQL: nothing prepared)', async () => {
       const sql = 'select $1::int + 1 as n';
       const prepared = (tx: Parameters<Parameters<Store['transaction']>[0]>[0]) =>
         tx
