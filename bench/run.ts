@@ -6,6 +6,7 @@ import { runAbuseBench } from './abuse.ts';
 import { runEngineBench } from './engine.ts';
 import { runIngestBench } from './ingest.ts';
 import { runSyncBench } from './sync.ts';
+import { runTraceBench } from './trace.ts';
 
 const [name, parts] = process.argv.slice(2);
 switch (name) {
@@ -21,9 +22,12 @@ switch (name) {
   case 'sync':
     await runSyncBench();
     break;
+  case 'trace':
+    await runTraceBench();
+    break;
   default:
     process.stderr.write(
-      'usage: npm run bench -- engine [throughput,latency,memory] | ingest [postgres,floor,postgres-split,pglite] | sync | abuse\n',
+      'usage: npm run bench -- engine [throughput,latency,memory] | ingest [postgres,floor,postgres-split,pglite] | sync | trace | abuse\n',
     );
     process.exitCode = 2;
 }
