@@ -7,6 +7,7 @@ import { setMaxListeners } from 'node:events';
 import type { Config } from './config.ts';
 import { ErrorCode, isMnemoError, MnemoError } from './core/errors.ts';
 import { type Logger, silentLogger } from './core/logger.ts';
+import { pageOf } from './core/page.ts';
 import {
   type ChildCounts,
   createEngine,
@@ -452,11 +453,8 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
         beforeId: filter.cursor,
         limit: filter.limit + 1,
       });
-      const page = jobs.slice(0, filter.limit);
-      return {
-        items: page.map(toOperation),
-        next_cursor: jobs.length > filter.limit ? String(page[page.length - 1]?.id) : null,
-      };
+      const page = pageOf(jobs, filter.limit, (last) => String(last.id));
+      return { items: page.rows.map(toOperation), next_cursor: page.next_cursor };
     },
     search: (tenantId, userId, q, types, limit) =>
       searchMemory(store, tenantId, userId, q, types, limit),

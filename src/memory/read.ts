@@ -1,3 +1,4 @@
+import { pageOf } from '../core/page.ts';
 import { Conditions } from '../store/conditions.ts';
 import type { Queryable } from '../store/types.ts';
 
@@ -76,15 +77,15 @@ export async function listMemories(
       order by id desc limit $4`,
     [tenantId, userId, cursor ?? null, limit + 1],
   );
-  const page = rows.slice(0, limit);
+  const page = pageOf(rows, limit, (last) => String(last.id));
   return {
-    items: page.map((r) => ({
+    items: page.rows.map((r) => ({
       id: `mem_${r.id}`,
       text: r.text,
       source: r.source,
       created_at: r.created_at.toISOString(),
     })),
-    next_cursor: rows.length > limit ? String(page[page.length - 1]?.id) : null,
+    next_cursor: page.next_cursor,
   };
 }
 
@@ -149,11 +150,10 @@ export async function listEvents(
     query.text,
     query.params,
   );
-  const items = rows.slice(0, page.limit);
-  const last = items[items.length - 1];
+  const found = pageOf(rows, page.limit, (last) => `${last.date}_${last.id}`);
   return {
-    items: items.map((r) => ({ id: `evt_${r.id}`, date: r.date, description: r.description })),
-    next_cursor: rows.length > page.limit && last !== undefined ? `${last.date}_${last.id}` : null,
+    items: found.rows.map((r) => ({ id: `evt_${r.id}`, date: r.date, description: r.description })),
+    next_cursor: found.next_cursor,
   };
 }
 

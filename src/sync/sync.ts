@@ -17,6 +17,7 @@ import { createHash } from 'node:crypto';
 
 import { ErrorCode, isMnemoError, MnemoError } from '../core/errors.ts';
 import { canonicalJson } from '../core/json.ts';
+import { pageOf } from '../core/page.ts';
 import type { Engine, Job } from '../engine/index.ts';
 import { userLockKey } from '../memory/pipeline.ts';
 import type { Page } from '../memory/read.ts';
@@ -361,18 +362,16 @@ export async function listConversations(
     summary: string | null;
     segment_ids: string[] | null;
   }>(query.text, query.params);
-  const items = rows.slice(0, page.limit);
-  const last = items[items.length - 1];
+  const found = pageOf(rows, page.limit, (last) => `${last.started_us}_${last.id}`);
   return {
-    items: items.map((r) => ({
+    items: found.rows.map((r) => ({
       id: conversationId(r.id),
       started_at: r.started_at.toISOString(),
       finished_at: r.finished_at.toISOString(),
       segment_ids: r.segment_ids ?? [],
       summary: r.summary,
     })),
-    next_cursor:
-      rows.length > page.limit && last !== undefined ? `${last.started_us}_${last.id}` : null,
+    next_cursor: found.next_cursor,
   };
 }
 
