@@ -473,6 +473,7 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
       engine.startWorker({
         concurrency: config.workerConcurrency,
         prefetch: config.workerPrefetch,
+        earlyCompute: config.workerEarlyCompute,
         leaseMs: config.workerLeaseMs,
         ...workerOptions,
       }),

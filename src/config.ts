@@ -77,6 +77,13 @@ const settings = {
   metricsToken: { env: 'MNEMO_METRICS_TOKEN', schema: z.string().min(16).optional() },
   workerConcurrency: { env: 'MNEMO_WORKER_CONCURRENCY', schema: intFrom(1, 1000).default(10) },
   workerPrefetch: { env: 'MNEMO_WORKER_PREFETCH', schema: intFrom(0, 1000).default(2) },
+  workerEarlyCompute: {
+    env: 'MNEMO_WORKER_EARLY_COMPUTE',
+    schema: z
+      .enum(['true', 'false'], { message: 'must be true or false' })
+      .default('true')
+      .transform((v) => v === 'true'),
+  },
   workerLeaseMs: { env: 'MNEMO_WORKER_LEASE_MS', schema: intFrom(1000, 3_600_000).default(30_000) },
   maxBodyBytes: {
     env: 'MNEMO_MAX_BODY_BYTES',

@@ -267,6 +267,12 @@ export function createEngine(deps: {
           `job kind ${kind}: applyFunction needs a plain function name and no apply`,
         );
       }
+      if (handler.compute !== undefined && handler.pureCompute !== undefined) {
+        throw new MnemoError(
+          ErrorCode.Internal,
+          `job kind ${kind}: give compute or pureCompute, not both`,
+        );
+      }
       handlers.set(kind, handler as JobHandler);
     },
     retain(kind, ms) {
@@ -303,17 +309,19 @@ export function createEngine(deps: {
           break;
         }
       }
+      // A pure compute starts now, while the statement that may claim its job is in flight.
+      const early = worker?.startEarly(spec);
       let out: Awaited<ReturnType<typeof enqueueJob>>;
       try {
         out = await runTransactionWithRetries(() => enqueueJob(tx, enqueueContext, spec, claim), 5);
       } catch (err) {
-        worker?.unreserve();
+        worker?.unreserve(early);
         throw err;
       }
       if (out.claimed !== undefined && worker !== undefined) {
-        worker.adopt(out.claimed);
+        worker.adopt(out.claimed, early);
       } else {
-        worker?.unreserve();
+        worker?.unreserve(early);
       }
       if (out.created) {
         metrics.enqueued.inc({ kind: spec.kind });

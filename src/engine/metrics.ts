@@ -11,6 +11,7 @@ export interface EngineMetrics {
   leaseLost: Counter<'kind'>;
   reaped: Counter<'kind'>;
   swept: Counter<'kind'>;
+  earlyComputes: Counter<'kind' | 'outcome'>;
   waitSeconds: Histogram<'kind'>;
   runSeconds: Histogram<'kind'>;
 }
@@ -58,6 +59,12 @@ export function createEngineMetrics(store: Queryable): EngineMetrics {
       name: 'mnemo_jobs_swept_total',
       help: 'Finished jobs without a parent deleted at the end of their retention (their children went with them).',
       labelNames: ['kind'],
+      registers: [registry],
+    }),
+    earlyComputes: new Counter({
+      name: 'mnemo_jobs_early_computes_total',
+      help: 'Pure computes started while their job was being enqueued: used (the enqueue claimed the job for them) or dropped (it did not: the lane was busy elsewhere, a replay, an error).',
+      labelNames: ['kind', 'outcome'],
       registers: [registry],
     }),
     waitSeconds: new Histogram({

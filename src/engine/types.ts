@@ -128,6 +128,15 @@ export interface JobContext<P = unknown> {
 }
 
 /**
+ * What a {@link JobHandler.pureCompute} sees: the job's input, not the job (which may not be
+ * stored yet).
+ */
+export type InputContext<P = unknown> = Pick<
+  JobContext<P>,
+  'tenantId' | 'kind' | 'lane' | 'payload' | 'signal'
+>;
+
+/**
  * A job kind's code, in two phases. `compute` may be slow and holds no transaction;
  * `apply` runs in the transaction that completes the job, which commits only if the
  * worker's lease still holds, so its writes commit exactly when the job succeeds and never
@@ -136,6 +145,19 @@ export interface JobContext<P = unknown> {
 export interface JobHandler<P = unknown, C = unknown> {
   /** Slow work (LLM, transcription). No database transaction may be held across it. */
   compute?: (ctx: JobContext<P>) => Promise<C>;
+  /**
+   * `compute` for work whose result depends on the job's input alone (an extractor's): not
+   * with `compute`. Such a compute may start before its job is stored. When an enqueue
+   * outside a transaction reserves a slot of this process's worker (to claim the job in the
+   * same statement), the compute starts while that statement is in flight, and the job runs
+   * with its result if the statement claimed it; otherwise it is aborted and dropped
+   * (`mnemo_jobs_early_computes_total`). A waited job's latency then loses the enqueue's
+   * round trip. The compute may thus begin, one round trip before the job's `started_at`,
+   * while the lane's previous job is still finishing: it reads nothing, so it cannot see that
+   * job's writes half done; the applies still run one at a time in lane order. Started
+   * otherwise like `compute` (attempt, timeout, abort).
+   */
+  pureCompute?: (ctx: InputContext<P>) => Promise<C>;
   /**
    * Short, transactional: re-read what it needs and write. Its return value is the job's
    * result (JSON). Without `apply` (or `applyFunction`) the result is what `compute`

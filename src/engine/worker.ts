@@ -29,6 +29,7 @@ import {
   type JobContext,
   type JobError,
   type JobHandler,
+  type JobSpec,
   type JobStatus,
 } from './types.ts';
 
@@ -57,6 +58,12 @@ export interface WorkerOptions {
    * @defaultValue 2
    */
   prefetch?: number;
+  /**
+   * Whether an enqueue in this process that reserves one of this worker's slots starts the
+   * job's `pureCompute` at once, before the job is stored (JobHandler.pureCompute).
+   * @defaultValue true
+   */
+  earlyCompute?: boolean;
   /** Completions per transaction at most. @defaultValue 200 */
   maxBatch?: number;
   /** Completion transactions in flight at once (they touch different lanes). @defaultValue 4 */
@@ -122,6 +129,15 @@ type CompletionMode = 'fused' | 'fast' | 'checked' | 'isolated';
 
 type Outcome = { ok: true; computed: unknown } | { ok: false; error: Error; release?: boolean };
 
+/** A pure compute started while its job was being enqueued ({@link Worker.startEarly}). */
+export interface EarlyCompute {
+  readonly kind: string;
+  readonly controller: AbortController;
+  readonly startedAt: number;
+  /** @internal */
+  readonly outcome: Promise<Outcome>;
+}
+
 interface Completed {
   outcomes: Map<number, Outcome>;
   lost: Set<number>;
@@ -142,6 +158,8 @@ interface Running {
   ctx: JobContext;
   startedAt: number;
   outcome?: Outcome;
+  /** The outcome of its compute, started before the job was stored (an early compute). */
+  early?: Promise<Outcome>;
   /** Counted in Worker.#held: its slot is freed when its completion ends. */
   holdsSlot?: boolean;
 }
@@ -182,6 +200,7 @@ export class Worker {
   /** Claimed ahead (prefetch), waiting for a slot to compute in. */
   readonly #waiting: Running[] = [];
   readonly #prefetch: number;
+  readonly #earlyCompute: boolean;
   #heartbeating: Promise<void> | undefined;
   #reaping: Promise<void> | undefined;
   #sweeping: Promise<number> | undefined;
@@ -203,6 +222,7 @@ export class Worker {
     this.#graceMs = options.shutdownGraceMs ?? 10_000;
     this.#maxBatch = options.maxBatch ?? 200;
     this.#prefetch = options.prefetch ?? 2;
+    this.#earlyCompute = options.earlyCompute ?? true;
     this.#maxFlushes = options.maxParallelCompletions ?? 4;
     this.id = options.workerId ?? `${hostname()}:${process.pid}:${createId('w').slice(2, 10)}`;
     this.#kinds = [...deps.handlers.keys()];
@@ -309,18 +329,85 @@ export class Worker {
     return { workerId: this.id, leaseMs: this.#leaseMs, kinds: this.#kinds };
   }
 
-  /** Runs a job claimed for this worker at enqueue, in the slot reserved for it. */
-  adopt(row: ClaimedRow): void {
-    this.#claiming -= 1;
-    this.#reserved -= 1;
-    this.#run(row); // released at once if the worker began to stop meanwhile
+  /**
+   * Starts the `pureCompute` of a job about to be enqueued in a slot just reserved for it,
+   * unless early computes are off or, as far as this worker knows, the enqueue will not claim
+   * the job: it is not due yet, or this worker holds a job of its lane. Ends in
+   * {@link adopt} (used) or {@link unreserve} (dropped).
+   */
+  startEarly(spec: JobSpec): EarlyCompute | undefined {
+    const handler = this.#deps.handlers.get(spec.kind);
+    const pure = handler?.pureCompute;
+    if (
+      !this.#earlyCompute ||
+      handler === undefined ||
+      pure === undefined ||
+      !this.#kinds.includes(spec.kind) ||
+      (spec.runAt !== undefined && spec.runAt.getTime() > Date.now())
+    ) {
+      return undefined;
+    }
+    const tenantId = spec.tenantId ?? 'default';
+    const lane = spec.lane ?? null;
+    if (lane !== null && this.#holdsLane(tenantId, lane)) {
+      return undefined;
+    }
+    let payload: unknown;
+    try {
+      // What the stored job will hold: JSON, as a claimed row's payload is.
+      payload = JSON.parse(JSON.stringify(spec.payload ?? {})) as unknown;
+    } catch {
+      return undefined; // not JSON: the enqueue says why
+    }
+    const controller = new AbortController();
+    const timeoutMs = spec.timeoutMs ?? handler.timeoutMs ?? this.#deps.defaultTimeoutMs;
+    return {
+      kind: spec.kind,
+      controller,
+      startedAt: performance.now(),
+      outcome: this.#launch(
+        () => pure({ tenantId, kind: spec.kind, lane, payload, signal: controller.signal }),
+        controller,
+        timeoutMs,
+      ),
+    };
   }
 
-  /** Gives back a reserved slot the enqueue did not use. */
-  unreserve(): void {
+  /**
+   * Runs a job claimed for this worker at enqueue, in the slot reserved for it, with the
+   * compute started early for it, if any.
+   */
+  adopt(row: ClaimedRow, early?: EarlyCompute): void {
     this.#claiming -= 1;
     this.#reserved -= 1;
+    this.#run(row, early); // released at once if the worker began to stop meanwhile
+  }
+
+  /** Gives back a reserved slot the enqueue did not use, dropping its early compute. */
+  unreserve(early?: EarlyCompute): void {
+    this.#claiming -= 1;
+    this.#reserved -= 1;
+    this.#dropEarly(early);
     this.#newWork();
+  }
+
+  #dropEarly(early: EarlyCompute | undefined): void {
+    if (early !== undefined) {
+      early.controller.abort(
+        new MnemoError(ErrorCode.Unavailable, 'early compute dropped: its job was not claimed'),
+      );
+      this.#deps.metrics.earlyComputes.inc({ kind: early.kind, outcome: 'dropped' });
+    }
+  }
+
+  /** Whether this worker holds a job of the lane (running, waiting or completing). */
+  #holdsLane(tenantId: string, lane: string): boolean {
+    for (const running of this.#slots.values()) {
+      if (running.row.lane === lane && running.row.tenant_id === tenantId) {
+        return true;
+      }
+    }
+    return false;
   }
 
   /** Slots free to compute a job this moment (an enqueue in this process may take one). */
@@ -443,14 +530,31 @@ export class Worker {
     return claimJobs(q, limit, this.#leaseMs, this.id, this.#kinds);
   }
 
-  #run(row: ClaimedRow): void {
+  #run(row: ClaimedRow, early?: EarlyCompute): void {
     const handler = this.#deps.handlers.get(row.kind);
     if (handler === undefined) {
+      this.#dropEarly(early);
       return; // cannot happen: only registered kinds are claimed
     }
-    const controller = new AbortController();
+    const startsNow =
+      !this.#stopController.signal.aborted && this.#computing + this.#held < this.#concurrency;
+    if (early !== undefined && !startsNow) {
+      this.#dropEarly(early); // a job waiting for a slot computes when it gets one
+      early = undefined;
+    }
+    const controller = early?.controller ?? new AbortController();
     const ctx = contextOf(row, controller.signal);
-    const running: Running = { row, handler, controller, ctx, startedAt: performance.now() };
+    const running: Running = {
+      row,
+      handler,
+      controller,
+      ctx,
+      startedAt: early?.startedAt ?? performance.now(),
+    };
+    if (early !== undefined) {
+      running.early = early.outcome;
+      this.#deps.metrics.earlyComputes.inc({ kind: early.kind, outcome: 'used' });
+    }
     const earlier = this.#slots.get(row.id);
     if (earlier !== undefined && earlier.outcome === undefined) {
       // Claimed again after a reaper took it from this very worker: the old attempt is stale.
@@ -462,7 +566,7 @@ export class Worker {
     this.#deps.metrics.waitSeconds.observe({ kind: row.kind }, row.waited_s);
     if (this.#stopController.signal.aborted) {
       this.#release(running); // claimed by a call in flight when the worker began to stop
-    } else if (this.#computing + this.#held < this.#concurrency) {
+    } else if (startsNow) {
       this.#start(running);
     } else if (this.#waiting.length < this.#prefetch) {
       this.#waiting.push(running);
@@ -487,7 +591,9 @@ export class Worker {
   #start(running: Running): void {
     const { row } = running;
     this.#computing += 1;
-    running.startedAt = performance.now();
+    if (running.early === undefined) {
+      running.startedAt = performance.now();
+    }
     void this.#compute(running).then((outcome) => {
       running.outcome = outcome;
       this.#computing -= 1;
@@ -526,14 +632,36 @@ export class Worker {
     }
   }
 
-  async #compute(running: Running): Promise<Outcome> {
-    const { handler, controller, row } = running;
+  #compute(running: Running): Promise<Outcome> {
+    const { handler, controller, row, ctx } = running;
+    if (running.early !== undefined) {
+      return running.early;
+    }
     if (controller.signal.aborted) {
       // Lost its lease, or the worker is stopping, while it waited for a slot: not run.
       const error = coerceError(controller.signal.reason);
-      return { ok: false, error, release: this.#stopController.signal.aborted };
+      return Promise.resolve({ ok: false, error, release: this.#stopController.signal.aborted });
     }
     const timeoutMs = row.timeout_ms ?? handler.timeoutMs ?? this.#deps.defaultTimeoutMs;
+    const { compute, pureCompute } = handler;
+    return this.#launch(
+      () =>
+        compute !== undefined
+          ? compute(ctx)
+          : pureCompute !== undefined
+            ? pureCompute(ctx)
+            : Promise.resolve(undefined),
+      controller,
+      timeoutMs,
+    );
+  }
+
+  /** Runs a compute under its time limit; what it returned, or why it failed. */
+  async #launch(
+    work: () => Promise<unknown>,
+    controller: AbortController,
+    timeoutMs: number,
+  ): Promise<Outcome> {
     const timer = setTimeout(
       () =>
         controller.abort(
@@ -542,9 +670,7 @@ export class Worker {
       timeoutMs,
     );
     try {
-      const work =
-        handler.compute === undefined ? Promise.resolve(undefined) : handler.compute(running.ctx);
-      const computed = await raceAbort(work, controller.signal);
+      const computed = await raceAbort(work(), controller.signal);
       return { ok: true, computed };
     } catch (err) {
       const error = controller.signal.aborted

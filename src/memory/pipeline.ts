@@ -142,7 +142,8 @@ export function registerMemoryJobs(
   engine.register<IngestPayload, Extraction>(MemoryJob.Ingest, {
     timeoutMs: options.timeoutMs ?? 60_000,
     maxAttempts: 3,
-    compute: (ctx) =>
+    // The extractor reads the turn alone: it may start while the ingest is being enqueued.
+    pureCompute: (ctx) =>
       extractor.extract(
         {
           userQuery: ctx.payload.user_query,

@@ -573,6 +573,113 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       await eventually(() => worker.activeCount === 0);
     });
 
+    it('starts a pure compute while its enqueue is in flight, and drops it when the enqueue does not claim the job', async () => {
+      const calls: { x: number; signal: AbortSignal }[] = [];
+      let openGate: () => void = () => undefined;
+      const gate = new Promise<void>((resolve) => (openGate = resolve));
+      engine.register<{ x: number; gated?: boolean }, number>('pure', {
+        async pureCompute(ctx) {
+          calls.push({ x: ctx.payload.x, signal: ctx.signal });
+          if (ctx.payload.gated === true) {
+            await gate;
+          }
+          return ctx.payload.x * 2;
+        },
+      });
+      engine.register('blocker', {});
+      // How many computes had begun when each enqueue statement was sent.
+      const begunAtSend: number[] = [];
+      const query = store.query.bind(store);
+      store.query = ((sql: string, params?: unknown[]) => {
+        if (sql.includes('enqueue_jobs(')) {
+          begunAtSend.push(calls.length);
+        }
+        return query(sql, params);
+      }) as Store['query'];
+      const worker = await engine.startWorker({ concurrency: 2, prefetch: 0 });
+      const early = async (outcome: 'used' | 'dropped') =>
+        (await engine.metrics.earlyComputes.get()).values.find(
+          (v) => v.labels['outcome'] === outcome,
+        )?.value ?? 0;
+
+      // A free slot: the compute begins before the statement that claims its job is sent,
+      // and the job runs with its result.
+      const used = await engine.enqueue(store, { kind: 'pure', lane: 'A', payload: { x: 21 } });
+      expect(begunAtSend).toEqual([1]);
+      expect(used.job.status).toBe('running');
+      expect(await waitDone(used.job.id)).toMatchObject({
+        status: 'succeeded',
+        attempts: 1,
+        result: 42,
+      });
+      expect(calls).toHaveLength(1);
+      expect(await early('used')).toBe(1);
+
+      // The lane's head is pending elsewhere (not due for a minute): the statement does not
+      // claim the job, so its early compute is aborted and dropped; the job computes afresh
+      // once it is the lane's head.
+      const blocker = await enqueue({
+        kind: 'blocker',
+        lane: 'B',
+        runAt: new Date(Date.now() + 60_000),
+      });
+      const queued = await engine.enqueue(store, { kind: 'pure', lane: 'B', payload: { x: 5 } });
+      expect(queued.job.status).toBe('pending');
+      expect(calls).toHaveLength(2);
+      expect(calls[1]?.signal.aborted).toBe(true);
+      expect(await early('dropped')).toBe(1);
+      await engine.cancel('default', blocker.job.id);
+      expect(await waitDone(queued.job.id)).toMatchObject({ status: 'succeeded', result: 10 });
+      expect(calls).toHaveLength(3);
+      expect(calls[2]?.signal.aborted).toBe(false);
+
+      // This worker runs the lane's head: a job queued behind it is not computed early.
+      const head = await engine.enqueue(store, {
+        kind: 'pure',
+        lane: 'C',
+        payload: { x: 1, gated: true },
+      });
+      expect(head.job.status).toBe('running');
+      await eventually(() => worker.idleSlots === 1);
+      const behind = await engine.enqueue(store, { kind: 'pure', lane: 'C', payload: { x: 2 } });
+      expect(behind.job.status).toBe('pending');
+      expect(calls).toHaveLength(4); // the head's alone
+      openGate();
+      expect(await waitDone(behind.job.id)).toMatchObject({ status: 'succeeded', result: 4 });
+      expect(await early('used')).toBe(2);
+      expect(await early('dropped')).toBe(1);
+    });
+
+    it('starts no compute early with earlyCompute off, nor for a kind with a plain compute', async () => {
+      const begun: string[] = [];
+      engine.register<{ x: number }, number>('pure', {
+        pureCompute: () => Promise.resolve(begun.push('pure')),
+      });
+      engine.register('plain', { compute: () => Promise.resolve(begun.push('plain')) });
+      const begunAtSend: number[] = [];
+      const query = store.query.bind(store);
+      store.query = ((sql: string, params?: unknown[]) => {
+        if (sql.includes('enqueue_jobs(')) {
+          begunAtSend.push(begun.length);
+        }
+        return query(sql, params);
+      }) as Store['query'];
+      await engine.startWorker({ concurrency: 1, prefetch: 0, earlyCompute: false });
+      const pure = await engine.enqueue(store, { kind: 'pure', payload: { x: 1 } });
+      expect(pure.job.status).toBe('running'); // claimed at enqueue all the same
+      expect((await waitDone(pure.job.id)).status).toBe('succeeded');
+      const plain = await engine.enqueue(store, { kind: 'plain' });
+      expect((await waitDone(plain.job.id)).status).toBe('succeeded');
+      expect(begunAtSend).toEqual([0, 1]);
+      expect(begun).toEqual(['pure', 'plain']);
+      expect(() =>
+        engine.register('both', {
+          compute: () => Promise.resolve(1),
+          pureCompute: () => Promise.resolve(1),
+        }),
+      ).toThrow(/compute or pureCompute/);
+    });
+
     it('hands a job its claim brought beyond its free slots back to another worker at once', async () => {
       let openY: () => void = () => undefined;
       const gateY = new Promise<void>((resolve) => (openY = resolve));

@@ -13,6 +13,7 @@ describe('loadConfig', () => {
       host: '127.0.0.1',
       port: 8787,
       operationRetentionHours: 0,
+      workerEarlyCompute: true,
     });
     expect(Object.isFrozen(config)).toBe(true);
   });
@@ -26,6 +27,11 @@ describe('loadConfig', () => {
     expect(loadConfig({ MNEMO_OPERATION_RETENTION_HOURS: '168' }).operationRetentionHours).toBe(
       168,
     );
+  });
+
+  it('reads MNEMO_WORKER_EARLY_COMPUTE as true or false', () => {
+    expect(loadConfig({ MNEMO_WORKER_EARLY_COMPUTE: 'false' }).workerEarlyCompute).toBe(false);
+    expect(loadConfig({ MNEMO_WORKER_EARLY_COMPUTE: 'true' }).workerEarlyCompute).toBe(true);
   });
 
   it('treats an empty variable as unset', () => {
@@ -42,6 +48,7 @@ describe('loadConfig', () => {
     ['MNEMO_LOG_LEVEL', 'loud'],
     ['MNEMO_OPERATION_RETENTION_HOURS', '-1'],
     ['MNEMO_OPERATION_RETENTION_HOURS', '1.5'],
+    ['MNEMO_WORKER_EARLY_COMPUTE', 'yes'],
   ])('rejects %s=%s naming the variable', (name, value) => {
     expect(() => loadConfig({ [name]: value })).toThrow(
       expect.objectContaining({
