@@ -338,7 +338,7 @@ begin
     profile_unset as (
       delete from profile_attributes
       where tenant_id = v_tenant and user_id = v_user
-        and key in (select jsonb_array_elements_text(p->'unset'))
+        and key = any (array(select jsonb_array_elements_text(p->'unset')))
       returning key),
     facts as (
       insert into memories (tenant_id, user_id, text, norm, source, operation_id, occurred_at)

@@ -299,6 +299,53 @@ describePg('reads by index (PostgreSQL)', () => {
     expect(conversationsPlan).toMatch(/"Index Cond":"[^"]*started_at >= /);
   });
 
+  // A turn names the profile keys it unsets (almost always none): the user's other attributes
+  // must not be read, however many there are.
+  it('writes a turn without reading the user’s other profile attributes', async () => {
+    await store.query(
+      `insert into profile_attributes (tenant_id, user_id, key, value)
+       select 'default', 'collector', 'key_' || i, 'v' from generate_series(1, 5000) as i`,
+    );
+    await store.query('analyze profile_attributes');
+    const turn = (n: number, unset: string[]) => ({
+      tenant_id: 'default',
+      user_id: 'collector',
+      operation_id: n,
+      set: { [`new_${n}`]: 'x' },
+      unset,
+      memories: [],
+      memory_norms: [],
+      events: [],
+      source: null,
+      occurred_at: null,
+      user_query: `turn ${n}`,
+      agent_response: null,
+      session_id: null,
+    });
+    /** Rows of profile_attributes a turn's write read, in a transaction of its own. */
+    const fetched = (n: number, unset: string[]) =>
+      store.transaction(async (tx) => {
+        await tx.query('select write_turn($1::jsonb)', [JSON.stringify(turn(n, unset))]);
+        const [row] = await tx.query<{ n: number }>(
+          `select (coalesce(idx_tup_fetch, 0) + coalesce(seq_tup_read, 0))::int as n
+             from pg_stat_xact_user_tables
+            where relid = 'profile_attributes'::regclass`,
+        );
+        return row?.n ?? 0;
+      });
+    // Past the five calls after which a PL/pgSQL statement may keep a generic plan.
+    for (let n = 1; n <= 8; n++) {
+      expect(await fetched(n, [])).toBeLessThanOrEqual(1);
+    }
+    // As `key in (select …)`, once analysed: a hash semi join over a scan of the whole table.
+    expect(await fetched(9, ['key_17', 'key_4000', 'absent'])).toBeLessThanOrEqual(5);
+    const left = await store.query<{ key: string }>(
+      `select key from profile_attributes
+        where tenant_id = 'default' and user_id = 'collector' and key in ('key_17', 'key_18', 'key_4000')`,
+    );
+    expect(left.map((r) => r.key)).toEqual(['key_18']);
+  });
+
   // A user with a long history searches a word that is common among other users and absent
   // from their own: neither all the word's rows nor all the user's should be read.
   it('searches one user’s matches through the owner indexes', async () => {
