@@ -5,8 +5,9 @@
  * is timed (by wrapping `pg.Client.prototype.query`), and the request's arrival, the
  * extractor's start and end and the response's last write are marked. Prints the median of
  * each step in ms: the client's request reaching the server, HTTP and validation up to the
- * enqueue, the enqueue, up to the extractor, its timer's lateness, the rules, up to the
- * completion, the completion, up to the response's last write, and the client getting it.
+ * extractor's start (and the enqueue, when the extractor does not start early), its timer's
+ * lateness, the rules, up to the completion, the completion, up to the response's last
+ * write, and the client getting it; then the enqueue on its own.
  *
  * What PostgreSQL spends inside each statement needs `pg_stat_statements` loaded in the
  * server (docs/benchmarks.md, "One request's time").
@@ -62,30 +63,32 @@ function traceServer(): void {
   };
 }
 
-/** The steps of one request from its marks: [name, ms] in order, or undefined if incomplete. */
+/**
+ * The steps of one request from its marks, [name, ms] in order, or undefined if incomplete:
+ * the critical path (whose steps add up to the request's time), then the enqueue, which
+ * overlaps the extractor's delay when the extractor starts early (docs/engine.md) and is
+ * part of `http_to_extractor` when it does not.
+ */
 function steps(start: number, end: number, list: readonly Mark[]): [string, number][] | undefined {
   const at = (what: string, after: number) =>
     list.find((m) => m.what === what && m.at >= after)?.at;
   const arrived = at('arrived', start);
-  const enqueue = arrived === undefined ? undefined : at('query', arrived);
-  const enqueued = enqueue === undefined ? undefined : at('answer', enqueue);
-  const extracting = enqueued === undefined ? undefined : at('extract', enqueued);
+  const extracting = arrived === undefined ? undefined : at('extract', arrived);
   const timer = extracting === undefined ? undefined : at('timer', extracting);
   const extracted = timer === undefined ? undefined : at('extracted', timer);
   const complete = extracted === undefined ? undefined : at('query', extracted);
   const completed = complete === undefined ? undefined : at('answer', complete);
   const sent = completed === undefined ? undefined : at('sent', completed);
-  const points = [start, arrived, enqueue, enqueued, extracting, timer, extracted, complete];
-  const all = [...points, completed, sent, end];
-  if (all.some((p) => p === undefined)) {
+  const enqueue = arrived === undefined ? undefined : at('query', arrived);
+  const enqueued = enqueue === undefined ? undefined : at('answer', enqueue);
+  const path = [start, arrived, extracting, timer, extracted, complete, completed, sent, end];
+  if ([...path, enqueue, enqueued].some((p) => p === undefined)) {
     return undefined;
   }
-  const t = all as number[];
+  const t = path as number[];
   const names = [
     'to_server',
-    'http_to_enqueue',
-    'enqueue',
-    'to_extractor',
+    'http_to_extractor',
     'extractor_late',
     'rules',
     'to_completion',
@@ -93,7 +96,13 @@ function steps(start: number, end: number, list: readonly Mark[]): [string, numb
     'to_response_sent',
     'to_client',
   ];
-  return names.map((name, i) => [name, t[i + 1]! - t[i]! - (name === 'extractor_late' ? L : 0)]);
+  return [
+    ...names.map((name, i): [string, number] => [
+      name,
+      t[i + 1]! - t[i]! - (name === 'extractor_late' ? L : 0),
+    ]),
+    ['enqueue', enqueued! - enqueue!],
+  ];
 }
 
 export async function runTraceBench(): Promise<void> {
