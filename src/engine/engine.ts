@@ -28,7 +28,7 @@ import {
   TERMINAL_STATUSES,
 } from './types.ts';
 import { CompletionWaiter } from './waiter.ts';
-import { Worker, type WorkerOptions } from './worker.ts';
+import { type EarlyCompute, Worker, type WorkerOptions } from './worker.ts';
 
 /** What a handler's `applyFunction` may name: an unquoted identifier of the store's schema. */
 const SQL_NAME = /^[a-z_][a-z0-9_]*$/;
@@ -309,10 +309,11 @@ export function createEngine(deps: {
           break;
         }
       }
-      // A pure compute starts now, while the statement that may claim its job is in flight.
-      const early = worker?.startEarly(spec);
+      let early: EarlyCompute | undefined;
       let out: Awaited<ReturnType<typeof enqueueJob>>;
       try {
+        // A pure compute starts now, while the statement that may claim its job is in flight.
+        early = worker?.startEarly(spec);
         out = await runTransactionWithRetries(() => enqueueJob(tx, enqueueContext, spec, claim), 5);
       } catch (err) {
         worker?.unreserve(early);
@@ -321,7 +322,7 @@ export function createEngine(deps: {
       if (out.claimed !== undefined && worker !== undefined) {
         worker.adopt(out.claimed, early);
       } else {
-        worker?.unreserve(early);
+        worker?.unreserve(early, out.created ? out.job : undefined);
       }
       if (out.created) {
         metrics.enqueued.inc({ kind: spec.kind });

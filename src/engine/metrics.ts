@@ -63,7 +63,7 @@ export function createEngineMetrics(store: Queryable): EngineMetrics {
     }),
     earlyComputes: new Counter({
       name: 'mnemo_jobs_early_computes_total',
-      help: 'Pure computes started while their job was being enqueued: used (the enqueue claimed the job for them) or dropped (it did not: the lane was busy elsewhere, a replay, an error).',
+      help: 'Pure computes started while their job was being enqueued: used (the job ran with them) or dropped (the enqueue did not claim the job: its lane was busy elsewhere, a replay, an error; or the worker had no slot left for it, or was stopping).',
       labelNames: ['kind', 'outcome'],
       registers: [registry],
     }),

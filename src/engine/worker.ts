@@ -129,9 +129,22 @@ type CompletionMode = 'fused' | 'fast' | 'checked' | 'isolated';
 
 type Outcome = { ok: true; computed: unknown } | { ok: false; error: Error; release?: boolean };
 
+/**
+ * How long a lane an enqueue of this process found busy (its job queued behind another) gets
+ * no early compute, unless an enqueue finds it free again first.
+ */
+const BUSY_LANE_MEMORY_MS = 10_000;
+/** Lanes remembered busy at most (the oldest are forgotten first). */
+const BUSY_LANES_KEPT = 10_000;
+
+/** A lane's key among a worker's lanes. */
+const laneKey = (tenantId: string, lane: string) => `${tenantId}\u0000${lane}`;
+
 /** A pure compute started while its job was being enqueued ({@link Worker.startEarly}). */
 export interface EarlyCompute {
   readonly kind: string;
+  /** Its lane's key, if it has a lane. */
+  readonly lane: string | undefined;
   readonly controller: AbortController;
   readonly startedAt: number;
   /** @internal */
@@ -201,6 +214,10 @@ export class Worker {
   readonly #waiting: Running[] = [];
   readonly #prefetch: number;
   readonly #earlyCompute: boolean;
+  /** Lanes with an early compute whose enqueue is in flight, and how many. */
+  readonly #earlyLanes = new Map<string, number>();
+  /** Lanes an enqueue here found busy, and until when that is believed (performance.now()). */
+  readonly #busyLanes = new Map<string, number>();
   #heartbeating: Promise<void> | undefined;
   #reaping: Promise<void> | undefined;
   #sweeping: Promise<number> | undefined;
@@ -332,8 +349,9 @@ export class Worker {
   /**
    * Starts the `pureCompute` of a job about to be enqueued in a slot just reserved for it,
    * unless early computes are off or, as far as this worker knows, the enqueue will not claim
-   * the job: it is not due yet, or this worker holds a job of its lane. Ends in
-   * {@link adopt} (used) or {@link unreserve} (dropped).
+   * the job: it is not due yet; or its lane is busy: this worker holds a job of it, an
+   * enqueue of it with an early compute is in flight, or an enqueue found it busy in the last
+   * BUSY_LANE_MEMORY_MS. Ends in {@link adopt} (used) or {@link unreserve} (dropped).
    */
   startEarly(spec: JobSpec): EarlyCompute | undefined {
     const handler = this.#deps.handlers.get(spec.kind);
@@ -349,7 +367,8 @@ export class Worker {
     }
     const tenantId = spec.tenantId ?? 'default';
     const lane = spec.lane ?? null;
-    if (lane !== null && this.#holdsLane(tenantId, lane)) {
+    const key = lane === null ? undefined : laneKey(tenantId, lane);
+    if (key !== undefined && this.#laneBusy(key)) {
       return undefined;
     }
     let payload: unknown;
@@ -361,12 +380,23 @@ export class Worker {
     }
     const controller = new AbortController();
     const timeoutMs = spec.timeoutMs ?? handler.timeoutMs ?? this.#deps.defaultTimeoutMs;
+    if (key !== undefined) {
+      this.#earlyLanes.set(key, (this.#earlyLanes.get(key) ?? 0) + 1);
+    }
     return {
       kind: spec.kind,
+      lane: key,
       controller,
       startedAt: performance.now(),
       outcome: this.#launch(
-        () => pure({ tenantId, kind: spec.kind, lane, payload, signal: controller.signal }),
+        () =>
+          pure.call(handler, {
+            tenantId,
+            kind: spec.kind,
+            lane,
+            payload,
+            signal: controller.signal,
+          }),
         controller,
         timeoutMs,
       ),
@@ -380,15 +410,54 @@ export class Worker {
   adopt(row: ClaimedRow, early?: EarlyCompute): void {
     this.#claiming -= 1;
     this.#reserved -= 1;
+    this.#enqueueDone(early);
+    if (row.lane !== null) {
+      this.#busyLanes.delete(laneKey(row.tenant_id, row.lane)); // it was free
+    }
     this.#run(row, early); // released at once if the worker began to stop meanwhile
   }
 
-  /** Gives back a reserved slot the enqueue did not use, dropping its early compute. */
-  unreserve(early?: EarlyCompute): void {
+  /**
+   * Gives back a reserved slot the enqueue did not use, dropping its early compute. `queued`:
+   * the job the enqueue wrote instead, not claimed; if it was due, of a kind this worker runs,
+   * its lane was busy.
+   */
+  unreserve(early?: EarlyCompute, queued?: Job): void {
     this.#claiming -= 1;
     this.#reserved -= 1;
+    this.#enqueueDone(early);
+    if (
+      queued !== undefined &&
+      queued.lane !== null &&
+      queued.status === 'pending' &&
+      queued.parentId === null &&
+      this.#kinds.includes(queued.kind) &&
+      queued.runAt.getTime() <= Date.now()
+    ) {
+      const key = laneKey(queued.tenantId, queued.lane);
+      this.#busyLanes.delete(key); // to the end of the map's order
+      this.#busyLanes.set(key, performance.now() + BUSY_LANE_MEMORY_MS);
+      if (this.#busyLanes.size > BUSY_LANES_KEPT) {
+        const oldest = this.#busyLanes.keys().next();
+        if (oldest.done !== true) {
+          this.#busyLanes.delete(oldest.value);
+        }
+      }
+    }
     this.#dropEarly(early);
     this.#newWork();
+  }
+
+  /** An early compute's enqueue has answered: its lane has one fewer in flight. */
+  #enqueueDone(early: EarlyCompute | undefined): void {
+    if (early?.lane !== undefined) {
+      const n = (this.#earlyLanes.get(early.lane) ?? 1) - 1;
+      if (n > 0) {
+        this.#earlyLanes.set(early.lane, n);
+      } else {
+        this.#earlyLanes.delete(early.lane);
+      }
+    }
   }
 
   #dropEarly(early: EarlyCompute | undefined): void {
@@ -400,10 +469,24 @@ export class Worker {
     }
   }
 
-  /** Whether this worker holds a job of the lane (running, waiting or completing). */
-  #holdsLane(tenantId: string, lane: string): boolean {
+  /**
+   * Whether a job enqueued into the lane now would, as far as this worker knows, queue behind
+   * another: it holds a job of the lane (running, waiting or completing), an enqueue into it
+   * with an early compute is in flight, or an enqueue found it busy lately.
+   */
+  #laneBusy(key: string): boolean {
+    if (this.#earlyLanes.has(key)) {
+      return true;
+    }
+    const until = this.#busyLanes.get(key);
+    if (until !== undefined) {
+      if (until > performance.now()) {
+        return true;
+      }
+      this.#busyLanes.delete(key);
+    }
     for (const running of this.#slots.values()) {
-      if (running.row.lane === lane && running.row.tenant_id === tenantId) {
+      if (running.row.lane !== null && laneKey(running.row.tenant_id, running.row.lane) === key) {
         return true;
       }
     }
@@ -643,13 +726,12 @@ export class Worker {
       return Promise.resolve({ ok: false, error, release: this.#stopController.signal.aborted });
     }
     const timeoutMs = row.timeout_ms ?? handler.timeoutMs ?? this.#deps.defaultTimeoutMs;
-    const { compute, pureCompute } = handler;
     return this.#launch(
       () =>
-        compute !== undefined
-          ? compute(ctx)
-          : pureCompute !== undefined
-            ? pureCompute(ctx)
+        handler.compute !== undefined
+          ? handler.compute(ctx)
+          : handler.pureCompute !== undefined
+            ? handler.pureCompute(ctx)
             : Promise.resolve(undefined),
       controller,
       timeoutMs,

@@ -628,10 +628,30 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       expect(calls).toHaveLength(2);
       expect(calls[1]?.signal.aborted).toBe(true);
       expect(await early('dropped')).toBe(1);
+      // The worker remembers the lane busy: the next job of it starts nothing early.
+      const again = await engine.enqueue(store, { kind: 'pure', lane: 'B', payload: { x: 6 } });
+      expect(again.job.status).toBe('pending');
+      expect(calls).toHaveLength(2);
       await engine.cancel('default', blocker.job.id);
       expect(await waitDone(queued.job.id)).toMatchObject({ status: 'succeeded', result: 10 });
-      expect(calls).toHaveLength(3);
-      expect(calls[2]?.signal.aborted).toBe(false);
+      expect(await waitDone(again.job.id)).toMatchObject({ status: 'succeeded', result: 12 });
+      expect(calls).toHaveLength(4);
+      expect(calls.slice(2).map((c) => c.signal.aborted)).toEqual([false, false]);
+
+      // Two jobs of a fresh lane enqueued at once: the second's statement cannot claim it
+      // (the first is the lane's head), so only the first starts early.
+      const sent = begunAtSend.length;
+      const [d1, d2] = await Promise.all([
+        engine.enqueue(store, { kind: 'pure', lane: 'D', payload: { x: 7 } }),
+        engine.enqueue(store, { kind: 'pure', lane: 'D', payload: { x: 8 } }),
+      ]);
+      expect(begunAtSend.slice(sent)).toEqual([5, 5]);
+      for (const job of [d1.job, d2.job]) {
+        expect((await waitDone(job.id)).status).toBe('succeeded');
+      }
+      expect(calls).toHaveLength(6);
+      expect(await early('used')).toBe(2);
+      expect(await early('dropped')).toBe(1);
 
       // This worker runs the lane's head: a job queued behind it is not computed early.
       const head = await engine.enqueue(store, {
@@ -643,10 +663,10 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       await eventually(() => worker.idleSlots === 1);
       const behind = await engine.enqueue(store, { kind: 'pure', lane: 'C', payload: { x: 2 } });
       expect(behind.job.status).toBe('pending');
-      expect(calls).toHaveLength(4); // the head's alone
+      expect(calls).toHaveLength(7); // the head's alone
       openGate();
       expect(await waitDone(behind.job.id)).toMatchObject({ status: 'succeeded', result: 4 });
-      expect(await early('used')).toBe(2);
+      expect(await early('used')).toBe(3);
       expect(await early('dropped')).toBe(1);
     });
 
