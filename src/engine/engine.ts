@@ -309,12 +309,19 @@ export function createEngine(deps: {
           break;
         }
       }
+      // A pure compute starts as the statement that may claim its job is sent, and runs while
+      // it is in flight.
       let early: EarlyCompute | undefined;
+      const claimed: ClaimFor | undefined =
+        claim === undefined || worker === undefined
+          ? claim
+          : { ...claim, onInsert: (payload) => (early ??= worker?.startEarly(spec, payload)) };
       let out: Awaited<ReturnType<typeof enqueueJob>>;
       try {
-        // A pure compute starts now, while the statement that may claim its job is in flight.
-        early = worker?.startEarly(spec);
-        out = await runTransactionWithRetries(() => enqueueJob(tx, enqueueContext, spec, claim), 5);
+        out = await runTransactionWithRetries(
+          () => enqueueJob(tx, enqueueContext, spec, claimed),
+          5,
+        );
       } catch (err) {
         worker?.unreserve(early);
         throw err;

@@ -154,6 +154,10 @@ async function insertJobs(
   }
   // The payload travels as text inside the JSON document and is cast back to jsonb.
   const records = jobs.map((job) => ({ ...job, payload: JSON.parse(job.payload) as unknown }));
+  const [single] = records;
+  if (claim?.onInsert !== undefined && records.length === 1 && parentId === null && single) {
+    claim.onInsert(single.payload);
+  }
   try {
     const defer = !q.inTransaction;
     // Evaluated before the statement's own commit, which it makes asynchronous.
@@ -226,6 +230,12 @@ export interface ClaimFor {
   workerId: string;
   leaseMs: number;
   kinds: readonly string[];
+  /**
+   * Called when the statement that may claim the job is about to be sent (the job is valid,
+   * admitted, and not an idempotent replay), with its payload as the stored JSON gives it.
+   * Called again if the statement is retried.
+   */
+  onInsert?: (payload: unknown) => void;
 }
 
 /**

@@ -63,7 +63,7 @@ export function createEngineMetrics(store: Queryable): EngineMetrics {
     }),
     earlyComputes: new Counter({
       name: 'mnemo_jobs_early_computes_total',
-      help: 'Pure computes started while their job was being enqueued: used (the job ran with them) or dropped (the enqueue did not claim the job: its lane was busy elsewhere, a replay, an error; or the worker had no slot left for it, or was stopping).',
+      help: 'Pure computes started while their job was being enqueued: used (the job ran with them) or dropped (the enqueue did not claim the job: its lane was busy elsewhere, the same idempotency key at the same moment, a lane over its limit; or the worker had no slot left for it, or was stopping).',
       labelNames: ['kind', 'outcome'],
       registers: [registry],
     }),

@@ -351,9 +351,10 @@ export class Worker {
    * unless early computes are off or, as far as this worker knows, the enqueue will not claim
    * the job: it is not due yet; or its lane is busy: this worker holds a job of it, an
    * enqueue of it with an early compute is in flight, or an enqueue found it busy in the last
-   * BUSY_LANE_MEMORY_MS. Ends in {@link adopt} (used) or {@link unreserve} (dropped).
+   * BUSY_LANE_MEMORY_MS. Called as the enqueue's statement is sent, with the job's payload
+   * as the stored JSON gives it. Ends in {@link adopt} (used) or {@link unreserve} (dropped).
    */
-  startEarly(spec: JobSpec): EarlyCompute | undefined {
+  startEarly(spec: JobSpec, payload: unknown): EarlyCompute | undefined {
     const handler = this.#deps.handlers.get(spec.kind);
     const pure = handler?.pureCompute;
     if (
@@ -370,13 +371,6 @@ export class Worker {
     const key = lane === null ? undefined : laneKey(tenantId, lane);
     if (key !== undefined && this.#laneBusy(key)) {
       return undefined;
-    }
-    let payload: unknown;
-    try {
-      // What the stored job will hold: JSON, as a claimed row's payload is.
-      payload = JSON.parse(JSON.stringify(spec.payload ?? {})) as unknown;
-    } catch {
-      return undefined; // not JSON: the enqueue says why
     }
     const controller = new AbortController();
     const timeoutMs = spec.timeoutMs ?? handler.timeoutMs ?? this.#deps.defaultTimeoutMs;

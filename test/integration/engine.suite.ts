@@ -604,7 +604,8 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
 
       // A free slot: the compute begins before the statement that claims its job is sent,
       // and the job runs with its result.
-      const used = await engine.enqueue(store, { kind: 'pure', lane: 'A', payload: { x: 21 } });
+      const once = { kind: 'pure', lane: 'A', payload: { x: 21 }, idempotencyKey: 'once' };
+      const used = await engine.enqueue(store, once);
       expect(begunAtSend).toEqual([1]);
       expect(used.job.status).toBe('running');
       expect(await waitDone(used.job.id)).toMatchObject({
@@ -614,6 +615,14 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       });
       expect(calls).toHaveLength(1);
       expect(await early('used')).toBe(1);
+      // Nothing starts for a replayed key, nor for a job the enqueue refuses before its
+      // statement.
+      expect((await engine.enqueue(store, once)).created).toBe(false);
+      await expect(
+        engine.enqueue(store, { kind: 'pure', payload: { x: 1 }, maxAttempts: 0 }),
+      ).rejects.toMatchObject({ code: 'invalid_request' });
+      expect(calls).toHaveLength(1);
+      expect(begunAtSend).toEqual([1]);
 
       // The lane's head is pending elsewhere (not due for a minute): the statement does not
       // claim the job, so its early compute is aborted and dropped; the job computes afresh
