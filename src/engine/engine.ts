@@ -1,6 +1,6 @@
 import { hostname } from 'node:os';
 
-import { ErrorCode, MnemoError } from '../core/errors.ts';
+import { ErrorCode, isMnemoError, MnemoError } from '../core/errors.ts';
 import { createId } from '../core/ids.ts';
 import { type Logger, silentLogger } from '../core/logger.ts';
 import { runTransactionWithRetries } from '../store/retry.ts';
@@ -323,13 +323,15 @@ export function createEngine(deps: {
           5,
         );
       } catch (err) {
-        worker?.unreserve(early);
+        // queue_full after the statement was sent: the lane is over its limit.
+        const laneFull = early !== undefined && isMnemoError(err, ErrorCode.QueueFull);
+        worker?.unreserve(early, laneFull ? (spec.lane ?? null) : null, spec.tenantId);
         throw err;
       }
       if (out.claimed !== undefined && worker !== undefined) {
         worker.adopt(out.claimed, early);
       } else {
-        worker?.unreserve(early, out.created ? out.job : undefined);
+        worker?.unreserve(early, out.laneBusy === true ? out.job.lane : null, out.job.tenantId);
       }
       if (out.created) {
         metrics.enqueued.inc({ kind: spec.kind });

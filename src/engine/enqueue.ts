@@ -144,7 +144,7 @@ async function insertJobs(
   parentId: number | null,
   claim?: ClaimFor,
   syncCommit = true,
-): Promise<(JobRow & { timeout_ms: number | null })[]> {
+): Promise<(JobRow & { timeout_ms: number | null; ready: boolean })[]> {
   let total = await ctx.pendingTotal(q);
   if (total + jobs.length > ctx.maxPendingTotal) {
     total = await ctx.pendingTotal(q, true); // refuse on a fresh count only
@@ -154,6 +154,7 @@ async function insertJobs(
   }
   // The payload travels as text inside the JSON document and is cast back to jsonb.
   const records = jobs.map((job) => ({ ...job, payload: JSON.parse(job.payload) as unknown }));
+  const document = JSON.stringify(records); // before onInsert, whose compute may hold the payload
   const [single] = records;
   if (claim?.onInsert !== undefined && records.length === 1 && parentId === null && single) {
     claim.onInsert(single.payload);
@@ -168,7 +169,7 @@ async function insertJobs(
          from enqueue_jobs($1, $2::jsonb, $3, $4, $5, $6, $7::text[], $8) as j`,
       [
         tenantId,
-        JSON.stringify(records),
+        document,
         parentId,
         ctx.maxPendingPerLane,
         claim?.workerId ?? null,
@@ -249,7 +250,7 @@ export async function enqueueJob(
   ctx: EnqueueContext,
   spec: JobSpec,
   claim?: ClaimFor,
-): Promise<Enqueued & { claimed?: ClaimedRow }> {
+): Promise<Enqueued & { claimed?: ClaimedRow; laneBusy?: boolean }> {
   if (claim !== undefined && tx.inTransaction) {
     throw new MnemoError(ErrorCode.Internal, 'a job can be claimed at enqueue in autocommit only');
   }
@@ -268,7 +269,8 @@ export async function enqueueJob(
   const [row] = await insertJobs(tx, ctx, tenantId, [job], null, claim, spec.syncCommit !== false);
   if (row !== undefined) {
     if (row.status !== 'running') {
-      return { job: toJob(row), created: true };
+      // Not ready: the lane has an unfinished job before it.
+      return { job: toJob(row), created: true, laneBusy: row.lane !== null && !row.ready };
     }
     const claimed: ClaimedRow = {
       id: row.id,

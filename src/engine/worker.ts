@@ -412,23 +412,16 @@ export class Worker {
   }
 
   /**
-   * Gives back a reserved slot the enqueue did not use, dropping its early compute. `queued`:
-   * the job the enqueue wrote instead, not claimed; if it was due, of a kind this worker runs,
-   * its lane was busy.
+   * Gives back a reserved slot the enqueue did not use, dropping its early compute. `busyLane`:
+   * a lane the enqueue found busy (its job queued behind another, or the lane over its
+   * limit), of `tenantId` (default 'default').
    */
-  unreserve(early?: EarlyCompute, queued?: Job): void {
+  unreserve(early?: EarlyCompute, busyLane: string | null = null, tenantId = 'default'): void {
     this.#claiming -= 1;
     this.#reserved -= 1;
     this.#enqueueDone(early);
-    if (
-      queued !== undefined &&
-      queued.lane !== null &&
-      queued.status === 'pending' &&
-      queued.parentId === null &&
-      this.#kinds.includes(queued.kind) &&
-      queued.runAt.getTime() <= Date.now()
-    ) {
-      const key = laneKey(queued.tenantId, queued.lane);
+    if (busyLane !== null) {
+      const key = laneKey(tenantId, busyLane);
       this.#busyLanes.delete(key); // to the end of the map's order
       this.#busyLanes.set(key, performance.now() + BUSY_LANE_MEMORY_MS);
       if (this.#busyLanes.size > BUSY_LANES_KEPT) {

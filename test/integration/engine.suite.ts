@@ -623,6 +623,12 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       ).rejects.toMatchObject({ code: 'invalid_request' });
       expect(calls).toHaveLength(1);
       expect(begunAtSend).toEqual([1]);
+      // Once the worker is done with the lane's job, the lane's next job starts early too.
+      await eventually(() => worker.activeCount === 0);
+      const next = await engine.enqueue(store, { kind: 'pure', lane: 'A', payload: { x: 3 } });
+      expect(begunAtSend).toEqual([1, 2]);
+      expect(await waitDone(next.job.id)).toMatchObject({ status: 'succeeded', result: 6 });
+      expect(await early('used')).toBe(2);
 
       // The lane's head is pending elsewhere (not due for a minute): the statement does not
       // claim the job, so its early compute is aborted and dropped; the job computes afresh
@@ -634,18 +640,18 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       });
       const queued = await engine.enqueue(store, { kind: 'pure', lane: 'B', payload: { x: 5 } });
       expect(queued.job.status).toBe('pending');
-      expect(calls).toHaveLength(2);
-      expect(calls[1]?.signal.aborted).toBe(true);
+      expect(calls).toHaveLength(3);
+      expect(calls[2]?.signal.aborted).toBe(true);
       expect(await early('dropped')).toBe(1);
       // The worker remembers the lane busy: the next job of it starts nothing early.
       const again = await engine.enqueue(store, { kind: 'pure', lane: 'B', payload: { x: 6 } });
       expect(again.job.status).toBe('pending');
-      expect(calls).toHaveLength(2);
+      expect(calls).toHaveLength(3);
       await engine.cancel('default', blocker.job.id);
       expect(await waitDone(queued.job.id)).toMatchObject({ status: 'succeeded', result: 10 });
       expect(await waitDone(again.job.id)).toMatchObject({ status: 'succeeded', result: 12 });
-      expect(calls).toHaveLength(4);
-      expect(calls.slice(2).map((c) => c.signal.aborted)).toEqual([false, false]);
+      expect(calls).toHaveLength(5);
+      expect(calls.slice(3).map((c) => c.signal.aborted)).toEqual([false, false]);
 
       // Two jobs of a fresh lane enqueued at once: only one of them can be claimed by its
       // statement, so only the first starts early.
@@ -654,14 +660,14 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
         engine.enqueue(store, { kind: 'pure', lane: 'D', payload: { x: 7 } }),
         engine.enqueue(store, { kind: 'pure', lane: 'D', payload: { x: 8 } }),
       ]);
-      expect(begunAtSend.slice(sent)).toEqual([5, 5]);
+      expect(begunAtSend.slice(sent)).toEqual([6, 6]);
       expect(await waitDone(d1.job.id)).toMatchObject({ status: 'succeeded', result: 14 });
       expect(await waitDone(d2.job.id)).toMatchObject({ status: 'succeeded', result: 16 });
       // On PostgreSQL the second statement may take the lane first: the early compute is then
       // dropped and its job computed again.
       const droppedD = (await early('dropped')) - 1;
-      expect((await early('used')) - 1 + droppedD).toBe(1);
-      expect(calls).toHaveLength(6 + droppedD);
+      expect((await early('used')) - 2 + droppedD).toBe(1);
+      expect(calls).toHaveLength(7 + droppedD);
 
       // This worker runs the lane's head: a job queued behind it is not computed early.
       const computed = calls.length;
@@ -682,7 +688,34 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       expect(await early('dropped')).toBe(counted.dropped);
     });
 
-    it('starts no compute early with earlyCompute off, nor for a kind with a plain compute', async () => {
+    it('drops the early compute of a job refused by its lane limit, and starts none for that lane again soon', async () => {
+      const calls: AbortSignal[] = [];
+      const strict = createEngine({ store, options: { maxPendingPerLane: 1 } });
+      strict.register<{ x: number }, number>('pure', {
+        pureCompute: (ctx) => {
+          calls.push(ctx.signal);
+          return Promise.resolve(ctx.payload.x);
+        },
+      });
+      strict.register('blocker', {});
+      await strict.startWorker({ concurrency: 2, prefetch: 0 });
+      try {
+        // The lane's one place is taken by a job due in a minute.
+        await store.transaction((tx) =>
+          strict.enqueue(tx, { kind: 'blocker', lane: 'F', runAt: new Date(Date.now() + 60_000) }),
+        );
+        const refused = () => strict.enqueue(store, { kind: 'pure', lane: 'F', payload: { x: 1 } });
+        await expect(refused()).rejects.toMatchObject({ code: 'queue_full' });
+        expect(calls).toHaveLength(1);
+        expect(calls[0]?.aborted).toBe(true);
+        await expect(refused()).rejects.toMatchObject({ code: 'queue_full' });
+        expect(calls).toHaveLength(1);
+      } finally {
+        await strict.stop();
+      }
+    });
+
+    it('starts no compute early for a kind with a plain compute, nor with earlyCompute off', async () => {
       const begun: string[] = [];
       engine.register<{ x: number }, number>('pure', {
         pureCompute: () => Promise.resolve(begun.push('pure')),
@@ -696,14 +729,19 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
         }
         return query(sql, params);
       }) as Store['query'];
+      // Early computes on: a plain compute still starts only once its job is claimed.
+      const on = await engine.startWorker({ concurrency: 1, prefetch: 0 });
+      const plain = await engine.enqueue(store, { kind: 'plain' });
+      expect(plain.job.status).toBe('running');
+      expect((await waitDone(plain.job.id)).status).toBe('succeeded');
+      await on.stop();
+      // Off: a pure compute waits for the claim as well.
       await engine.startWorker({ concurrency: 1, prefetch: 0, earlyCompute: false });
       const pure = await engine.enqueue(store, { kind: 'pure', payload: { x: 1 } });
       expect(pure.job.status).toBe('running'); // claimed at enqueue all the same
       expect((await waitDone(pure.job.id)).status).toBe('succeeded');
-      const plain = await engine.enqueue(store, { kind: 'plain' });
-      expect((await waitDone(plain.job.id)).status).toBe('succeeded');
       expect(begunAtSend).toEqual([0, 1]);
-      expect(begun).toEqual(['pure', 'plain']);
+      expect(begun).toEqual(['plain', 'pure']);
       expect(() =>
         engine.register('both', {
           compute: () => Promise.resolve(1),
