@@ -130,8 +130,8 @@ type CompletionMode = 'fused' | 'fast' | 'checked' | 'isolated';
 type Outcome = { ok: true; computed: unknown } | { ok: false; error: Error; release?: boolean };
 
 /**
- * How long a lane an enqueue of this process found busy (its job queued behind another) gets
- * no early compute, unless an enqueue finds it free again first.
+ * How long a lane an enqueue of this process found busy (its job queued behind another, or the
+ * lane over its limit) gets no early compute, unless an enqueue finds it free again first.
  */
 const BUSY_LANE_MEMORY_MS = 10_000;
 /** Lanes remembered busy at most (the oldest are forgotten first). */
