@@ -123,6 +123,18 @@ export function ingestSuite(setup: IngestSetup): void {
         expect(ops.map((o) => o['result']['summary']['turn_count'])).toEqual(
           Array.from({ length: 90 }, (_, i) => i + 1),
         );
+        // Extractions started early and dropped (the user's lane busy in another process)
+        // are the only model calls beyond one per ingest, and few: each process starts one
+        // per lane at a time and none for 10 s after it found the lane busy.
+        let dropped = 0;
+        for (const url of group.urls) {
+          const text = await (await fetch(`${url}/metrics`)).text();
+          const line = /mnemo_jobs_early_computes_total\{[^}]*outcome="dropped"\} (\d+)/.exec(text);
+          dropped += Number(line?.[1] ?? 0);
+        }
+        expect(llm.requests.length).toBeGreaterThanOrEqual(90);
+        expect(llm.requests.length).toBeLessThanOrEqual(90 + dropped);
+        expect(dropped).toBeLessThanOrEqual(3 * setup.servers);
       });
 
       it('stores an event sent by two sources at once once, reporting it added to one and duplicate to the other', async () => {
