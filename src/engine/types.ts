@@ -149,13 +149,14 @@ export interface JobHandler<P = unknown, C = unknown> {
    * `compute` for work whose result depends on the job's input alone (an extractor's): not
    * with `compute`. Such a compute may start before its job is stored. When an enqueue
    * outside a transaction reserves a slot of this process's worker (to claim the job in the
-   * same statement), the compute starts while that statement is in flight, and the job runs
-   * with its result if the statement claimed it; otherwise it is aborted and dropped
-   * (`mnemo_jobs_early_computes_total`). A waited job's latency then loses the enqueue's
-   * round trip. The compute may thus begin, one round trip before the job's `started_at`,
-   * while the lane's previous job is still finishing: it reads nothing, so it cannot see that
-   * job's writes half done; the applies still run one at a time in lane order. Started
-   * otherwise like `compute` (attempt, timeout, abort).
+   * same statement), the compute starts as that statement is sent, and the job runs with its
+   * result if the statement claimed it; otherwise it is aborted and dropped
+   * (`mnemo_jobs_early_computes_total`; the worker starts none for a lane it knows busy). A
+   * waited job's latency then loses the enqueue's round trip. The compute may thus begin
+   * while the lane's previous job is still finishing (by up to the statement's duration): it
+   * reads nothing, so it cannot see that job's writes half done; the applies still run one
+   * at a time in lane order. Otherwise like `compute` (attempt, abort; its time limit counts
+   * from the early start). See docs/engine.md, "Early computes".
    */
   pureCompute?: (ctx: InputContext<P>) => Promise<C>;
   /**
