@@ -29,6 +29,18 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       store.transaction((tx) => engine.enqueue(tx, spec));
     const waitDone = (id: number, timeoutMs = 20_000) =>
       engine.waitFor('default', id, { timeoutMs });
+    /** What `count()` said each time an enqueue statement was sent (how many computes had begun). */
+    const countAtEnqueue = (count: () => number): number[] => {
+      const seen: number[] = [];
+      const query = store.query.bind(store);
+      store.query = ((sql: string, params?: unknown[]) => {
+        if (sql.includes('enqueue_jobs(')) {
+          seen.push(count());
+        }
+        return query(sql, params);
+      }) as Store['query'];
+      return seen;
+    };
 
     it('runs a job through compute and apply and records the result', async () => {
       engine.register<{ x: number }, number>('double', {
@@ -587,15 +599,7 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
         },
       });
       engine.register('blocker', {});
-      // How many computes had begun when each enqueue statement was sent.
-      const begunAtSend: number[] = [];
-      const query = store.query.bind(store);
-      store.query = ((sql: string, params?: unknown[]) => {
-        if (sql.includes('enqueue_jobs(')) {
-          begunAtSend.push(calls.length);
-        }
-        return query(sql, params);
-      }) as Store['query'];
+      const begunAtSend = countAtEnqueue(() => calls.length);
       const worker = await engine.startWorker({ concurrency: 2, prefetch: 0 });
       const early = async (outcome: 'used' | 'dropped') =>
         (await engine.metrics.earlyComputes.get()).values.find(
@@ -721,14 +725,7 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
         pureCompute: () => Promise.resolve(begun.push('pure')),
       });
       engine.register('plain', { compute: () => Promise.resolve(begun.push('plain')) });
-      const begunAtSend: number[] = [];
-      const query = store.query.bind(store);
-      store.query = ((sql: string, params?: unknown[]) => {
-        if (sql.includes('enqueue_jobs(')) {
-          begunAtSend.push(begun.length);
-        }
-        return query(sql, params);
-      }) as Store['query'];
+      const begunAtSend = countAtEnqueue(() => begun.length);
       // Early computes on: a plain compute still starts only once its job is claimed.
       const on = await engine.startWorker({ concurrency: 1, prefetch: 0 });
       const plain = await engine.enqueue(store, { kind: 'plain' });
