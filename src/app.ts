@@ -259,13 +259,14 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
   // Every waiting request listens on it for as long as it waits: no limit to warn about.
   setMaxListeners(0, waitsEnded.signal);
   const extractor = options.extractor ?? chooseExtractor(config);
-  registerMemoryJobs(engine, extractor, {
+  // Every kind of operation the API starts is kept this long once finished, or for good.
+  const retainMs =
+    config.operationRetentionHours > 0 ? config.operationRetentionHours * 3_600_000 : undefined;
+  registerMemoryJobs(engine, extractor, { timeoutMs: config.llmTimeoutMs * 2, retainMs });
+  registerSessionJobs(engine, store, extractor, {
     timeoutMs: config.llmTimeoutMs * 2,
-    ...(config.operationRetentionHours > 0 && {
-      retainMs: config.operationRetentionHours * 3_600_000,
-    }),
+    retainMs,
   });
-  registerSessionJobs(engine, store, extractor, { timeoutMs: config.llmTimeoutMs * 2 });
   const transcriber =
     options.transcriber ??
     (config.sttBaseUrl === undefined
@@ -279,6 +280,7 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
   const syncSettings = {
     audioRetentionMs: config.audioRetentionS * 1000,
     timeoutMs: Math.max(config.sttTimeoutMs, config.llmTimeoutMs) * 2,
+    retainMs,
   };
   registerSyncJobs(engine, store, extractor, transcriber, syncSettings);
 

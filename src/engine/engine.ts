@@ -25,6 +25,7 @@ import {
   type JobFilter,
   type JobHandler,
   type JobSpec,
+  type Retention,
   TERMINAL_STATUSES,
 } from './types.ts';
 import { CompletionWaiter } from './waiter.ts';
@@ -78,10 +79,11 @@ export interface Engine {
    * Keeps finished jobs of `kind` without a parent for `ms` after they finish, then deletes
    * them with their children: each worker sweeps them (see `WorkerOptions.sweepIntervalMs`).
    * Kinds not named here are kept for good. Call before starting workers.
+   * `beforeDelete` runs in the deleting transaction first (see {@link Retention}).
    * @throws MnemoError `invalid_config` (`ms` not a whole number of 1 or more), `internal` (a
    *   worker has started)
    */
-  retain(kind: string, ms: number): void;
+  retain(kind: string, ms: number, options?: Pick<Retention, 'beforeDelete'>): void;
   /**
    * Writes a job in one statement: inside the caller's transaction (it exists iff that
    * commits; wake-ups go out then), or on the store itself in autocommit.
@@ -161,7 +163,7 @@ export function createEngine(deps: {
   const defaultTimeoutMs = options.defaultTimeoutMs ?? 60_000;
   const defaultMaxAttempts = options.defaultMaxAttempts ?? 3;
   const handlers = new Map<string, JobHandler>();
-  const retention = new Map<string, number>();
+  const retention = new Map<string, Retention>();
   const metrics = createEngineMetrics(store);
   const channels: Channels = {
     jobs: `${store.schema}_jobs`,
@@ -275,7 +277,7 @@ export function createEngine(deps: {
       }
       handlers.set(kind, handler as JobHandler);
     },
-    retain(kind, ms) {
+    retain(kind, ms, options = {}) {
       if (!Number.isSafeInteger(ms) || ms < 1) {
         throw new MnemoError(
           ErrorCode.InvalidConfig,
@@ -286,7 +288,7 @@ export function createEngine(deps: {
         // A worker started before the first retained kind has no sweep.
         throw new MnemoError(ErrorCode.Internal, 'retain job kinds before starting workers');
       }
-      retention.set(kind, ms);
+      retention.set(kind, { ms, beforeDelete: options.beforeDelete });
     },
     async enqueue(tx, spec) {
       if (tx.inTransaction) {

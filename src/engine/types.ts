@@ -212,3 +212,15 @@ export interface JobFilter {
   beforeId?: number | undefined;
   limit: number;
 }
+
+/** How long finished jobs of a kind are kept, and what outlives them ({@link Engine.retain}). */
+export interface Retention {
+  /** Kept this long (ms) after they finish. */
+  ms: number;
+  /**
+   * Runs in the transaction that deletes them, after it has locked them and before they (and
+   * their children) go, with their ids: what another table reads from them is copied here.
+   * If it throws, they stay for the next sweep.
+   */
+  beforeDelete?: ((tx: Queryable, ids: readonly number[]) => Promise<void>) | undefined;
+}

@@ -31,6 +31,7 @@ import {
   type JobHandler,
   type JobSpec,
   type JobStatus,
+  type Retention,
 } from './types.ts';
 
 /** How a worker runs. */
@@ -76,8 +77,8 @@ export interface WorkerOptions {
 export interface WorkerDeps {
   store: Store;
   handlers: ReadonlyMap<string, JobHandler>;
-  /** How long finished jobs of a kind are kept (ms); kinds not in it are kept for good. */
-  retention?: ReadonlyMap<string, number>;
+  /** How long finished jobs of a kind are kept; kinds not in it are kept for good. */
+  retention?: ReadonlyMap<string, Retention>;
   metrics: EngineMetrics;
   logger: Logger;
   channels: Channels;
@@ -296,19 +297,19 @@ export class Worker {
 
   async #sweep(): Promise<number> {
     let total = 0;
-    const retention = this.#deps.retention ?? new Map<string, number>();
+    const retention = this.#deps.retention ?? new Map<string, Retention>();
     // Statements of SWEEP_BATCH jobs, each its own transaction, for at most SWEEP_BUDGET_MS a
     // round shared by the kinds (a kind with a backlog must not hold the others back): a
     // larger backlog (the first sweep of an old table) goes over the next rounds, and on
     // PGlite, whose one connection every query shares, other queries run in between.
     const share = SWEEP_BUDGET_MS / Math.max(1, retention.size);
-    for (const [kind, ms] of retention) {
+    for (const [kind, kept] of retention) {
       const until = Date.now() + share;
       for (;;) {
         if (this.#stopController.signal.aborted) {
           return total;
         }
-        const n = await deleteFinished(this.#deps.store, kind, ms, SWEEP_BATCH);
+        const n = await deleteFinished(this.#deps.store, kind, kept, SWEEP_BATCH);
         if (n > 0) {
           this.#deps.metrics.swept.inc({ kind }, n);
           total += n;

@@ -132,7 +132,7 @@ export const REDACT_USER_JOBS = `with mine as (
 export function registerMemoryJobs(
   engine: Engine,
   extractor: Extractor,
-  options: { timeoutMs?: number; retainMs?: number } = {},
+  options: { timeoutMs?: number; retainMs?: number | undefined } = {},
 ): void {
   if (options.retainMs !== undefined) {
     for (const kind of [MemoryJob.Ingest, MemoryJob.BatchIngest, MemoryJob.DeleteUser]) {

@@ -267,7 +267,9 @@ export async function commitSession(
     }
     const job = await engine.getJob(tenantId, archive.operation_id);
     if (job === undefined) {
-      throw new MnemoError(ErrorCode.Internal, 'an archive lost its operation');
+      // The retention sweep deleted the operation between the two reads; it freed the key in
+      // the same transaction, so the key now starts a new commit.
+      return undefined;
     }
     return {
       status: 'committed',
@@ -369,9 +371,11 @@ export async function readSession(
          where m.tenant_id = s.tenant_id and m.session_id = s.id and m.archive_index is null)::int
          as live_count,
        (select coalesce(json_agg(json_build_object('index', a.archive_index,
-            'message_count', a.message_count, 'summary', a.summary, 'status', j.status,
+            'message_count', a.message_count, 'summary', a.summary, 'status', coalesce(j.status, a.status),
             'operation_id', a.operation_id) order by a.archive_index), '[]'::json)
-          from session_archives a join jobs j on j.id = a.operation_id and j.tenant_id = a.tenant_id
+          -- An operation deleted by the retention sweep left its final status in the archive.
+          from session_archives a
+          left join jobs j on j.id = a.operation_id and j.tenant_id = a.tenant_id
          where a.tenant_id = s.tenant_id and a.session_id = s.id) as archives
        from sessions s where s.tenant_id = $1 and s.id = $2`,
     [tenantId, sessionId],
@@ -386,13 +390,34 @@ export async function readSession(
   };
 }
 
-/** Registers commit phase 2 with the engine. */
+/**
+ * Registers commit phase 2 with the engine. With `retainMs`, a commit's operation is deleted
+ * that long after it finishes: its archive keeps the final status, and its idempotency key
+ * is free again, as an ingest's is.
+ */
 export function registerSessionJobs(
   engine: Engine,
   store: Store,
   extractor: Extractor,
-  options: { timeoutMs?: number } = {},
+  options: { timeoutMs?: number; retainMs?: number | undefined } = {},
 ): void {
+  if (options.retainMs !== undefined) {
+    engine.retain(SessionJob.Commit, options.retainMs, {
+      beforeDelete: async (tx, ids) => {
+        // By the archive's key (the payload names it) and its operation: a session deleted
+        // and created again may hold another archive of the same index.
+        await tx.query(
+          `update session_archives a set status = j.status, request_key = null
+             from jobs j
+            where j.id = any($1::bigint[]) and a.tenant_id = j.tenant_id
+              and a.session_id = j.payload ->> 'session_id'
+              and a.archive_index = (j.payload ->> 'archive_index')::integer
+              and a.operation_id = j.id`,
+          [ids],
+        );
+      },
+    });
+  }
   engine.register<CommitPayload, Computed | null>(SessionJob.Commit, {
     timeoutMs: options.timeoutMs ?? 60_000,
     maxAttempts: 3,

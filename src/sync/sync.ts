@@ -57,6 +57,11 @@ export interface SyncSettings {
   audioRetentionMs: number;
   /** Transcription jobs' run limit. */
   timeoutMs: number;
+  /**
+   * Finished uploads (their operation with its segments' jobs) and audio deletions are
+   * deleted this long after they finish; kept for good without it.
+   */
+  retainMs?: number | undefined;
 }
 
 /** The result of a sync operation (API.md). */
@@ -733,6 +738,13 @@ export function registerSyncJobs(
   transcriber: Transcriber | undefined,
   settings: SyncSettings,
 ): void {
+  if (settings.retainMs !== undefined) {
+    // An upload's operation finishes after all its segments are past its cursor: nothing
+    // reads its jobs afterwards (the batch's counts and the segment ledger are rows of their
+    // own, and a segment id stays processed for the user).
+    engine.retain(SyncJob.Batch, settings.retainMs);
+    engine.retain(SyncJob.DeleteAudio, settings.retainMs);
+  }
   /** Records a segment's outcome and moves its batch's cursor (the user's lock inside). */
   async function settle(
     tx: Queryable,
@@ -901,13 +913,18 @@ export function registerSyncJobs(
   engine.register<AudioPayload, void>(SyncJob.DeleteAudio, {
     maxAttempts: 10,
     // Audio still waiting for its transcription is kept, and looked at again one retention
-    // delay later: deletion never beats the transcription.
+    // delay later: deletion never beats the transcription. A segment whose job ended without
+    // settling it (cancelled, failed by the reaper, or gone with its finished upload) waits
+    // for nothing.
     async apply(tx, _none, ctx) {
       const gone = await tx.query<{ id: number }>(
         `delete from sync_audio a where a.tenant_id = $1 and a.id = any($2::bigint[])
            and not exists (select 1 from sync_segments s
                             where s.audio_id = a.id and s.state = 'pending'
-                              and s.tenant_id = a.tenant_id and s.user_id = a.user_id)
+                              and s.tenant_id = a.tenant_id and s.user_id = a.user_id
+                              and exists (select 1 from jobs j
+                                           where j.id = s.job_id and j.tenant_id = s.tenant_id
+                                             and j.status in ('pending', 'running')))
          returning id::float8 as id`,
         [ctx.tenantId, ctx.payload.audio_ids],
       );

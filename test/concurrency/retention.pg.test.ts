@@ -53,7 +53,7 @@ describePg('retention sweeps at once (PostgreSQL)', () => {
     const sweepers = Array.from({ length: 6 }, async () => {
       let deleted = 0;
       for (;;) {
-        const n = await deleteFinished(store, 'swept', 3_600_000, 100);
+        const n = await deleteFinished(store, 'swept', { ms: 3_600_000 }, 100);
         deleted += n;
         if (n === 0) {
           return deleted;
@@ -78,9 +78,9 @@ describePg('retention sweeps at once (PostgreSQL)', () => {
     await other.query(`select id from jobs where id = $1 for update`, [ids[0]]);
     // Four deleted while the fifth is still held: the statement did not wait for it (with a
     // plain FOR UPDATE it would have, and given way after 100 ms with nothing deleted).
-    expect(await deleteFinished(store, 'swept', 3_600_000, 100)).toBe(4);
+    expect(await deleteFinished(store, 'swept', { ms: 3_600_000 }, 100)).toBe(4);
     await other.query('commit');
-    expect(await deleteFinished(store, 'swept', 3_600_000, 100)).toBe(1);
+    expect(await deleteFinished(store, 'swept', { ms: 3_600_000 }, 100)).toBe(1);
   });
 
   it('gives way to a transaction holding a child row, and deletes the batch once it is gone', async () => {
@@ -100,10 +100,10 @@ describePg('retention sweeps at once (PostgreSQL)', () => {
       [parent],
     );
     // Returns while the other transaction still holds its row: it did not wait for it.
-    expect(await deleteFinished(store, 'swept', 3_600_000, 100)).toBe(0);
+    expect(await deleteFinished(store, 'swept', { ms: 3_600_000 }, 100)).toBe(0);
     expect((await store.query('select id from jobs where id = $1', [parent])).length).toBe(1);
     await other.query('commit');
-    expect(await deleteFinished(store, 'swept', 3_600_000, 100)).toBe(1);
+    expect(await deleteFinished(store, 'swept', { ms: 3_600_000 }, 100)).toBe(1);
     expect(await store.query('select id from jobs')).toEqual([]);
   });
 });

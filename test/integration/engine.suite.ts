@@ -1100,6 +1100,39 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       expect(metrics).toContain('mnemo_jobs_swept_total{kind="batch"} 1');
     });
 
+    it('runs beforeDelete in the deleting transaction with the ids, and deletes nothing when it throws', async () => {
+      engine.register('noop', {});
+      const seen: number[][] = [];
+      let refuse = true;
+      engine.retain('noop', 60_000, {
+        beforeDelete: async (tx, ids) => {
+          // The rows are there still, and held by this transaction.
+          const held = await tx.query<{ id: number }>(
+            'select id from jobs where id = any($1::bigint[]) order by id',
+            [ids],
+          );
+          seen.push(held.map((r) => r.id));
+          expect(tx.inTransaction).toBe(true);
+          if (refuse) {
+            throw new Error('not now');
+          }
+        },
+      });
+      const worker = await engine.startWorker({ sweepIntervalMs: 0 });
+      const jobs = await Promise.all([0, 1].map(() => engine.enqueue(store, { kind: 'noop' })));
+      const ids = jobs.map((j) => j.job.id).sort((a, b) => a - b);
+      for (const id of ids) {
+        await waitDone(id);
+      }
+      await store.query(`update jobs set finished_at = finished_at - interval '2 minutes'`);
+      await expect(worker.sweep()).rejects.toThrow('not now');
+      expect((await store.query('select id from jobs')).length).toBe(2);
+      refuse = false;
+      expect(await worker.sweep()).toBe(2);
+      expect(seen).toEqual([ids, ids]);
+      expect((await store.query('select id from jobs')).length).toBe(0);
+    });
+
     it('sweeps on its own every sweepIntervalMs', async () => {
       engine.register('noop', {});
       engine.retain('noop', 1);

@@ -510,7 +510,7 @@ export function httpSuite(kind: 'pglite' | 'postgres'): void {
   });
 
   describe(`HTTP API with operation retention (${kind})`, () => {
-    it('deletes operations past MNEMO_OPERATION_RETENTION_HOURS, batches with their items, and keeps the memories', async () => {
+    it('deletes operations of every kind past MNEMO_OPERATION_RETENTION_HOURS, with their children, and keeps what they wrote', async () => {
       const h = await openHttp(kind, 'http:retention', {
         env: { MNEMO_OPERATION_RETENTION_HOURS: '1' },
         worker: false,
@@ -524,36 +524,86 @@ export function httpSuite(kind: 'pglite' | 'postgres'): void {
           items: [{ user_query: 'I like rain.' }, { user_query: 'I like snow.' }],
           wait: true,
         });
-        expect([first.body['status'], batch.body['status']]).toEqual(['succeeded', 'succeeded']);
+        await h.call('POST', '/v1/sessions/s1/messages', {
+          user_id: 'r1',
+          messages: [{ role: 'user', content: 'I like hail.' }],
+        });
+        const commitBody = { idempotency_key: 'commit-1' };
+        const commit = await h.call('POST', '/v1/sessions/s1/commit', commitBody);
+        const segment = {
+          id: 'seg-1',
+          started_at: '2026-06-01T10:00:00.000Z',
+          ended_at: '2026-06-01T10:00:05.000Z',
+          transcript: 'I like sleet.',
+        };
+        const upload = await h.call('POST', '/v1/sync', {
+          user_id: 'r1',
+          segments: [segment],
+          wait: true,
+        });
+        expect([
+          first.body['status'],
+          batch.body['status'],
+          commit.body['operation']['status'],
+          upload.body['status'],
+        ]).toEqual(['succeeded', 'succeeded', 'succeeded', 'succeeded']);
         const recent = await h.call('POST', '/v1/memory/ingest', {
           user_id: 'r1',
           user_query: 'I like fog.',
         });
         expect(await worker.sweep()).toBe(0); // all within the hour
-        // The first two finished two hours ago.
+        // All but the last finished two hours ago.
         await h.mnemo.store.query(
           `update jobs set finished_at = finished_at - interval '2 hours' where id <> $1`,
           [Number((recent.body['id'] as string).slice(3))],
         );
-        expect(await worker.sweep()).toBe(2);
-        for (const id of [first.body['id'], batch.body['id']] as string[]) {
+        expect(await worker.sweep()).toBe(4);
+        const commitId = commit.body['operation']['id'];
+        for (const id of [first.body['id'], batch.body['id'], commitId, upload.body['id']]) {
           const gone = await h.call('GET', `/v1/operations/${id}`);
           expect(gone.status).toBe(404);
           expect(gone.body).toMatchObject({ error: { code: 'not_found' } });
         }
         expect((await h.call('GET', `/v1/operations/${recent.body['id']}`)).status).toBe(200);
+        // The batch's items and the upload's segment jobs went with their parents.
         expect(
           (await h.mnemo.store.query<{ n: number }>('select count(*)::int as n from jobs'))[0]?.n,
         ).toBe(1);
-        // What the operations wrote stays; their idempotency key is free again.
+        // What the operations wrote stays: memories, the archive with its status, the
+        // conversation.
         expect((await h.call('GET', '/v1/users/r1/profile')).body['summary']).toMatchObject({
-          turn_count: 4,
+          turn_count: 5,
         });
+        expect((await h.call('GET', '/v1/sessions/s1')).body).toMatchObject({
+          live_count: 0,
+          archives: [{ index: 1, message_count: 1, status: 'succeeded' }],
+        });
+        expect((await h.call('GET', '/v1/users/r1/conversations')).body['items']).toEqual([
+          expect.objectContaining({ segment_ids: ['seg-1'] }),
+        ]);
+        // Their idempotency keys are free again; a segment stays processed for its user.
         const again = await h.call('POST', '/v1/memory/ingest', body);
         expect(again.body['id']).not.toBe(first.body['id']);
+        expect((await h.call('POST', '/v1/sessions/s1/commit', commitBody)).body).toEqual({
+          status: 'nothing_to_commit',
+        });
+        const resent = await h.call('POST', '/v1/sync', {
+          user_id: 'r1',
+          segments: [segment],
+          wait: true,
+        });
+        expect(resent.body['result']).toMatchObject({
+          segments: { assigned: 0, duplicate: 1 },
+        });
         const metrics = await h.call('GET', '/metrics');
-        expect(metrics.body).toContain('mnemo_jobs_swept_total{kind="memory.ingest"} 1');
-        expect(metrics.body).toContain('mnemo_jobs_swept_total{kind="memory.batch_ingest"} 1');
+        for (const swept of [
+          'memory.ingest',
+          'memory.batch_ingest',
+          'session.commit',
+          'sync.batch',
+        ]) {
+          expect(metrics.body).toContain(`mnemo_jobs_swept_total{kind="${swept}"} 1`);
+        }
       } finally {
         await h.dispose();
       }

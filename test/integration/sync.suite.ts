@@ -268,6 +268,36 @@ export function syncSuite(kind: 'pglite' | 'postgres'): void {
       ).toBe(1);
     });
 
+    it('deletes the audio of a cancelled upload, whose segments wait for nothing', async () => {
+      const idle = await openHttp(kind, 'sync:cancelled-audio', {
+        env: { MNEMO_STT_BASE_URL: stt.url, MNEMO_AUDIO_RETENTION_S: '1' },
+        worker: false,
+      });
+      try {
+        const wav = speechWav(400);
+        const res = await idle.call('POST', '/v1/sync', {
+          user_id: 'u7',
+          segments: [{ id: 'c', started_at: at(0), ended_at: at(3), audio_wav_base64: b64(wav) }],
+        });
+        const cancelled = await idle.call('POST', `/v1/operations/${res.body['id']}/cancel`);
+        expect(cancelled.body['status']).toBe('cancelled');
+        await idle.mnemo.startWorker({ pollIntervalMs: 100 });
+        const deletions = async () =>
+          idle.mnemo.store.query<{ result: unknown }>(
+            `select result from jobs where kind = 'sync.delete_audio' and status = 'succeeded'`,
+          );
+        await eventually(async () => (await deletions()).length > 0, 20_000);
+        expect((await deletions()).map((d) => d.result)).toEqual([{ deleted: 1, kept: 0 }]);
+        expect(
+          (
+            await idle.mnemo.store.query<{ n: number }>('select count(*)::int as n from sync_audio')
+          )[0]?.n,
+        ).toBe(0);
+      } finally {
+        await idle.dispose();
+      }
+    });
+
     it('replays an upload by idempotency key and refuses the key for another upload', async () => {
       const body = {
         user_id: 'u6',
