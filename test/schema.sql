@@ -750,6 +750,8 @@ CREATE INDEX jobs_pending_idx ON mnemo.jobs USING btree (id) WHERE (status = 'pe
 
 CREATE INDEX jobs_tenant_created_idx ON mnemo.jobs USING btree (tenant_id, id);
 
+CREATE INDEX jobs_tenant_kind_idx ON mnemo.jobs USING btree (tenant_id, kind, id) WHERE ((parent_id IS NULL) AND (kind <> 'memory.ingest'::text));
+
 CREATE INDEX jobs_tenant_status_idx ON mnemo.jobs USING btree (tenant_id, status, id) WHERE (parent_id IS NULL);
 
 CREATE INDEX jobs_user_idx ON mnemo.jobs USING btree (tenant_id, ((payload ->> 'user_id'::text)), id) WHERE ((parent_id IS NULL) AND ((payload ->> 'user_id'::text) IS NOT NULL));

@@ -156,6 +156,51 @@ describePg('reads by index (PostgreSQL)', () => {
     await store.query(`update jobs set status = 'succeeded' where id = any($1::bigint[])`, [seen]);
   });
 
+  // A rare kind among 30,000 ingests: the page comes from the kind's index; a page of ingests,
+  // most operations, from the tenant's newest jobs.
+  it('lists operations of one kind through jobs_tenant_kind_idx, page by page', async () => {
+    await store.query(
+      `insert into jobs (tenant_id, kind, payload, status, finished_at)
+       select 'default', 'memory.delete_user', jsonb_build_object('user_id', 'gone' || i),
+              'succeeded', now()
+         from generate_series(1, 25) as i`,
+    );
+    // Newer than them: the ingests a walk from the newest would read first.
+    await store.query(
+      `insert into jobs (tenant_id, kind, payload, status, finished_at)
+       select 'default', 'memory.ingest', '{"user_id": "bob"}', 'succeeded', now()
+         from generate_series(1, 5000)`,
+    );
+    await store.query('analyze jobs');
+    const rare = listJobsQuery('default', { kind: 'memory.delete_user', limit: 11 });
+    const text = await plan(rare.text, rare.params);
+    expect(text).toContain('"Index Name":"jobs_tenant_kind_idx"');
+    expect(text).not.toContain('"Node Type":"Seq Scan"');
+    const common = listJobsQuery('default', { kind: 'memory.ingest', limit: 11 });
+    expect(await plan(common.text, common.params)).not.toContain('"Node Type":"Seq Scan"');
+    const seen: number[] = [];
+    let beforeId: number | undefined;
+    for (;;) {
+      const page = await engine.listJobs('default', {
+        kind: 'memory.delete_user',
+        beforeId,
+        limit: 7,
+      });
+      expect(page.every((job) => job.kind === 'memory.delete_user')).toBe(true);
+      seen.push(...page.map((job) => job.id));
+      if (page.length < 7) {
+        break;
+      }
+      beforeId = page[page.length - 1]?.id;
+    }
+    const expected = await store.query<{ id: number }>(
+      `select id from jobs where kind = 'memory.delete_user' and parent_id is null
+        order by id desc`,
+    );
+    expect(seen).toEqual(expected.map((row) => row.id));
+    expect(seen.length).toBeGreaterThanOrEqual(25);
+  });
+
   it('redacts a deleted user’s operations and their children by index, and only hers', async () => {
     const [last] = await store.query<{ id: number }>('select max(id)::int as id from jobs');
     const text = await plan(REDACT_USER_JOBS, ['default', 'alice', (last?.id ?? 0) + 1]);

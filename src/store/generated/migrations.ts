@@ -127,5 +127,11 @@ export const migrations: readonly Migration[] = [
     "name": "session_archive_status",
     "sql": "-- A session commit's operation may now be deleted by the retention sweep\n-- (MNEMO_OPERATION_RETENTION_HOURS), like the memory API's operations. An archive read its\n-- status from its operation (jobs.status) alone; the sweep copies that status here before the\n-- operation goes (src/sessions/sessions.ts), and reads take it from here once it is gone.\n-- Null while the operation exists.\nalter table session_archives add column status text\n  constraint session_archives_status_chk check (status in ('succeeded', 'failed', 'cancelled'));\n",
     "checksum": "b979fa661754e7b7a6e4f182265a2644b5b4d78071b629a3f6b3223ab3facb80"
+  },
+  {
+    "id": 22,
+    "name": "operations_by_kind",
+    "sql": "-- Operations by kind: `GET /v1/operations?kind=session.commit` without a user read the tenant's\n-- operations from the newest until it had a page of that kind, so a rare kind (a few user\n-- deletions or session commits among millions of ingests) read them all. This index gives the\n-- page directly.\n--\n-- Ingests stay out of it: they are most operations, so a page of them is found at once by\n-- walking the tenant's newest jobs (jobs_tenant_created_idx), and the hottest insert writes no\n-- entry here. Engine.listJobs plans each call for its values (planEachCall), so `kind = $x`\n-- with any other kind proves the predicate.\n--\n-- Building it locks jobs against writes for as long as it takes: on a large table, create it\n-- beforehand with `create index concurrently` under the same name and definition.\ncreate index if not exists jobs_tenant_kind_idx on jobs (tenant_id, kind, id)\n  where parent_id is null and kind <> 'memory.ingest';\n",
+    "checksum": "ae3f304c2df4e2bb5ee3ec11a598ffc12164799f907164de712c2105c28aaa7c"
   }
 ];
