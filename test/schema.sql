@@ -509,8 +509,7 @@ CREATE TABLE mnemo.session_archives (
     request_key text,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     summarized_at timestamp with time zone,
-    status text,
-    CONSTRAINT session_archives_status_chk CHECK ((status = ANY (ARRAY['succeeded'::text, 'failed'::text, 'cancelled'::text])))
+    status text
 );
 
 CREATE TABLE mnemo.session_messages (

@@ -273,11 +273,8 @@ export class Worker {
       );
     }
     if (this.#sweepMs > 0 && (this.#deps.retention?.size ?? 0) > 0) {
-      this.#sweepTimer = setInterval(() => {
-        this.sweep().catch((err: unknown) => {
-          this.#deps.logger.warn({ err }, 'deleting finished jobs past their retention failed');
-        });
-      }, this.#sweepMs);
+      // sweep() logs a kind's failure itself and goes on with the next.
+      this.#sweepTimer = setInterval(() => void this.sweep(), this.#sweepMs);
     }
     this.#loop = this.#claimLoop();
   }
@@ -285,7 +282,8 @@ export class Worker {
   /**
    * Deletes the finished jobs whose retention is over (see `Engine.retain`), with their
    * children, a bounded number a round; returns how many (children not counted). One sweep
-   * at a time in a worker; sweeps of several workers skip each other's rows.
+   * at a time in a worker; sweeps of several workers skip each other's rows. A kind whose
+   * statement fails is logged and left until the next round; the others are swept.
    */
   sweep(): Promise<number> {
     if (this.#stopController.signal.aborted) {
@@ -305,18 +303,24 @@ export class Worker {
     const share = SWEEP_BUDGET_MS / Math.max(1, retention.size);
     for (const [kind, kept] of retention) {
       const until = Date.now() + share;
-      for (;;) {
-        if (this.#stopController.signal.aborted) {
-          return total;
+      try {
+        for (;;) {
+          if (this.#stopController.signal.aborted) {
+            return total;
+          }
+          const n = await deleteFinished(this.#deps.store, kind, kept, SWEEP_BATCH);
+          if (n > 0) {
+            this.#deps.metrics.swept.inc({ kind }, n);
+            total += n;
+          }
+          if (n < SWEEP_BATCH || Date.now() >= until) {
+            break;
+          }
         }
-        const n = await deleteFinished(this.#deps.store, kind, kept, SWEEP_BATCH);
-        if (n > 0) {
-          this.#deps.metrics.swept.inc({ kind }, n);
-          total += n;
-        }
-        if (n < SWEEP_BATCH || Date.now() >= until) {
-          break;
-        }
+      } catch (err) {
+        // One kind failing (its beforeDelete, say) holds the others back no longer than
+        // its statement took; it is tried again next round.
+        this.#deps.logger.warn({ err, kind }, 'deleting finished jobs past their retention failed');
       }
     }
     return total;

@@ -739,9 +739,11 @@ export function registerSyncJobs(
   settings: SyncSettings,
 ): void {
   if (settings.retainMs !== undefined) {
-    // An upload's operation finishes after all its segments are past its cursor: nothing
-    // reads its jobs afterwards (the batch's counts and the segment ledger are rows of their
-    // own, and a segment id stays processed for the user).
+    // An upload's operation finishes when all its jobs have; none of them runs again, and
+    // only they move its cursor, which is what reads their status. The batch's counts, its
+    // conversations and the segment ledger are rows of their own. (A cancelled upload leaves
+    // the segments it never transcribed pending, jobs or not; their audio is deleted all the
+    // same: see sync.delete_audio.)
     engine.retain(SyncJob.Batch, settings.retainMs);
     engine.retain(SyncJob.DeleteAudio, settings.retainMs);
   }

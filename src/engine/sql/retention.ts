@@ -28,6 +28,8 @@ export const DELETE_FINISHED = `with old as (${OLDEST_FINISHED})
  * be held by a user's deletion redacting them, and that redaction may want the parent next,
  * which this statement holds; waiting longer would stall both until PostgreSQL broke the
  * deadlock (after `deadlock_timeout`). The sweep gives way and tries again at its next round.
+ * The limit covers `beforeDelete` too, whose rows a user's deletion may hold the same way (it
+ * deletes a session's archives, then redacts the jobs this transaction holds).
  */
 export async function deleteFinished(
   store: Store,

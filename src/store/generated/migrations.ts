@@ -125,8 +125,8 @@ export const migrations: readonly Migration[] = [
   {
     "id": 21,
     "name": "session_archive_status",
-    "sql": "-- A session commit's operation may now be deleted by the retention sweep\n-- (MNEMO_OPERATION_RETENTION_HOURS), like the memory API's operations. An archive read its\n-- status from its operation (jobs.status) alone; the sweep copies that status here before the\n-- operation goes (src/sessions/sessions.ts), and reads take it from here once it is gone.\n-- Null while the operation exists.\nalter table session_archives add column status text\n  constraint session_archives_status_chk check (status in ('succeeded', 'failed', 'cancelled'));\n",
-    "checksum": "b979fa661754e7b7a6e4f182265a2644b5b4d78071b629a3f6b3223ab3facb80"
+    "sql": "-- A session commit's operation may now be deleted by the retention sweep\n-- (MNEMO_OPERATION_RETENTION_HOURS), like the memory API's operations. An archive read its\n-- status from its operation (jobs.status) alone; the sweep copies that status here before the\n-- operation goes (src/sessions/sessions.ts), and reads take it from here once it is gone.\n-- Null while the operation exists. No check of its own: it is a copy of jobs.status, which\n-- has one (and a check added here would read every archive while the table is locked).\n--\n-- Processes of an earlier version read archives joined to their operations and leave out\n-- those whose operation is gone: with retention on, stop them before starting this one.\nalter table session_archives add column status text;\n",
+    "checksum": "cc9b2abdc8aba6fd81bbb2960ffc6a5771b873cbb813985e65e45e8e390fe7bb"
   },
   {
     "id": 22,
