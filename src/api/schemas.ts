@@ -30,14 +30,19 @@ const Str = () => z.string().refine(noNul, NUL_MESSAGE);
 /** user_id, session_id, segment ids, idempotency keys: 1–256 characters. */
 export const Id = z.string().min(1).max(256).refine(noNul, NUL_MESSAGE);
 const Text = (max: number) => z.string().min(1).max(max).refine(noNul, NUL_MESSAGE);
-// Year 0 and offsets past ±15:59 pass the ISO pattern but not PostgreSQL.
+// Offsets past ±15:59 pass the ISO pattern but not PostgreSQL. An instant before year 1 or
+// after 9999 in UTC (year 0, or 0001-01-01T00:00+01:00) would be stored as a BC or five-digit
+// year, which JavaScript dates, PGlite's among them, do not read back.
 const IsoTime = z.iso
   .datetime({ offset: true })
-  .refine((v) => Number(v.slice(0, 4)) >= 1, 'year must be 0001 or later')
   .refine((v) => {
     const offset = /([+-])(\d{2}):?(\d{2})$/.exec(v);
     return offset === null || Number(offset[2]) <= 15;
-  }, 'the UTC offset must be within ±15:59');
+  }, 'the UTC offset must be within ±15:59')
+  .refine((v) => {
+    const year = new Date(v).getUTCFullYear();
+    return year >= 1 && year <= 9999;
+  }, 'must fall within the years 0001 to 9999 in UTC');
 const IsoDate = z.iso
   .date()
   .refine((v) => Number(v.slice(0, 4)) >= 1, 'year must be 0001 or later');
@@ -58,11 +63,12 @@ export const Limits = {
 
 const Metadata = z
   .record(z.string().max(200), z.unknown())
-  // Depth first: serialising a deeply nested value would overflow the stack.
-  .refine(
-    (m) => cleanJson(m),
-    `metadata must nest at most 32 levels and its strings ${NUL_MESSAGE}`,
-  )
+  // Depth first, and no further check after it fails (`abort`): serialising a deeply nested
+  // value would overflow the stack.
+  .refine((m) => cleanJson(m), {
+    message: `metadata must nest at most 32 levels and its strings ${NUL_MESSAGE}`,
+    abort: true,
+  })
   .refine((m) => JSON.stringify(m).length <= Limits.metadataBytes, {
     message: `metadata must serialise to at most ${Limits.metadataBytes} characters`,
   });

@@ -66,7 +66,17 @@ function invalid(error: z.ZodError): MnemoError {
 }
 
 function parse<S extends z.ZodType>(schema: S, value: unknown): z.output<S> {
-  const result = schema.safeParse(value);
+  let result: z.ZodSafeParseResult<z.output<S>>;
+  try {
+    result = schema.safeParse(value);
+  } catch (err) {
+    // The schemas bound the depth they walk; a check that still overflows the stack is the
+    // request's doing (a value nested too deep), not the server's.
+    if (err instanceof RangeError) {
+      throw new MnemoError(ErrorCode.InvalidRequest, 'the request nests values too deeply');
+    }
+    throw err;
+  }
   if (!result.success) {
     throw invalid(result.error);
   }
@@ -170,7 +180,13 @@ export function createApp(deps: AppDeps): Hono<Env> {
       }
       return next();
     }
-    if (!(await mnemo.auth.keysExist())) {
+    if (presented === undefined) {
+      if (await mnemo.auth.keysExist()) {
+        throw new MnemoError(
+          ErrorCode.Unauthorized,
+          'an API key is required: Authorization: Bearer <key>',
+        );
+      }
       if (deps.allowAnonymous === false) {
         // Listening beyond loopback, and every key was revoked: nobody is let in.
         throw new MnemoError(ErrorCode.Unauthorized, 'no API key is configured on this server');
@@ -187,12 +203,9 @@ export function createApp(deps: AppDeps): Hono<Env> {
       c.set('tenant', 'default');
       return next();
     }
-    if (presented === undefined) {
-      throw new MnemoError(
-        ErrorCode.Unauthorized,
-        'an API key is required: Authorization: Bearer <key>',
-      );
-    }
+    // A presented key is looked up even while no key exists: an unknown one is refused (as
+    // API.md has it) rather than served as `default`, where the client's writes would land in
+    // a tenant it did not name; a key created a moment ago is found at once.
     const principal = await mnemo.auth.resolve(presented);
     if (principal === null) {
       throw new MnemoError(ErrorCode.Unauthorized, 'unknown or revoked API key');

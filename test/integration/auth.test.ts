@@ -35,6 +35,13 @@ describe('who may call, with and without keys (PGlite)', () => {
     const json = { 'content-type': 'application/json' };
     expect((await ingest(local, 'http://localhost/v1/memory/ingest', json)).status).toBe(202);
     expect((await ingest(local, 'http://127.0.0.1/v1/memory/ingest', json)).status).toBe(202);
+    // A key nobody created is unknown, not a way into tenant `default`.
+    const stray = await ingest(local, 'http://localhost/v1/memory/ingest', {
+      ...json,
+      authorization: 'Bearer sk-not-a-mnemo-key',
+    });
+    expect(stray.status).toBe(401);
+    expect(await stray.json()).toMatchObject({ error: { code: 'unauthorized' } });
     // A rebinding DNS name reaches loopback with its own Host.
     const rebound = await ingest(local, 'http://attacker.example/v1/memory/ingest', json);
     expect(rebound.status).toBe(401);

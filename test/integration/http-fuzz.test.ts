@@ -203,6 +203,61 @@ function fuzzSuite(kind: 'pglite' | 'postgres'): void {
       );
     });
 
+    // Values random input does not reach: a nesting deep enough to overflow a recursive walk,
+    // and instants outside the years 0001-9999 in UTC, which PostgreSQL would store as BC or
+    // five-digit years that JavaScript dates cannot read back.
+    it('refuses values nested too deep and instants outside years 1-9999 in UTC with 400, writing nothing', async () => {
+      // Sent as text: serialising it here would overflow this stack first.
+      const deep = `${'['.repeat(200_000)}${']'.repeat(200_000)}`;
+      const before = await jobs();
+      const segment = { id: 's', started_at: '2026-01-01T00:00:00Z', transcript: 'Hi there.' };
+      const refused: [string, string, unknown][] = [
+        ['POST', '/v1/memory/ingest', `{"user_id":"u","user_query":"hi","metadata":{"k":${deep}}}`],
+        [
+          'POST',
+          '/v1/memory/batch-ingest',
+          `{"user_id":"u","items":[{"user_query":"hi","metadata":{"k":${deep}}}]}`,
+        ],
+        [
+          'POST',
+          '/v1/memory/ingest',
+          { user_id: 'u', user_query: 'hi', occurred_at: '0001-01-01T00:00:00+01:00' },
+        ],
+        [
+          'POST',
+          '/v1/memory/ingest',
+          { user_id: 'u', user_query: 'hi', occurred_at: '9999-12-31T23:30:00-01:00' },
+        ],
+        [
+          'POST',
+          '/v1/sessions/s1/messages',
+          {
+            user_id: 'u',
+            messages: [{ role: 'user', content: 'hi', created_at: '0001-01-01T00:30:00+00:45' }],
+          },
+        ],
+        [
+          'POST',
+          '/v1/sync',
+          { user_id: 'u', segments: [{ ...segment, ended_at: '9999-12-31T23:59:00-00:01' }] },
+        ],
+      ];
+      for (const [i, [method, path, body]] of refused.entries()) {
+        const res = await h.call(method, path, body);
+        expect(res.status, `case ${i}: ${method} ${path}`).toBe(400);
+        expect(res.body).toMatchObject({ error: { code: 'invalid_request' } });
+      }
+      expect(await jobs()).toBe(before);
+      // The edges themselves are accepted.
+      const edge = await h.call('POST', '/v1/memory/ingest', {
+        user_id: 'u',
+        user_query: 'hi',
+        occurred_at: '0001-01-01T00:00:00Z',
+        wait: false,
+      });
+      expect(edge.status).toBe(202);
+    });
+
     it('refuses a body over its limit on every route that takes one with 413 and the error body, writing nothing', async () => {
       const body = (mb: number) =>
         JSON.stringify({ user_id: 'u1', user_query: 'x'.repeat(mb * 1024 * 1024) });
