@@ -47,7 +47,14 @@ import {
   registerSyncJobs,
   type SegmentInput,
   startSync,
+  SyncJob,
 } from './sync/sync.ts';
+
+/**
+ * Jobs Mnemo runs for itself, not operations a client started: not listed, not found, not
+ * cancellable through the operation routes (a cancelled audio deletion would keep the audio).
+ */
+const INTERNAL_KINDS: readonly string[] = [SyncJob.DeleteAudio];
 import type { Transcriber } from './sync/transcriber.ts';
 import { createOpenAiTranscriber } from './sync/transcriber.ts';
 
@@ -435,7 +442,7 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
     conversations: (tenantId, userId, page) => listConversations(store, tenantId, userId, page),
     async getOperation(tenantId, id, includeChildren) {
       const job = await engine.getJob(tenantId, parseOperationId(id));
-      if (job === undefined) {
+      if (job === undefined || INTERNAL_KINDS.includes(job.kind)) {
         throw new MnemoError(ErrorCode.NotFound, `operation ${id} not found`);
       }
       const view = toOperation(job);
@@ -445,13 +452,23 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
       return view;
     },
     async cancelOperation(tenantId, id) {
-      return toOperation(await engine.cancel(tenantId, parseOperationId(id)));
+      const jobId = parseOperationId(id);
+      // A job's kind never changes: read first, then cancel.
+      const job = await engine.getJob(tenantId, jobId);
+      if (job === undefined || INTERNAL_KINDS.includes(job.kind)) {
+        throw new MnemoError(ErrorCode.NotFound, `operation ${id} not found`);
+      }
+      return toOperation(await engine.cancel(tenantId, jobId));
     },
     async listOperations(tenantId, filter) {
+      if (filter.kind !== undefined && INTERNAL_KINDS.includes(filter.kind)) {
+        return { items: [], next_cursor: null };
+      }
       const jobs = await engine.listJobs(tenantId, {
         userId: filter.userId,
         status: filter.status,
         kind: filter.kind,
+        excludeKinds: filter.kind === undefined ? INTERNAL_KINDS : undefined,
         beforeId: filter.cursor,
         limit: filter.limit + 1,
       });

@@ -208,6 +208,8 @@ export interface JobFilter {
   userId?: string | undefined;
   status?: JobStatus | undefined;
   kind?: string | undefined;
+  /** Jobs of none of these kinds (a caller's internal ones). */
+  excludeKinds?: readonly string[] | undefined;
   /** Only jobs with a lower id (a page's cursor). */
   beforeId?: number | undefined;
   limit: number;

@@ -268,7 +268,7 @@ export function syncSuite(kind: 'pglite' | 'postgres'): void {
       ).toBe(1);
     });
 
-    it('deletes the audio of a cancelled upload, whose segments wait for nothing', async () => {
+    it('deletes the audio of a cancelled upload, whose segments wait for nothing, by a job no client can see or cancel', async () => {
       const idle = await openHttp(kind, 'sync:cancelled-audio', {
         env: { MNEMO_STT_BASE_URL: stt.url, MNEMO_AUDIO_RETENTION_S: '1' },
         worker: false,
@@ -279,6 +279,18 @@ export function syncSuite(kind: 'pglite' | 'postgres'): void {
           user_id: 'u7',
           segments: [{ id: 'c', started_at: at(0), ended_at: at(3), audio_wav_base64: b64(wav) }],
         });
+        // The audio's deletion is Mnemo's own job, not an operation: not found, not listed,
+        // not cancellable.
+        const [deletion] = await idle.mnemo.store.query<{ id: number }>(
+          `select id from jobs where kind = 'sync.delete_audio'`,
+        );
+        const deletionId = `op_${deletion?.id}`;
+        expect((await idle.call('GET', `/v1/operations/${deletionId}`)).status).toBe(404);
+        expect((await idle.call('POST', `/v1/operations/${deletionId}/cancel`)).status).toBe(404);
+        const listed = await idle.call('GET', '/v1/operations');
+        expect(listed.body['items'].map((o: { id: string }) => o.id)).toEqual([res.body['id']]);
+        const byKind = await idle.call('GET', '/v1/operations?kind=sync.delete_audio');
+        expect(byKind.body).toEqual({ items: [], next_cursor: null });
         const cancelled = await idle.call('POST', `/v1/operations/${res.body['id']}/cancel`);
         expect(cancelled.body['status']).toBe('cancelled');
         await idle.mnemo.startWorker({ pollIntervalMs: 100 });

@@ -111,6 +111,9 @@ export function listJobsQuery(
   if (filter.kind !== undefined) {
     where.add((kind) => `j.kind = ${kind}`, filter.kind);
   }
+  if (filter.excludeKinds !== undefined && filter.excludeKinds.length > 0) {
+    where.add((kinds) => `j.kind <> all (${kinds}::text[])`, filter.excludeKinds);
+  }
   if (filter.beforeId !== undefined) {
     where.add((id) => `j.id < ${id}::bigint`, filter.beforeId);
   }
