@@ -476,7 +476,8 @@ async function lockUser(tx: Queryable, tenantId: string, userId: string): Promis
 /**
  * Moves the batch's cursor over every consecutive finished segment, assigning the ready ones
  * with a few set-based statements, and adds the batch's summarize job once the cursor has
- * passed them all. The caller holds the user's lock ({@link lockUser}).
+ * passed them all. The caller holds the user's lock ({@link lockUser}). `callTimeoutMs`: the
+ * run limit a summary of one conversation gets.
  */
 async function advance(
   tx: Queryable,
@@ -484,6 +485,7 @@ async function advance(
   tenantId: string,
   userId: string,
   batchId: number,
+  callTimeoutMs: number,
 ): Promise<void> {
   // In one statement after the lock: the batch, the segments its cursor can pass (up to the
   // first one still being transcribed, included: it stops the cursor), and every conversation
@@ -678,11 +680,15 @@ async function advance(
     // The counts are the batch's result from now on; the summaries add nothing to them.
     const { parent_id: _parent, ...result } = await readResult(tx, tenantId, batchId);
     await engine.setParentResult(tx, tenantId, batch.parent_id, result);
+    const touched = result.conversations.created.length + result.conversations.merged.length;
     await engine.addChild(tx, batch.parent_id, {
       kind: SyncJob.Summarize,
       tenantId,
       lane: summaryLane(userId),
       payload: { user_id: userId, batch_id: batchId },
+      // One model call per conversation, one after another: the run limit is one call's
+      // for each (a day at most), or a backlog of many conversations could never finish.
+      timeoutMs: Math.min(callTimeoutMs * Math.max(1, touched), 86_400_000),
     });
   }
 }
@@ -770,7 +776,7 @@ export function registerSyncJobs(
         result.state === 'ready' ? null : result.reason,
       ],
     );
-    await advance(tx, engine, ctx.tenantId, userId, batchId);
+    await advance(tx, engine, ctx.tenantId, userId, batchId, settings.timeoutMs);
   }
 
   engine.register<SegmentPayload, Transcribed>(SyncJob.Segment, {

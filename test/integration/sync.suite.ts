@@ -1,6 +1,7 @@
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 
 import { eventually } from '../helpers/engine.ts';
+import { startFakeLlm } from '../helpers/fake-llm.ts';
 import { type FakeStt, silentWav, speechWav, startFakeStt } from '../helpers/fake-stt.ts';
 import { openHttp } from '../helpers/http.ts';
 
@@ -307,6 +308,51 @@ export function syncSuite(kind: 'pglite' | 'postgres'): void {
         ).toBe(0);
       } finally {
         await idle.dispose();
+      }
+    });
+
+    // Every conversation an upload touched is summarized by one model call, one after another,
+    // in one job: its run limit grows with them, or a backlog of many could never finish.
+    it('summarizes every conversation of an upload that takes several run limits of one call', async () => {
+      const llm = await startFakeLlm(250);
+      const slow = await openHttp(kind, 'sync:many-summaries', {
+        env: {
+          MNEMO_EXTRACTOR: 'openai',
+          MNEMO_LLM_BASE_URL: llm.url,
+          MNEMO_LLM_MODEL: 'fake',
+          // A run limit of 600 ms a call; four calls of 250 ms take 1 s.
+          MNEMO_LLM_TIMEOUT_MS: '300',
+          MNEMO_STT_TIMEOUT_MS: '300',
+        },
+      });
+      try {
+        const res = await slow.call('POST', '/v1/sync', {
+          user_id: 'u8',
+          // An hour apart: four conversations.
+          segments: [0, 1, 2, 3].map((i) => ({
+            id: `m${i}`,
+            started_at: at(i * 3600),
+            ended_at: at(i * 3600 + 5),
+            transcript: `I walked to place ${i} today.`,
+          })),
+          wait: true,
+          timeout_ms: 60_000,
+        });
+        expect(res.body).toMatchObject({
+          status: 'succeeded',
+          result: { segments: { assigned: 4 } },
+        });
+        const summaries = await slow.mnemo.store.query<{ summary: string | null; n: number }>(
+          `select summary, summary_count as n from conversations order by started_at`,
+        );
+        expect(summaries).toHaveLength(4);
+        for (const row of summaries) {
+          expect(row.n).toBe(1);
+          expect(row.summary).toEqual(expect.stringContaining('place'));
+        }
+      } finally {
+        await slow.dispose();
+        await llm.close();
       }
     });
 
