@@ -775,6 +775,8 @@ CREATE INDEX sync_segments_batch_idx ON mnemo.sync_segments USING btree (batch_i
 
 CREATE INDEX sync_segments_conversation_idx ON mnemo.sync_segments USING btree (conversation_id, started_at) WHERE (conversation_id IS NOT NULL);
 
+CREATE INDEX sync_segments_owner_search_idx ON mnemo.sync_segments USING gin (((to_tsvector('english'::regconfig, COALESCE(transcript, ''::text)) || mnemo.search_owner(tenant_id, user_id)))) WITH (fastupdate=off) WHERE (conversation_id IS NOT NULL);
+
 CREATE INDEX turns_owner_search_idx ON mnemo.turns USING gin (((search || mnemo.search_owner(tenant_id, user_id)))) WITH (fastupdate=off);
 
 CREATE INDEX turns_user_idx ON mnemo.turns USING btree (tenant_id, user_id, id);

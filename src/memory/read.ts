@@ -190,14 +190,27 @@ export const SEARCH_MEMORY = `with query as (
         where 'conversation' = any($4::text[]) and numnode(query.words) > 0
           and t.tenant_id = $1 and t.user_id = $2
           and (t.search || search_owner(t.tenant_id, t.user_id)) @@ query.owned
+       union all
+       -- Synced speech: a conversation's best-matching segment (migration 0023).
+       select * from (
+         select distinct on (s.conversation_id) 'conversation', 'conv_' || s.conversation_id,
+                s.transcript, ts_rank(to_tsvector('english', s.transcript), query.words) as rank,
+                s.started_at
+           from sync_segments s, query
+          where 'conversation' = any($4::text[]) and numnode(query.words) > 0
+            and s.tenant_id = $1 and s.user_id = $2 and s.conversation_id is not null
+            and (to_tsvector('english', coalesce(s.transcript, ''))
+                 || search_owner(s.tenant_id, s.user_id)) @@ query.owned
+          order by s.conversation_id, rank desc, s.started_at) as synced
      )
      select type, id, text, at as occurred_at,
             (rank * (0.5 + 0.5 * power(0.5, greatest(0, extract(epoch from now() - at)) / 2592000)))::float8 as score
        from hits order by score desc, at desc limit $5`;
 
 /**
- * Full-text search over a user's memories, events and conversation turns, ranked by text
- * rank weighted by recency (half-life 30 days).
+ * Full-text search over a user's memories, events and conversations (ingested turns, and
+ * synced conversations by their best-matching segment), ranked by text rank weighted by
+ * recency (half-life 30 days).
  */
 export async function searchMemory(
   q: Queryable,

@@ -408,7 +408,17 @@ describePg('reads by index (PostgreSQL)', () => {
               'fact ' || i
          from generate_series(1, 20000) as i`,
     );
-    await store.query('analyze turns, memories');
+    // Synced speech, assigned to a conversation (any: the plan is what is checked here).
+    await store.query(
+      `insert into sync_segments (tenant_id, user_id, id, batch_id, ord, started_at, ended_at,
+                                  state, processed, transcript, conversation_id)
+       select 'default', case when i % 4 = 0 then 'heavy' else 'u' || (i % 400) end, 's' || i,
+              1, i, now(), now(), 'assigned', true,
+              case when i % 4 = 0 then 'the budget call ' || i else 'Lisbon again ' || i end,
+              (select min(id) from conversations)
+         from generate_series(1, 40000) as i`,
+    );
+    await store.query('analyze turns, memories, sync_segments');
     const text = await plan(SEARCH_MEMORY, [
       'default',
       'heavy',
@@ -418,6 +428,7 @@ describePg('reads by index (PostgreSQL)', () => {
     ]);
     expect(text).toContain('"Index Name":"turns_owner_search_idx"');
     expect(text).toContain('"Index Name":"memories_owner_search_idx"');
+    expect(text).toContain('"Index Name":"sync_segments_owner_search_idx"');
     expect(text).not.toContain('"Node Type":"Seq Scan"');
     const search = async (user: string, words: string) =>
       (

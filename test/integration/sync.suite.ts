@@ -356,6 +356,48 @@ export function syncSuite(kind: 'pglite' | 'postgres'): void {
       }
     });
 
+    it('finds synced speech by search, one hit per conversation, and only the asking user’s', async () => {
+      const upload = (user: string, segments: { id: string; at: number; text: string }[]) =>
+        h.call('POST', '/v1/sync', {
+          user_id: user,
+          segments: segments.map((s) => ({
+            id: s.id,
+            started_at: at(s.at),
+            ended_at: at(s.at + 5),
+            transcript: s.text,
+          })),
+          wait: true,
+        });
+      const mine = await upload('u9', [
+        { id: 'a', at: 0, text: 'The dentist moved my appointment to Friday.' },
+        { id: 'b', at: 30, text: 'I should call the dentist back.' },
+        { id: 'c', at: 7200, text: 'Lunch with Mia by the harbour.' },
+      ]);
+      await upload('u10', [{ id: 'a', at: 0, text: 'My dentist is on holiday.' }]);
+      const [dentist, harbour] = (mine.body['result'] as { conversations: { created: string[] } })
+        .conversations.created;
+      const search = async (q: string) =>
+        (await h.call('GET', `/v1/memory/search?user_id=u9&types=conversation&q=${q}`)).body[
+          'items'
+        ];
+      // Two segments match in the first conversation: one hit, its better passage.
+      expect(await search('dentist')).toEqual([
+        expect.objectContaining({
+          type: 'conversation',
+          id: dentist,
+          text: expect.stringContaining('dentist'),
+        }),
+      ]);
+      expect(await search('harbour')).toEqual([
+        expect.objectContaining({
+          id: harbour,
+          text: 'Lunch with Mia by the harbour.',
+          occurred_at: at(7200),
+        }),
+      ]);
+      expect(await search('holiday')).toEqual([]);
+    });
+
     it('replays an upload by idempotency key and refuses the key for another upload', async () => {
       const body = {
         user_id: 'u6',

@@ -133,5 +133,11 @@ export const migrations: readonly Migration[] = [
     "name": "operations_by_kind",
     "sql": "-- Operations by kind: `GET /v1/operations?kind=session.commit` without a user read the tenant's\n-- operations from the newest until it had a page of that kind, so a rare kind (a few user\n-- deletions or session commits among millions of ingests) read them all. This index gives the\n-- page directly.\n--\n-- Ingests stay out of it: they are most operations, so a page of them is found at once by\n-- walking the tenant's newest jobs (jobs_tenant_created_idx), and the hottest insert writes no\n-- entry here. Engine.listJobs plans each call for its values (planEachCall), so `kind = $x`\n-- with any other kind proves the predicate.\n--\n-- Building it locks jobs against writes for as long as it takes: on a large table, create it\n-- beforehand with `create index concurrently` under the same name and definition.\ncreate index if not exists jobs_tenant_kind_idx on jobs (tenant_id, kind, id)\n  where parent_id is null and kind <> 'memory.ingest';\n",
     "checksum": "ae3f304c2df4e2bb5ee3ec11a598ffc12164799f907164de712c2105c28aaa7c"
+  },
+  {
+    "id": 23,
+    "name": "search_sync_transcripts",
+    "sql": "-- Search finds what a device synced: the transcripts of segments assigned to a conversation\n-- (src/memory/read.ts, type `conversation`, one hit per conversation). They used to be left\n-- out: search read memories, events and ingested turns only, so a user's synced speech could\n-- not be found at all.\n--\n-- An index on the expression, like the owner indexes of 0016 (words AND the owner's lexeme),\n-- rather than a stored column: adding one would rewrite the segment ledger. Only assigned\n-- segments are in it; the vector is computed again for the few rows a search ranks.\n--\n-- Building it locks sync_segments against writes for as long as it takes: on a large table,\n-- create it beforehand with `create index concurrently` under the same name and definition.\ncreate index if not exists sync_segments_owner_search_idx on sync_segments\n  using gin ((to_tsvector('english', coalesce(transcript, '')) || search_owner(tenant_id, user_id)))\n  with (fastupdate = off)\n  where conversation_id is not null;\n",
+    "checksum": "51e4c156ab798e63d66c0b95b39d5fcc5704750fb5f6779abf876230bf9bf001"
   }
 ];
