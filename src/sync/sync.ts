@@ -166,7 +166,32 @@ export async function startSync(
         [tenantId, userId, options.mergeWindowS],
       );
       const batchId = batch?.id ?? 0;
-      const fresh = await tx.query<{ id: string; started_at: Date }>(
+      const segmentArgs = [
+        byId.map((s) => s.id),
+        byId.map((s) => s.started_at),
+        byId.map((s) => s.ended_at),
+        byId.map((s) => s.transcript ?? null),
+      ];
+      // A segment that failed (its transcription did), and that its batch's cursor has passed,
+      // is taken again as new by this batch: a device re-sends what the server could not
+      // read. Locked in id order, like the ledger's inserts below.
+      const retried = await tx.query<{ id: string; started_at: Date }>(
+        `with failed as (
+           select g.id from sync_segments g
+            where g.tenant_id = $1 and g.user_id = $2 and g.id = any($4::text[])
+              and g.state = 'failed' and g.processed
+            order by g.id for update)
+         update sync_segments g set batch_id = $3, ord = 0, started_at = s.started_at,
+           ended_at = s.ended_at, transcript = s.transcript, state = 'pending',
+           processed = false, reason = null, audio_id = null, job_id = null
+           from failed,
+                unnest($4::text[], $5::timestamptz[], $6::timestamptz[], $7::text[])
+                  as s(id, started_at, ended_at, transcript)
+          where g.tenant_id = $1 and g.user_id = $2 and g.id = failed.id and s.id = failed.id
+          returning g.id, g.started_at`,
+        [tenantId, userId, batchId, ...segmentArgs],
+      );
+      const inserted = await tx.query<{ id: string; started_at: Date }>(
         `insert into sync_segments (tenant_id, user_id, id, batch_id, ord, started_at, ended_at,
            transcript)
          select $1, $2, s.id, $3, 0, s.started_at, s.ended_at, s.transcript
@@ -175,18 +200,10 @@ export async function startSync(
          order by s.i
          on conflict (tenant_id, user_id, id) do nothing
          returning id, started_at`,
-        [
-          tenantId,
-          userId,
-          batchId,
-          byId.map((s) => s.id),
-          byId.map((s) => s.started_at),
-          byId.map((s) => s.ended_at),
-          byId.map((s) => s.transcript ?? null),
-        ],
+        [tenantId, userId, batchId, ...segmentArgs],
       );
       // The cursor's order: started_at, then id.
-      const ordered = fresh.sort(
+      const ordered = [...retried, ...inserted].sort(
         (a, b) =>
           a.started_at.getTime() - b.started_at.getTime() ||
           (a.id < b.id ? -1 : a.id > b.id ? 1 : 0),

@@ -120,6 +120,46 @@ describePg('offline sync through 2 server processes sharing PostgreSQL', () => {
     expect(new Set(stt.received).size).toBe(stt.received.length);
   });
 
+  it('takes failed segments re-sent by two devices to two processes at once again exactly once', async () => {
+    const segments = Array.from({ length: 20 }, (_, i) => {
+      const wav = speechWav(20_000 + i);
+      stt.script(wav, { status: 400 }); // final: not retried
+      return { id: `f${i}`, started_at: at(5000 + i * 5), ended_at: at(5000 + i * 5 + 3), wav };
+    });
+    const first = await call(0, 'POST', '/v1/sync', {
+      user_id: 'resender',
+      segments: segments.map((s) => ({
+        id: s.id,
+        started_at: s.started_at,
+        ended_at: s.ended_at,
+        audio_wav_base64: s.wav.toString('base64'),
+      })),
+    });
+    expect((await finished(first.body['id']))['result']['segments']).toMatchObject({
+      assigned: 0,
+      failed: 20,
+    });
+    const again = segments.map((s) => ({
+      id: s.id,
+      started_at: s.started_at,
+      ended_at: s.ended_at,
+      transcript: `Segment ${s.id} words.`,
+    }));
+    const [a, b] = await Promise.all([
+      call(0, 'POST', '/v1/sync', { user_id: 'resender', segments: again }),
+      call(1, 'POST', '/v1/sync', { user_id: 'resender', segments: shuffle(again, 3) }),
+    ]);
+    const counts = (await Promise.all([finished(a.body['id']), finished(b.body['id'])])).map(
+      (op) => op['result']['segments'],
+    );
+    expect(counts[0].assigned + counts[1].assigned).toBe(20);
+    expect(counts[0].duplicate + counts[1].duplicate).toBe(20);
+    const items = (await call(0, 'GET', '/v1/users/resender/conversations')).body[
+      'items'
+    ] as Json[];
+    expect(items.flatMap((c) => c['segment_ids'] as string[])).toEqual(segments.map((s) => s.id));
+  });
+
   it('deletes uploaded audio after the retention delay even when every process restarted meanwhile', async () => {
     const wav = speechWav(99_999);
     stt.script(wav, { text: 'Short note.' });

@@ -398,6 +398,36 @@ export function syncSuite(kind: 'pglite' | 'postgres'): void {
       expect(await search('holiday')).toEqual([]);
     });
 
+    it('takes a segment whose transcription failed again when it is re-sent, and nothing else', async () => {
+      const wav = speechWav(500);
+      stt.script(wav, { status: 400 }); // final: not retried
+      const segment = { id: 'r', started_at: at(0), ended_at: at(3) };
+      const upload = async (extra: Record<string, string>) => {
+        const res = await h.call('POST', '/v1/sync', {
+          user_id: 'u11',
+          segments: [{ ...segment, ...extra }],
+        });
+        return (await finished(res.body['id']))['result'];
+      };
+      expect(await upload({ audio_wav_base64: b64(wav) })).toMatchObject({
+        segments: { assigned: 0, failed: 1, duplicate: 0 },
+      });
+      // The device sends it again (here with its transcript): this time it is assigned.
+      expect(await upload({ transcript: 'Hello again.' })).toMatchObject({
+        segments: { assigned: 1, failed: 0, duplicate: 0 },
+      });
+      expect((await h.call('GET', '/v1/users/u11/conversations')).body['items']).toEqual([
+        expect.objectContaining({ segment_ids: ['r'] }),
+      ]);
+      // Processed now: a third time changes nothing.
+      expect(await upload({ transcript: 'Something else.' })).toMatchObject({
+        segments: { assigned: 0, failed: 0, duplicate: 1 },
+      });
+      expect(
+        await count(`select count(*)::int as n from sync_segments where user_id = 'u11'`),
+      ).toBe(1);
+    });
+
     it('replays an upload by idempotency key and refuses the key for another upload', async () => {
       const body = {
         user_id: 'u6',
