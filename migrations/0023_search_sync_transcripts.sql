@@ -5,7 +5,8 @@
 --
 -- An index on the expression, like the owner indexes of 0016 (words AND the owner's lexeme),
 -- rather than a stored column: adding one would rewrite the segment ledger. Only assigned
--- segments are in it; the vector is computed again for the few rows a search ranks.
+-- segments are in it. A search computes the vector again for each of the user's matching
+-- segments to rank them (the other kinds rank a stored vector).
 --
 -- Building it locks sync_segments against writes for as long as it takes: on a large table,
 -- create it beforehand with `create index concurrently` under the same name and definition.

@@ -49,12 +49,6 @@ import {
   startSync,
   SyncJob,
 } from './sync/sync.ts';
-
-/**
- * Jobs Mnemo runs for itself, not operations a client started: not listed, not found, not
- * cancellable through the operation routes (a cancelled audio deletion would keep the audio).
- */
-const INTERNAL_KINDS: readonly string[] = [SyncJob.DeleteAudio];
 import type { Transcriber } from './sync/transcriber.ts';
 import { createOpenAiTranscriber } from './sync/transcriber.ts';
 
@@ -99,6 +93,12 @@ const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
 export function operationId(id: number): string {
   return `op_${id}`;
 }
+
+/**
+ * Jobs Mnemo runs for itself, not operations a client started: not listed, not found, not
+ * cancellable through the operation routes (a cancelled audio deletion would keep the audio).
+ */
+const INTERNAL_KINDS: readonly string[] = [SyncJob.DeleteAudio];
 
 /** What an operation id looks like (`op_<n>`); the OpenAPI document quotes it. */
 export const OPERATION_ID_PATTERN = /^op_(\d{1,15})$/;

@@ -89,7 +89,8 @@ export interface Principal {
 
 /**
  * Resolves bearer keys to tenants, with a short cache (revocations take effect within
- * `ttlMs`). With no active key at all, every request is tenant `default`.
+ * `ttlMs`). With no active key at all, every request without a key is tenant `default`
+ * (src/server/app.ts).
  */
 export function createAuthenticator(q: Queryable, ttlMs = 2000) {
   let anyKeys: { value: boolean; at: number } | undefined;

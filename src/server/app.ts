@@ -72,7 +72,7 @@ function parse<S extends z.ZodType>(schema: S, value: unknown): z.output<S> {
   } catch (err) {
     // The schemas bound the depth they walk; a check that still overflows the stack is the
     // request's doing (a value nested too deep), not the server's.
-    if (err instanceof RangeError) {
+    if (err instanceof RangeError && err.message.includes('call stack')) {
       throw new MnemoError(ErrorCode.InvalidRequest, 'the request nests values too deeply');
     }
     throw err;
@@ -169,7 +169,12 @@ export function createApp(deps: AppDeps): Hono<Env> {
     if (path === '/healthz' || path === '/readyz') {
       return next();
     }
-    const presented = /^Bearer +(\S+)$/i.exec(c.req.header('authorization') ?? '')?.[1];
+    const authorization = c.req.header('authorization');
+    const presented = /^Bearer +(\S+)$/i.exec(authorization ?? '')?.[1];
+    if (authorization !== undefined && presented === undefined) {
+      // Not a way into anonymous mode either.
+      throw new MnemoError(ErrorCode.Unauthorized, 'the Authorization header must be Bearer <key>');
+    }
     if (path === '/metrics' && metricsToken !== undefined) {
       // With a metrics token configured, it alone reads the metrics (totals of all tenants).
       if (

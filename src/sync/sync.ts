@@ -697,7 +697,8 @@ async function advance(
     // The counts are the batch's result from now on; the summaries add nothing to them.
     const { parent_id: _parent, ...result } = await readResult(tx, tenantId, batchId);
     await engine.setParentResult(tx, tenantId, batch.parent_id, result);
-    const touched = result.conversations.created.length + result.conversations.merged.length;
+    const conversationCount =
+      result.conversations.created.length + result.conversations.merged.length;
     await engine.addChild(tx, batch.parent_id, {
       kind: SyncJob.Summarize,
       tenantId,
@@ -705,7 +706,7 @@ async function advance(
       payload: { user_id: userId, batch_id: batchId },
       // One model call per conversation, one after another: the run limit is one call's
       // for each (a day at most), or a backlog of many conversations could never finish.
-      timeoutMs: Math.min(callTimeoutMs * Math.max(1, touched), 86_400_000),
+      timeoutMs: Math.min(callTimeoutMs * Math.max(1, conversationCount), 86_400_000),
     });
   }
 }

@@ -42,6 +42,13 @@ describe('who may call, with and without keys (PGlite)', () => {
     });
     expect(stray.status).toBe(401);
     expect(await stray.json()).toMatchObject({ error: { code: 'unauthorized' } });
+    for (const authorization of ['Basic dTpw', 'Bearer', '']) {
+      const odd = await ingest(local, 'http://localhost/v1/memory/ingest', {
+        ...json,
+        authorization,
+      });
+      expect(odd.status, JSON.stringify(authorization)).toBe(401);
+    }
     // A rebinding DNS name reaches loopback with its own Host.
     const rebound = await ingest(local, 'http://attacker.example/v1/memory/ingest', json);
     expect(rebound.status).toBe(401);
