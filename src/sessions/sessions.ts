@@ -423,11 +423,18 @@ export function registerSessionJobs(
     maxAttempts: 3,
     // Archived messages never change: reading them outside a transaction is safe, and the
     // model calls hold none.
+    // The archive is this job's only while it names this job: a session deleted and created
+    // again starts its archives at 1 anew, and an old job that ran late would otherwise take
+    // the new archive of the same index for its own.
     async compute(ctx) {
       const messages = await store.query<Message>(
-        `select role, content from session_messages
-          where tenant_id = $1 and session_id = $2 and archive_index = $3 order by id`,
-        [ctx.tenantId, ctx.payload.session_id, ctx.payload.archive_index],
+        `select m.role, m.content from session_messages m
+           join session_archives a on a.tenant_id = m.tenant_id and a.session_id = m.session_id
+                                  and a.archive_index = m.archive_index
+          where m.tenant_id = $1 and m.session_id = $2 and m.archive_index = $3
+            and a.operation_id = $4
+          order by m.id`,
+        [ctx.tenantId, ctx.payload.session_id, ctx.payload.archive_index, ctx.id],
       );
       if (messages.length === 0) {
         return null; // the user was deleted before this job ran
@@ -459,8 +466,10 @@ export function registerSessionJobs(
           ? []
           : await tx.query(
               `update session_archives set summary = $4, summarized_at = now()
-                where tenant_id = $1 and session_id = $2 and archive_index = $3 returning 1 as ok`,
-              [ctx.tenantId, sessionId, index, computed.summary],
+                where tenant_id = $1 and session_id = $2 and archive_index = $3
+                  and operation_id = $5
+                returning 1 as ok`,
+              [ctx.tenantId, sessionId, index, computed.summary, ctx.id],
             );
       if (computed === null || updated === undefined) {
         return { archive, skipped: 'the session was deleted' };

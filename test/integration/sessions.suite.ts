@@ -1,5 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
+import { eventually } from '../helpers/engine.ts';
 import { openHttp } from '../helpers/http.ts';
 
 type Harness = Awaited<ReturnType<typeof openHttp>>;
@@ -194,6 +195,51 @@ export function sessionsSuite(kind: 'pglite' | 'postgres'): void {
         archive: { index: 1, message_count: 1 },
         operation: { status: 'succeeded', result: { profile: { set: { pet: 'a cat' } } } },
       });
+    });
+
+    // A commit's job that runs only after its session was deleted and created again (same id,
+    // archives from 1 anew) must not take the new archive 1 for its own.
+    it('a commit job that runs late never takes a recreated session’s archive of the same index', async () => {
+      const late = await openHttp(kind, 'sessions:late-commit', { worker: false });
+      try {
+        const call = late.call;
+        await call('POST', '/v1/sessions/s9/messages', {
+          user_id: 'u9',
+          messages: [{ role: 'user', content: 'My pet is a dog.' }],
+        });
+        const old = await call('POST', '/v1/sessions/s9/commit', { wait: false });
+        // The session goes (as a user's deletion takes it) while its job still waits, and the
+        // same id is used again at once.
+        await late.mnemo.store.query(`delete from sessions where id = 's9'`);
+        await call('POST', '/v1/sessions/s9/messages', {
+          user_id: 'u10',
+          messages: [{ role: 'user', content: 'My pet is a cat.' }],
+        });
+        const fresh = await call('POST', '/v1/sessions/s9/commit', { wait: false });
+        expect(fresh.body['archive']).toEqual({ index: 1, message_count: 1 });
+        await late.mnemo.startWorker({ pollIntervalMs: 50 });
+        const done = async (id: string) => {
+          let op: Record<string, unknown> = {};
+          await eventually(async () => {
+            op = (await call('GET', `/v1/operations/${id}`)).body;
+            return op['status'] === 'succeeded';
+          });
+          return op;
+        };
+        expect((await done(old.body['operation']['id']))['result']).toMatchObject({
+          skipped: 'the session was deleted',
+        });
+        expect((await done(fresh.body['operation']['id']))['result']).toMatchObject({
+          profile: { set: { pet: 'a cat' } },
+        });
+        // u9 got nothing of u10's words; u10's turn is written once.
+        expect((await call('GET', '/v1/users/u9/profile')).body['attributes']).toEqual({});
+        expect((await call('GET', '/v1/users/u10/profile')).body['summary']).toMatchObject({
+          turn_count: 1,
+        });
+      } finally {
+        await late.dispose();
+      }
     });
   });
 }
