@@ -1,10 +1,11 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { runMnemo } from '../helpers/cli.ts';
+import { createPgliteStore } from '../../src/store/pglite.ts';
+import { runMnemo, runNode } from '../helpers/cli.ts';
 import { keySecret } from '../helpers/keys.ts';
 
 describe('mnemo CLI', () => {
@@ -48,6 +49,32 @@ describe('mnemo CLI', () => {
     expect(r.stdout).toMatch(/MNEMO_DATA_DIR="memory:\/\/"/);
     expect(r.stdout).toMatch(/reachable: PostgreSQL/);
     expect(r.stdout).toMatch(/migrations applied: 0, pending: \d+/);
+  });
+
+  // PGlite takes no lock of its own: a second process on the same directory corrupts it.
+  it('refuses an embedded database another process holds, and takes over the lock of one that is gone', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mnemo-lock-'));
+    const dataDir = join(dir, 'data');
+    try {
+      const store = await createPgliteStore({ dataDir });
+      const busy = await runMnemo(['migrate', '--data-dir', dataDir]);
+      expect(busy.code).toBe(3);
+      expect(busy.stderr).toContain(`in use by process ${process.pid}`);
+      await expect(createPgliteStore({ dataDir })).rejects.toThrow(/in use by process/);
+      await store.close();
+      expect(existsSync(`${dataDir}.lock`)).toBe(false);
+      // A lock left by a process that died (here: one that has exited) is taken over.
+      const gone = await runNode(['-e', 'process.stdout.write(String(process.pid))']);
+      writeFileSync(`${dataDir}.lock`, `${gone.stdout}\n`);
+      const migrated = await runMnemo(['migrate', '--data-dir', dataDir]);
+      expect(migrated.code, migrated.stderr).toBe(0);
+      expect(existsSync(`${dataDir}.lock`)).toBe(false);
+      const again = await createPgliteStore({ dataDir });
+      expect(readFileSync(`${dataDir}.lock`, 'utf8')).toBe(`${process.pid}\n`);
+      await again.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('migrate --print shows the SQL of every migration', async () => {
