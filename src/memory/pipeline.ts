@@ -108,14 +108,18 @@ export function userLockKey(ctx: { tenantId: string; payload: { user_id: string 
 /**
  * A user's deletion redacts the user's operations finished before it and their children
  * ($1 tenant, $2 user, $3 the deletion's id): the operations through `jobs_user_idx`
- * (migration 0012), their children through `jobs_parent_idx`, not the tenant's jobs.
+ * (migration 0012), their children through `jobs_parent_idx`, not the tenant's jobs. A
+ * redacted job keeps neither the user's words nor the user's id (it is no longer listed as
+ * the user's), nor its idempotency key: the same key after the deletion is a new request, so
+ * a client that re-imports what it had sent is written again, not answered with the old,
+ * emptied operation.
  */
 export const REDACT_USER_JOBS = `with mine as (
     select id from jobs
      where tenant_id = $1 and parent_id is null and payload ->> 'user_id' = $2 and id < $3),
   r as (
-    update jobs j set payload = jsonb_build_object('user_id', $2::text, 'redacted', true),
-                      result = null
+    update jobs j set payload = '{"redacted": true}'::jsonb, result = null,
+                      idempotency_key = null, payload_hash = null
       from (select id from mine
             union all
             select c.id from mine m join jobs c on c.parent_id = m.id) t

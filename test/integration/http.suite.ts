@@ -236,10 +236,12 @@ export function httpSuite(kind: 'pglite' | 'postgres'): void {
     });
 
     it('deletes a user in the user lane: every read is empty afterwards', async () => {
-      const ingest = await h.call('POST', '/v1/memory/ingest', {
+      const first = {
         user_id: 'u6',
         user_query: 'My name is Zed. I like jazz. On 2024-03-03 I moved.',
-      });
+        idempotency_key: 'zed-1',
+      };
+      const ingest = await h.call('POST', '/v1/memory/ingest', first);
       const batch = await h.call('POST', '/v1/memory/batch-ingest', {
         user_id: 'u6',
         wait: true,
@@ -280,6 +282,16 @@ export function httpSuite(kind: 'pglite' | 'postgres'): void {
             and payload ? 'user_query'`,
       );
       expect(words?.n).toBe(0);
+      // Nor are they the user's any more: listing the user's operations finds the deletion
+      // alone, and a key of theirs is free again (a re-import after the deletion is written).
+      const listed = await h.call('GET', '/v1/operations?user_id=u6');
+      expect(listed.body['items'].map((o: { id: string }) => o.id)).toEqual([op['id']]);
+      const again = await h.call('POST', '/v1/memory/ingest', first);
+      expect(again.body).toMatchObject({ status: 'succeeded' });
+      expect(again.body['id']).not.toBe(ingest.body['id']);
+      expect((await h.call('GET', '/v1/users/u6/profile')).body['summary']).toMatchObject({
+        turn_count: 1,
+      });
     });
 
     it('answers bad input with a 4xx error body and writes nothing', async () => {
