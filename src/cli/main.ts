@@ -119,6 +119,12 @@ function reportFailure(err: unknown, io: Io): number {
     io.err(`mnemo: ${err.message}`);
     return exitCodeFor(err.code);
   }
+  const sys = err as NodeJS.ErrnoException;
+  if (sys.syscall === 'listen') {
+    // The port is taken (another server?) or not ours to take: one line, no stack.
+    io.err(`mnemo: cannot listen: ${sys.message}`);
+    return ExitCode.Failure;
+  }
   io.err(`mnemo: unexpected error: ${coerceError(err).stack ?? String(err)}`);
   return ExitCode.Failure;
 }

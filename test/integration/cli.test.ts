@@ -1,4 +1,6 @@
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -74,6 +76,19 @@ describe('mnemo CLI', () => {
       await again.close();
     } finally {
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('says in one line that the port is taken, and exits 1', async () => {
+    const taken = createServer();
+    await new Promise<void>((resolve) => taken.listen(0, '127.0.0.1', resolve));
+    try {
+      const port = String((taken.address() as AddressInfo).port);
+      const r = await runMnemo(['serve', '--data-dir', 'memory://'], { MNEMO_PORT: port });
+      expect(r.code).toBe(1);
+      expect(r.stderr.trim()).toMatch(/^mnemo: cannot listen: listen EADDRINUSE: .*$/);
+    } finally {
+      taken.close();
     }
   });
 
