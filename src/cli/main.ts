@@ -119,8 +119,8 @@ function reportFailure(err: unknown, io: Io): number {
     io.err(`mnemo: ${err.message}`);
     return exitCodeFor(err.code);
   }
-  const sys = err as NodeJS.ErrnoException;
-  if (sys.syscall === 'listen') {
+  const sys = err as NodeJS.ErrnoException | null | undefined;
+  if (sys?.syscall === 'listen') {
     // The port is taken (another server?) or not ours to take: one line, no stack.
     io.err(`mnemo: cannot listen: ${sys.message}`);
     return ExitCode.Failure;

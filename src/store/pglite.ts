@@ -1,6 +1,7 @@
-import { closeSync, openSync, readFileSync, unlinkSync, writeSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { linkSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 import { PGlite } from '@electric-sql/pglite';
 
@@ -49,8 +50,23 @@ function wrap(db: PgliteQueryable, inTransaction = false): Queryable {
   };
 }
 
-/** Whether process `pid` is alive (one we may not signal is alive too). */
-function alive(pid: number): boolean {
+/** Lock files this process holds: a lock naming this pid but not here is a dead namesake's. */
+const held = new Set<string>();
+
+/**
+ * Whether the holder a lock file names (its text) may still be alive: a positive pid that is
+ * this process holding it, or another process that exists (one we may not signal exists too).
+ * Anything else (no number, 0 or below, this pid without the lock: a restart that reused it)
+ * is a holder that is gone.
+ */
+function holderAlive(text: string, path: string): boolean {
+  const pid = Number(text.trim());
+  if (!Number.isSafeInteger(pid) || pid <= 0) {
+    return false;
+  }
+  if (pid === process.pid) {
+    return held.has(path);
+  }
   try {
     process.kill(pid, 0);
     return true;
@@ -59,67 +75,112 @@ function alive(pid: number): boolean {
   }
 }
 
+/** Creates `path` holding `text`, atomically (content and all), unless it exists. */
+function createWith(path: string, text: string): boolean {
+  const tmp = `${path}.${process.pid}.${randomBytes(4).toString('hex')}`;
+  writeFileSync(tmp, text, { flag: 'wx' });
+  try {
+    linkSync(tmp, path);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
+      return false;
+    }
+    throw err;
+  } finally {
+    unlinkSync(tmp);
+  }
+}
+
+const readIfThere = (path: string): string | undefined => {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+      return undefined;
+    }
+    throw err;
+  }
+};
+
 /**
- * Takes the data directory for this store: a file `<dir>.lock` beside it, created exclusively,
- * holding this process's id. PGlite takes no lock of its own, and a second PGlite on the same
- * directory (another `mnemo serve`, a `mnemo keys` while one runs) corrupts it for good. A lock
- * whose process is gone (killed) is taken over. Returns its release; in-memory and browser
- * databases take none.
+ * Takes the data directory for this store: a file `<dir>.lock` beside it holding this
+ * process's id, created atomically. PGlite takes no lock of its own, and a second PGlite on
+ * the same directory (another `mnemo serve`, a `mnemo keys` while one runs) corrupts it for
+ * good. A lock whose holder is gone (killed) is taken over, by one process at a time: the
+ * taker holds `<dir>.lock.takeover` while it checks and replaces it (one left by a taker
+ * that died is broken after 10 s). Returns its release; in-memory and browser databases
+ * take none.
  */
-export function lockDataDir(dataDir: string): () => void {
+export async function lockDataDir(dataDir: string): Promise<() => void> {
   if (dataDir.includes('://') && !dataDir.startsWith('file://')) {
     return () => {};
   }
-  const path = `${resolve(dataDir.startsWith('file://') ? fileURLToPath(dataDir) : dataDir)}.lock`;
+  // As PGlite reads it: `file://` is cut off, the rest is a path.
+  const path = `${resolve(dataDir.startsWith('file://') ? dataDir.slice(7) : dataDir)}.lock`;
+  const takeover = `${path}.takeover`;
   const own = `${process.pid}\n`;
-  for (let attempt = 0; ; attempt++) {
-    try {
-      const fd = openSync(path, 'wx');
-      try {
-        writeSync(fd, own);
-      } finally {
-        closeSync(fd);
+  const unavailable = (message: string) =>
+    new MnemoError(
+      ErrorCode.Unavailable,
+      `cannot lock the embedded database ${dataDir}: ${message}`,
+    );
+  try {
+    for (let attempt = 0; attempt < 200; attempt++) {
+      if (createWith(path, own)) {
+        held.add(path);
+        return () => {
+          held.delete(path);
+          try {
+            if (readIfThere(path) === own) {
+              unlinkSync(path);
+            }
+          } catch {
+            // Gone already, or not ours to remove.
+          }
+        };
       }
-      break;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') {
+      const holder = readIfThere(path);
+      if (holder === undefined) {
+        continue; // released meanwhile: try again at once
+      }
+      if (holderAlive(holder, path)) {
         throw new MnemoError(
           ErrorCode.Unavailable,
-          `cannot lock the embedded database: ${(err as Error).message}`,
+          `the embedded database ${dataDir} is in use by process ${holder.trim()} (lock ${path}); ` +
+            'stop it first (one process at a time may open it; use PostgreSQL, MNEMO_DATABASE_URL, for several), ' +
+            'or delete the lock if no such process is Mnemo',
         );
       }
-    }
-    let holder = Number.NaN;
-    try {
-      holder = Number.parseInt(readFileSync(path, 'utf8'), 10);
-    } catch {
-      // Removed meanwhile: try again.
-    }
-    if (attempt === 0 && (Number.isNaN(holder) || !alive(holder))) {
-      // Left by a process that is gone (or half-written by one): take it over, once.
-      try {
-        unlinkSync(path);
-      } catch {
-        // Another process took it over first: the next attempt finds its lock.
+      if (createWith(takeover, own)) {
+        try {
+          // Still the same dead holder's (no other taker replaced it meanwhile): remove it.
+          if (readIfThere(path) === holder) {
+            unlinkSync(path);
+          }
+        } finally {
+          unlinkSync(takeover);
+        }
+        continue;
       }
-      continue;
+      try {
+        if (Date.now() - statSync(takeover).mtimeMs > 10_000) {
+          unlinkSync(takeover); // its taker died
+        }
+      } catch {
+        // Gone meanwhile.
+      }
+      await sleep(100);
     }
-    throw new MnemoError(
-      ErrorCode.Unavailable,
-      `the embedded database ${dataDir} is in use by process ${Number.isNaN(holder) ? '(unknown)' : holder} (lock ${path}); ` +
-        'stop it first (one process at a time may open it; use PostgreSQL, MNEMO_DATABASE_URL, for several), ' +
-        'or delete the lock if no such process is Mnemo',
+  } catch (err) {
+    if (err instanceof MnemoError) {
+      throw err;
+    }
+    throw unavailable(
+      `${(err as Error).message} (the directory that holds it must be writable: the lock is ${path})`,
     );
   }
-  return () => {
-    try {
-      if (readFileSync(path, 'utf8') === own) {
-        unlinkSync(path);
-      }
-    } catch {
-      // Gone already.
-    }
-  };
+  throw unavailable(`another process kept taking it over (lock ${path})`);
 }
 
 /**
@@ -130,12 +191,13 @@ export function lockDataDir(dataDir: string): () => void {
 export async function createPgliteStore(options: PgliteStoreOptions): Promise<Store> {
   const schema = options.schema ?? 'mnemo';
   assertSchemaName(schema);
-  const unlock = lockDataDir(options.dataDir);
-  let db: PGlite;
+  const unlock = await lockDataDir(options.dataDir);
+  let db: PGlite | undefined;
   try {
     db = await PGlite.create(options.dataDir);
     await db.exec(`set search_path to ${schema}`);
   } catch (err) {
+    await db?.close().catch(() => {});
     unlock();
     throw translateDatabaseError(err);
   }

@@ -71,9 +71,37 @@ describe('mnemo CLI', () => {
       const migrated = await runMnemo(['migrate', '--data-dir', dataDir]);
       expect(migrated.code, migrated.stderr).toBe(0);
       expect(existsSync(`${dataDir}.lock`)).toBe(false);
-      const again = await createPgliteStore({ dataDir });
-      expect(readFileSync(`${dataDir}.lock`, 'utf8')).toBe(`${process.pid}\n`);
-      await again.close();
+      // So is one naming this very process when it does not hold it (a restart that got the
+      // same pid, as pid 1 in a container does), and one naming no process at all.
+      for (const text of [`${process.pid}\n`, '0\n', 'junk']) {
+        writeFileSync(`${dataDir}.lock`, text);
+        const again = await createPgliteStore({ dataDir });
+        expect(readFileSync(`${dataDir}.lock`, 'utf8')).toBe(`${process.pid}\n`);
+        await expect(createPgliteStore({ dataDir })).rejects.toThrow(/in use by process/);
+        await again.close();
+      }
+      expect(existsSync(`${dataDir}.lock`)).toBe(false);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('lets one of four processes starting at once take over a dead holder’s lock', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'mnemo-lock-race-'));
+    const dataDir = join(dir, 'data');
+    try {
+      const gone = await runNode(['-e', 'process.stdout.write(String(process.pid))']);
+      writeFileSync(`${dataDir}.lock`, `${gone.stdout}\n`);
+      const script =
+        `const { lockDataDir } = await import('./src/store/pglite.ts');` +
+        `try { const unlock = await lockDataDir(${JSON.stringify(dataDir)});` +
+        ` process.stdout.write('got'); await new Promise((r) => setTimeout(r, 1500)); unlock(); }` +
+        ` catch (err) { process.stdout.write(/in use by process/.test(err.message) ? 'busy' : err.message); }`;
+      const results = await Promise.all(
+        [0, 1, 2, 3].map(() => runNode(['--import', 'tsx', '--input-type=module', '-e', script])),
+      );
+      expect(results.map((r) => r.stdout).sort()).toEqual(['busy', 'busy', 'busy', 'got']);
+      expect(existsSync(`${dataDir}.lock`)).toBe(false);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
