@@ -1,3 +1,4 @@
+import { ErrorCode, MnemoError } from '../core/errors.ts';
 import type { Engine } from '../engine/index.ts';
 import type { Queryable } from '../store/types.ts';
 import type { Extraction, Extractor } from './types.ts';
@@ -32,6 +33,33 @@ export interface IngestResult {
 /** All of one user's memory lives in the user's lane: one job at a time, in order. */
 export function userLane(userId: string): string {
   return `user:${userId}`;
+}
+
+/**
+ * Refuses a write outside the user's lane (a session append or commit, a sync upload) while a
+ * deletion of that user waits or runs: the deletion would delete it with the rest, though
+ * it was accepted after the deletion was. (An ingest needs no such check: it is in the lane,
+ * after the deletion.) One probe of `jobs_lane_active_idx`, which holds active jobs only.
+ * @throws MnemoError `conflict`
+ */
+export async function refuseWhileDeleting(
+  q: Queryable,
+  tenantId: string,
+  userId: string,
+): Promise<void> {
+  const [deleting] = await q.query<{ id: number }>(
+    `select id from jobs
+      where tenant_id = $1 and lane = $2 and status in ('pending', 'running') and kind = $3
+      limit 1`,
+    [tenantId, userLane(userId), MemoryJob.DeleteUser],
+  );
+  if (deleting !== undefined) {
+    throw new MnemoError(
+      ErrorCode.Conflict,
+      `user ${JSON.stringify(userId)} is being deleted (operation op_${deleting.id}); send this again once that has finished`,
+      { details: { operation_id: `op_${deleting.id}` } },
+    );
+  }
 }
 
 /** Whose memory a turn goes to, and which operation writes it. */

@@ -12,7 +12,7 @@ import { createHash } from 'node:crypto';
 import { ErrorCode, MnemoError } from '../core/errors.ts';
 import { canonicalJson } from '../core/json.ts';
 import type { Engine, Job } from '../engine/index.ts';
-import { type IngestResult, userLane, writeTurn } from '../memory/pipeline.ts';
+import { type IngestResult, refuseWhileDeleting, userLane, writeTurn } from '../memory/pipeline.ts';
 import type { Extraction, Extractor, Message } from '../memory/types.ts';
 import type { Queryable, Store } from '../store/types.ts';
 
@@ -155,6 +155,7 @@ export function appendMessages(
   idempotencyKey?: string,
 ): Promise<{ live_count: number }> {
   return store.transaction(async (tx) => {
+    await refuseWhileDeleting(tx, tenantId, userId);
     await lockForAppend(tx, tenantId, sessionId, userId);
     if (idempotencyKey !== undefined) {
       const hash = createHash('sha256')
@@ -295,6 +296,7 @@ export async function commitSession(
       if (session === undefined) {
         throw notFound(sessionId);
       }
+      await refuseWhileDeleting(tx, tenantId, session.user_id);
       if (requestKey !== undefined && (await archiveByKey(tx, tenantId, requestKey))) {
         // The same key committed while this one waited for the lock: answer its archive.
         throw new ReplayAfterLock();

@@ -19,7 +19,7 @@ import { ErrorCode, isMnemoError, MnemoError } from '../core/errors.ts';
 import { canonicalJson } from '../core/json.ts';
 import { pageOf } from '../core/page.ts';
 import type { Engine, Job } from '../engine/index.ts';
-import { userLockKey } from '../memory/pipeline.ts';
+import { refuseWhileDeleting, userLockKey } from '../memory/pipeline.ts';
 import type { Page } from '../memory/read.ts';
 import type { Extractor } from '../memory/types.ts';
 import { Conditions } from '../store/conditions.ts';
@@ -156,6 +156,7 @@ export async function startSync(
   const byId = [...segments].sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   try {
     return await store.transaction(async (tx) => {
+      await refuseWhileDeleting(tx, tenantId, userId);
       await tx.query(
         `insert into sync_users (tenant_id, user_id) values ($1, $2) on conflict do nothing`,
         [tenantId, userId],

@@ -1,6 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 import type { Extractor } from '../../src/memory/types.ts';
+import { eventually } from '../helpers/engine.ts';
 import { openHttp } from '../helpers/http.ts';
 
 type Harness = Awaited<ReturnType<typeof openHttp>>;
@@ -519,6 +520,68 @@ export function httpSuite(kind: 'pglite' | 'postgres'): void {
         }
       },
     );
+  });
+
+  describe(`HTTP API while a user's deletion waits (${kind})`, () => {
+    it('refuses session and sync writes for that user with 409 until it has run; ingests queue behind it', async () => {
+      const h = await openHttp(kind, 'http:deleting', { worker: false });
+      try {
+        const del = await h.call('DELETE', '/v1/users/d1', { wait: false });
+        expect(del.status).toBe(202);
+        const append = () =>
+          h.call('POST', '/v1/sessions/ds/messages', {
+            user_id: 'd1',
+            messages: [{ role: 'user', content: 'I like figs.' }],
+          });
+        const upload = () =>
+          h.call('POST', '/v1/sync', {
+            user_id: 'd1',
+            segments: [
+              {
+                id: 'x',
+                started_at: '2026-06-01T10:00:00Z',
+                ended_at: '2026-06-01T10:00:05Z',
+                transcript: 'I like dates.',
+              },
+            ],
+          });
+        for (const res of [await append(), await upload()]) {
+          expect(res.status).toBe(409);
+          expect(res.body['error']).toMatchObject({
+            code: 'conflict',
+            details: { operation_id: del.body['id'] },
+          });
+        }
+        // Another user is not held up; an ingest of this one waits in the lane, after it.
+        expect(
+          (
+            await h.call('POST', '/v1/sessions/other/messages', {
+              user_id: 'd2',
+              messages: [{ role: 'user', content: 'Hi.' }],
+            })
+          ).status,
+        ).toBe(200);
+        const ingest = await h.call('POST', '/v1/memory/ingest', {
+          user_id: 'd1',
+          user_query: 'I like plums.',
+          wait: false,
+        });
+        expect(ingest.status).toBe(202);
+        await h.mnemo.startWorker({ pollIntervalMs: 50 });
+        await eventually(
+          async () =>
+            (await h.call('GET', `/v1/operations/${ingest.body['id']}`)).body['status'] ===
+            'succeeded',
+        );
+        expect((await append()).status).toBe(200);
+        expect((await upload()).status).toBe(202);
+        expect((await h.call('GET', '/v1/users/d1/profile')).body['summary']).toMatchObject({
+          turn_count: 1,
+        });
+      } finally {
+        await h.dispose();
+      }
+    });
   });
 
   describe(`HTTP API with operation retention (${kind})`, () => {
