@@ -489,5 +489,20 @@ export function registerSessionJobs(
       );
       return { archive: { ...archive, summary: computed.summary }, ...written };
     },
+    // Failed for good (the model kept refusing, say): the commit is undone, so no message is
+    // left in an archive nothing will read. Its messages are live again and its archive (with
+    // its idempotency key) is gone: the next commit takes them. Its operation stays `failed`.
+    async onFailure(tx, _error, ctx) {
+      await tx.query(
+        `with archive as (
+           delete from session_archives
+            where tenant_id = $1 and session_id = $2 and archive_index = $3 and operation_id = $4
+           returning 1)
+         update session_messages set archive_index = null
+          where tenant_id = $1 and session_id = $2 and archive_index = $3
+            and exists (select 1 from archive)`,
+        [ctx.tenantId, ctx.payload.session_id, ctx.payload.archive_index, ctx.id],
+      );
+    },
   });
 }

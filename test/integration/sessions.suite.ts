@@ -1,6 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 import { eventually } from '../helpers/engine.ts';
+import { startFakeLlm } from '../helpers/fake-llm.ts';
 import { openHttp } from '../helpers/http.ts';
 
 type Harness = Awaited<ReturnType<typeof openHttp>>;
@@ -195,6 +196,43 @@ export function sessionsSuite(kind: 'pglite' | 'postgres'): void {
         archive: { index: 1, message_count: 1 },
         operation: { status: 'succeeded', result: { profile: { set: { pet: 'a cat' } } } },
       });
+    });
+
+    it('undoes a commit whose job failed for good: its messages are live again for the next commit', async () => {
+      const llm = await startFakeLlm(0);
+      const h2 = await openHttp(kind, 'sessions:failed-commit', {
+        env: { MNEMO_EXTRACTOR: 'openai', MNEMO_LLM_BASE_URL: llm.url, MNEMO_LLM_MODEL: 'fake' },
+      });
+      try {
+        await h2.call('POST', '/v1/sessions/sf/messages', {
+          user_id: 'uf',
+          messages: [
+            { role: 'user', content: 'My pet is a dog.' },
+            { role: 'assistant', content: 'Nice.' },
+          ],
+        });
+        llm.failNext(2, 400); // the summary and the extraction: refused, not retried
+        const failed = await h2.call('POST', '/v1/sessions/sf/commit', { idempotency_key: 'c1' });
+        expect(failed.body).toMatchObject({ status: 'committed', operation: { status: 'failed' } });
+        expect((await h2.call('GET', '/v1/sessions/sf')).body).toMatchObject({
+          live_count: 2,
+          archives: [],
+        });
+        // The key is free again with its archive; the messages go into the next archive.
+        const again = await h2.call('POST', '/v1/sessions/sf/commit', { idempotency_key: 'c1' });
+        expect(again.body).toMatchObject({
+          status: 'committed',
+          archive: { index: 2, message_count: 2 },
+          operation: { status: 'succeeded', result: { profile: { set: { pet: 'a dog' } } } },
+        });
+        expect((await h2.call('GET', '/v1/sessions/sf')).body).toMatchObject({
+          live_count: 0,
+          archives: [{ index: 2, message_count: 2, status: 'succeeded' }],
+        });
+      } finally {
+        await h2.dispose();
+        await llm.close();
+      }
     });
 
     // A commit's job that runs only after its session was deleted and created again (same id,
