@@ -6,6 +6,7 @@ import { setMaxListeners } from 'node:events';
 
 import type { Config } from './config.ts';
 import { ErrorCode, isMnemoError, MnemoError } from './core/errors.ts';
+import { operationId } from './core/ids.ts';
 import { type Logger, silentLogger } from './core/logger.ts';
 import { pageOf } from './core/page.ts';
 import {
@@ -88,11 +89,6 @@ export type IngestInput = Omit<IngestPayload, 'user_id'>;
 
 const NO_CHILDREN = { total: 0, pending: 0, running: 0, succeeded: 0, failed: 0, cancelled: 0 };
 const TERMINAL = new Set(['succeeded', 'failed', 'cancelled']);
-
-/** The public form of a job id. */
-export function operationId(id: number): string {
-  return `op_${id}`;
-}
 
 /**
  * Jobs Mnemo runs for itself, not operations a client started: not listed, not found, not

@@ -7,3 +7,8 @@ import { randomBytes } from 'node:crypto';
 export function createId(prefix: string): string {
   return `${prefix}_${randomBytes(16).toString('base64url')}`;
 }
+
+/** The public form of a job id: an operation's (`op_<n>`). */
+export function operationId(id: number): string {
+  return `op_${id}`;
+}

@@ -1,4 +1,5 @@
 import { ErrorCode, MnemoError } from '../core/errors.ts';
+import { operationId } from '../core/ids.ts';
 import type { Engine } from '../engine/index.ts';
 import type { Queryable } from '../store/types.ts';
 import type { Extraction, Extractor } from './types.ts';
@@ -56,8 +57,8 @@ export async function refuseWhileDeleting(
   if (deleting !== undefined) {
     throw new MnemoError(
       ErrorCode.Conflict,
-      `user ${JSON.stringify(userId)} is being deleted (operation op_${deleting.id}); send this again once that has finished`,
-      { details: { operation_id: `op_${deleting.id}` } },
+      `user ${JSON.stringify(userId)} is being deleted (operation ${operationId(deleting.id)}); send this again once that has finished`,
+      { details: { operation_id: operationId(deleting.id) } },
     );
   }
 }

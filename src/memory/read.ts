@@ -1,3 +1,4 @@
+import { operationId } from '../core/ids.ts';
 import { pageOf } from '../core/page.ts';
 import { Conditions } from '../store/conditions.ts';
 import type { Queryable } from '../store/types.ts';
@@ -8,7 +9,7 @@ export interface Profile {
   summary: { turn_count: number; last_ingested_at: string | null; text: string };
 }
 
-const opId = (id: number | null): string | null => (id === null ? null : `op_${id}`);
+const opId = (id: number | null): string | null => (id === null ? null : operationId(id));
 
 /** The profile and summary of a user (empty for an unknown user). */
 export async function readProfile(

@@ -10,6 +10,7 @@
 import { createHash } from 'node:crypto';
 
 import { ErrorCode, MnemoError } from '../core/errors.ts';
+import { operationId } from '../core/ids.ts';
 import { canonicalJson } from '../core/json.ts';
 import type { Engine, Job } from '../engine/index.ts';
 import { type IngestResult, refuseWhileDeleting, userLane, writeTurn } from '../memory/pipeline.ts';
@@ -388,7 +389,7 @@ export async function readSession(
   return {
     user_id: session.user_id,
     live_count: session.live_count,
-    archives: session.archives.map((a) => ({ ...a, operation_id: `op_${a.operation_id}` })),
+    archives: session.archives.map((a) => ({ ...a, operation_id: operationId(a.operation_id) })),
   };
 }
 

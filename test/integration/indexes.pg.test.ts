@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 
-import { createEngine, type Engine } from '../../src/engine/index.ts';
+import { createEngine, type Engine, type Job, type JobFilter } from '../../src/engine/index.ts';
 import { DELETE_FINISHED } from '../../src/engine/sql/retention.ts';
 import { listJobsQuery, selectJobs } from '../../src/engine/sql/rows.ts';
 import { REDACT_USER_JOBS } from '../../src/memory/pipeline.ts';
@@ -123,6 +123,24 @@ describePg('reads by index (PostgreSQL)', () => {
     expect(seen).toHaveLength(41);
   });
 
+  /** Every page of Engine.listJobs, 7 at a time: the ids in order, each job checked. */
+  async function pageThrough(
+    filter: Pick<JobFilter, 'status' | 'kind'>,
+    matches: (job: Job) => boolean,
+  ): Promise<number[]> {
+    const seen: number[] = [];
+    let beforeId: number | undefined;
+    for (;;) {
+      const page = await engine.listJobs('default', { ...filter, beforeId, limit: 7 });
+      expect(page.every(matches)).toBe(true);
+      seen.push(...page.map((job) => job.id));
+      if (page.length < 7) {
+        return seen;
+      }
+      beforeId = page[page.length - 1]?.id;
+    }
+  }
+
   // A rare status among 30,000 operations: the page comes from the status's index, not from
   // walking the tenant's operations until enough of them match.
   it('lists operations of one status through jobs_tenant_status_idx, page by page', async () => {
@@ -137,17 +155,7 @@ describePg('reads by index (PostgreSQL)', () => {
     const text = await plan(query.text, query.params);
     expect(text).toContain('"Index Name":"jobs_tenant_status_idx"');
     expect(text).not.toContain('"Node Type":"Seq Scan"');
-    const seen: number[] = [];
-    let beforeId: number | undefined;
-    for (;;) {
-      const page = await engine.listJobs('default', { status: 'cancelled', beforeId, limit: 7 });
-      expect(page.every((job) => job.status === 'cancelled')).toBe(true);
-      seen.push(...page.map((job) => job.id));
-      if (page.length < 7) {
-        break;
-      }
-      beforeId = page[page.length - 1]?.id;
-    }
+    const seen = await pageThrough({ status: 'cancelled' }, (job) => job.status === 'cancelled');
     const expected = await store.query<{ id: number }>(
       `select id from jobs where status = 'cancelled' and parent_id is null order by id desc`,
     );
@@ -178,21 +186,10 @@ describePg('reads by index (PostgreSQL)', () => {
     expect(text).not.toContain('"Node Type":"Seq Scan"');
     const common = listJobsQuery('default', { kind: 'memory.ingest', limit: 11 });
     expect(await plan(common.text, common.params)).not.toContain('"Node Type":"Seq Scan"');
-    const seen: number[] = [];
-    let beforeId: number | undefined;
-    for (;;) {
-      const page = await engine.listJobs('default', {
-        kind: 'memory.delete_user',
-        beforeId,
-        limit: 7,
-      });
-      expect(page.every((job) => job.kind === 'memory.delete_user')).toBe(true);
-      seen.push(...page.map((job) => job.id));
-      if (page.length < 7) {
-        break;
-      }
-      beforeId = page[page.length - 1]?.id;
-    }
+    const seen = await pageThrough(
+      { kind: 'memory.delete_user' },
+      (job) => job.kind === 'memory.delete_user',
+    );
     const expected = await store.query<{ id: number }>(
       `select id from jobs where kind = 'memory.delete_user' and parent_id is null
         order by id desc`,
