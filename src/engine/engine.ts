@@ -425,6 +425,21 @@ export function createEngine(deps: {
         }));
         const moved = await applyTransitions(tx, channels, transitions);
         finished = finishedIn(moved);
+        // In id order: one cancel's hooks take their locks in one order.
+        for (const target of targets.filter((t) => moved.moved.has(t.id))) {
+          await handlers.get(target.kind)?.onCancel?.(tx, {
+            id: target.id,
+            tenantId,
+            kind: target.kind,
+            lane: target.lane,
+            payload: target.payload,
+            attempt: target.attempts,
+            maxAttempts: target.maxAttempts,
+            parentId: target.parentId,
+            leaseToken: target.leaseToken,
+            signal: AbortSignal.abort(),
+          });
+        }
         return readJob(tx, tenantId, id);
       });
       // Committed: waiters in this process (whose jobs are not announced to it) learn now.

@@ -187,9 +187,17 @@ export interface JobHandler<P = unknown, C = unknown> {
   /**
    * Runs in the transaction that fails the job for good — its completion (the last attempt
    * failed, or its error is final), or the reaper's (its worker stopped on the last attempt):
-   * the place to release what the job held. Not run when a pending job is cancelled.
+   * the place to release what the job held. Not run when a pending job is cancelled
+   * (see `onCancel`).
    */
   onFailure?: (tx: Queryable, error: Error, ctx: JobContext<P>) => Promise<void>;
+  /**
+   * Runs in the transaction that cancels the job while it is still pending
+   * (`Engine.cancel`), after its row moved to `cancelled`: the place to undo what its
+   * enqueue set aside for it. Not run for a job that was claimed first (it is not cancelled).
+   * A hook that throws rolls the cancel back (the caller gets the error).
+   */
+  onCancel?: (tx: Queryable, ctx: JobContext<P>) => Promise<void>;
   /** Run time limit of one attempt (compute + apply). @defaultValue the engine's `defaultTimeoutMs` */
   timeoutMs?: number;
   /** @defaultValue 3 */

@@ -12,7 +12,7 @@ import { createHash } from 'node:crypto';
 import { ErrorCode, MnemoError } from '../core/errors.ts';
 import { operationId } from '../core/ids.ts';
 import { canonicalJson } from '../core/json.ts';
-import type { Engine, Job } from '../engine/index.ts';
+import type { Engine, Job, JobContext } from '../engine/index.ts';
 import { type IngestResult, refuseWhileDeleting, userLane, writeTurn } from '../memory/pipeline.ts';
 import type { Extraction, Extractor, Message } from '../memory/types.ts';
 import type { Queryable, Store } from '../store/types.ts';
@@ -490,20 +490,29 @@ export function registerSessionJobs(
       );
       return { archive: { ...archive, summary: computed.summary }, ...written };
     },
-    // Failed for good (the model kept refusing, say): the commit is undone, so no message is
-    // left in an archive nothing will read. Its messages are live again and its archive (with
-    // its idempotency key) is gone: the next commit takes them. Its operation stays `failed`.
+    // Failed for good (the model kept refusing, say) or cancelled while pending: the commit
+    // is undone, so no message is left in an archive nothing will read. Its messages are live
+    // again and its archive (with its idempotency key) is gone: the next commit takes them.
+    // Its operation stays `failed` or `cancelled`.
     async onFailure(tx, _error, ctx) {
-      await tx.query(
-        `with archive as (
-           delete from session_archives
-            where tenant_id = $1 and session_id = $2 and archive_index = $3 and operation_id = $4
-           returning 1)
-         update session_messages set archive_index = null
-          where tenant_id = $1 and session_id = $2 and archive_index = $3
-            and exists (select 1 from archive)`,
-        [ctx.tenantId, ctx.payload.session_id, ctx.payload.archive_index, ctx.id],
-      );
+      await undoCommit(tx, ctx);
+    },
+    async onCancel(tx, ctx) {
+      await undoCommit(tx, ctx);
     },
   });
+}
+
+/** Gives an unfinished commit's messages back to the live session and deletes its archive. */
+async function undoCommit(tx: Queryable, ctx: JobContext<CommitPayload>): Promise<void> {
+  await tx.query(
+    `with archive as (
+       delete from session_archives
+        where tenant_id = $1 and session_id = $2 and archive_index = $3 and operation_id = $4
+       returning 1)
+     update session_messages set archive_index = null
+      where tenant_id = $1 and session_id = $2 and archive_index = $3
+        and exists (select 1 from archive)`,
+    [ctx.tenantId, ctx.payload.session_id, ctx.payload.archive_index, ctx.id],
+  );
 }

@@ -1003,6 +1003,45 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       ]);
     });
 
+    it('runs onCancel in the cancelling transaction for each pending job it cancels', async () => {
+      engine.register<{ refuse?: boolean }, void>('undoable', {
+        compute: () => Promise.resolve(),
+        onCancel: async (tx, ctx) => {
+          await tx.query('insert into effects (job_id, lane) values ($1, $2)', [
+            ctx.id,
+            `cancelled:${ctx.attempt}`,
+          ]);
+          if (ctx.payload.refuse === true) {
+            throw new MnemoError(ErrorCode.Conflict, 'not now');
+          }
+        },
+      });
+      const single = await enqueue({ kind: 'undoable' });
+      const batch = await store.transaction((tx) =>
+        engine.enqueueBatch(tx, { kind: 'batch' }, [
+          { kind: 'undoable', lane: 'b', payload: {} },
+          { kind: 'undoable', lane: 'b', payload: {} },
+        ]),
+      );
+      const refused = await enqueue({ kind: 'undoable', payload: { refuse: true } });
+      expect((await engine.cancel('default', single.job.id)).status).toBe('cancelled');
+      expect((await engine.cancel('default', batch.parent.id)).status).toBe('cancelled');
+      // A hook that throws rolls its cancel back: the job is pending still, no effect kept.
+      await expect(engine.cancel('default', refused.job.id)).rejects.toMatchObject({
+        code: 'conflict',
+      });
+      expect((await engine.getJob('default', refused.job.id))?.status).toBe('pending');
+      // Cancelling a cancelled job again runs nothing more.
+      await engine.cancel('default', single.job.id);
+      const children = await engine.getChildren('default', batch.parent.id);
+      expect(await store.query('select job_id, lane from effects order by job_id')).toEqual(
+        [single.job.id, ...children.map((c) => c.id)].map((id) => ({
+          job_id: id,
+          lane: 'cancelled:0',
+        })),
+      );
+    });
+
     it('derives a batch parent status and counts from mixed child outcomes', async () => {
       engine.register<{ outcome: string }, string>('child', {
         maxAttempts: 1,

@@ -235,6 +235,53 @@ export function sessionsSuite(kind: 'pglite' | 'postgres'): void {
       }
     });
 
+    it('undoes a commit whose job is cancelled while pending; a finished commit stays', async () => {
+      const h2 = await openHttp(kind, 'sessions:cancelled-commit', { worker: false });
+      try {
+        await h2.call('POST', '/v1/sessions/sc/messages', {
+          user_id: 'uc',
+          messages: [
+            { role: 'user', content: 'My pet is a cat.' },
+            { role: 'assistant', content: 'Nice.' },
+          ],
+        });
+        const pending = await h2.call('POST', '/v1/sessions/sc/commit', {
+          wait: false,
+          idempotency_key: 'k1',
+        });
+        expect(pending.body).toMatchObject({ archive: { index: 1, message_count: 2 } });
+        const id = String(pending.body['operation'].id);
+        const cancelled = await h2.call('POST', `/v1/operations/${id}/cancel`);
+        expect(cancelled.body).toMatchObject({ status: 'cancelled' });
+        expect((await h2.call('GET', '/v1/sessions/sc')).body).toMatchObject({
+          live_count: 2,
+          archives: [],
+        });
+        // The key went with the archive: the same key commits the messages anew.
+        const again = await h2.call('POST', '/v1/sessions/sc/commit', {
+          wait: false,
+          idempotency_key: 'k1',
+        });
+        expect(again.body).toMatchObject({ archive: { index: 2, message_count: 2 } });
+        expect(String(again.body['operation'].id)).not.toBe(id);
+      } finally {
+        await h2.dispose();
+      }
+      // With a worker: the commit finishes; cancelling it afterwards changes nothing.
+      await append('sd', 'ud', [{ role: 'user', content: 'I like tea.' }]);
+      const done = await h.call('POST', '/v1/sessions/sd/commit', {});
+      expect(done.body).toMatchObject({ operation: { status: 'succeeded' } });
+      const late = await h.call(
+        'POST',
+        `/v1/operations/${String(done.body['operation'].id)}/cancel`,
+      );
+      expect(late.body).toMatchObject({ status: 'succeeded' });
+      expect((await h.call('GET', '/v1/sessions/sd')).body).toMatchObject({
+        live_count: 0,
+        archives: [{ index: 1, message_count: 1, status: 'succeeded' }],
+      });
+    });
+
     // A commit's job that runs only after its session was deleted and created again (same id,
     // archives from 1 anew) must not take the new archive 1 for its own.
     it('a commit job that runs late never takes a recreated session’s archive of the same index', async () => {
