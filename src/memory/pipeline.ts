@@ -37,10 +37,36 @@ export function userLane(userId: string): string {
 }
 
 /**
+ * The gate between a user's deletion and the writes for that user outside the user's lane
+ * (session appends and commits, sync uploads and their segments): a transaction-scoped
+ * advisory lock, shared by those writes, exclusive for the deletion's apply. A deletion thus
+ * waits for every such write in flight, and sees its rows; a write that comes after it sees
+ * the deletion. Taken before any row lock of the transaction (the deletion takes it before
+ * any of its own), so that no transaction holds a row the other wants while waiting for it.
+ * The key is namespaced apart from the lanes' (lane_lock_key).
+ */
+export async function enterUserGate(
+  q: Queryable,
+  tenantId: string,
+  userId: string,
+  mode: 'shared' | 'exclusive',
+): Promise<void> {
+  await q.query(
+    mode === 'shared'
+      ? 'select pg_advisory_xact_lock_shared(hashtextextended($1, 0))'
+      : 'select pg_advisory_xact_lock(hashtextextended($1, 0))',
+    [`user-gate:${tenantId.length}:${tenantId}:${userId}`],
+  );
+}
+
+/**
  * Refuses a write outside the user's lane (a session append or commit, a sync upload) while a
  * deletion of that user waits or runs: the deletion would delete it with the rest, though
  * it was accepted after the deletion was. (An ingest needs no such check: it is in the lane,
- * after the deletion.) One probe of `jobs_lane_active_idx`, which holds active jobs only.
+ * after the deletion.) Enters the user's gate first ({@link enterUserGate}, shared): a
+ * deletion already applying is waited for, and one applying later waits for this write;
+ * call it in the write's transaction, before any row lock. One probe of
+ * `jobs_lane_active_idx`, which holds active jobs only.
  * @throws MnemoError `conflict`
  */
 export async function refuseWhileDeleting(
@@ -48,6 +74,8 @@ export async function refuseWhileDeleting(
   tenantId: string,
   userId: string,
 ): Promise<void> {
+  // A statement of its own: the check below reads with a snapshot taken after the gate.
+  await enterUserGate(q, tenantId, userId, 'shared');
   const [deleting] = await q.query<{ id: number }>(
     `select id from jobs
       where tenant_id = $1 and lane = $2 and status in ('pending', 'running') and kind = $3
@@ -204,6 +232,9 @@ export function registerMemoryJobs(
     lockKey: userLockKey,
     async apply(tx, _none, ctx) {
       const args = [ctx.tenantId, ctx.payload.user_id];
+      // Writes for this user outside the lane that are in flight commit first; each
+      // statement below then sees their rows.
+      await enterUserGate(tx, ctx.tenantId, ctx.payload.user_id, 'exclusive');
       // The user's sync lock first, as every sync apply takes it before the user's segments
       // and conversations, which are deleted below.
       await tx.query(

@@ -283,74 +283,102 @@ export async function commitSession(
   if (replayed !== undefined) {
     return replayed;
   }
-  try {
-    return await store.transaction(async (tx): Promise<CommitOutcome> => {
-      const [session] = await tx.query<{
-        user_id: string;
-        archive_count: number;
-        generation: number;
-      }>(
-        `select user_id, archive_count, generation::float8 as generation from sessions
-          where tenant_id = $1 and id = $2 for update`,
-        [tenantId, sessionId],
-      );
-      if (session === undefined) {
-        throw notFound(sessionId);
-      }
-      await refuseWhileDeleting(tx, tenantId, session.user_id);
-      if (requestKey !== undefined && (await archiveByKey(tx, tenantId, requestKey))) {
-        // The same key committed while this one waited for the lock: answer its archive.
-        throw new ReplayAfterLock();
-      }
-      const index = session.archive_count + 1;
-      // A statement after the lock: it sees every append that committed before it.
-      const [moved] = await tx.query<{ n: number }>(
-        `with moved as (
-           update session_messages set archive_index = $3
-            where tenant_id = $1 and session_id = $2 and archive_index is null
-           returning 1)
-         select count(*)::int as n from moved`,
-        [tenantId, sessionId, index],
-      );
-      const count = moved?.n ?? 0;
-      if (count === 0) {
-        return { status: 'nothing_to_commit' };
-      }
-      const payload: CommitPayload = {
-        user_id: session.user_id,
-        session_id: sessionId,
-        archive_index: index,
-      };
-      const { job } = await engine.enqueue(tx, {
-        kind: SessionJob.Commit,
-        tenantId,
-        lane: userLane(session.user_id),
-        payload,
-        idempotencyKey: archiveJobKey(session.generation, index),
+  // A second pass when the key's archive, found under the lock, was gone again when read
+  // (its commit undone, or swept): the key is free, so the commit is made anew.
+  for (let pass = 1; ; pass++) {
+    try {
+      return await store.transaction(async (tx): Promise<CommitOutcome> => {
+        // The user's deletion gate before the session's row lock (refuseWhileDeleting): the
+        // session's user, read first without a lock, is checked again under it.
+        const [owner] = await tx.query<{ user_id: string }>(
+          `select user_id from sessions where tenant_id = $1 and id = $2`,
+          [tenantId, sessionId],
+        );
+        if (owner === undefined) {
+          throw notFound(sessionId);
+        }
+        await refuseWhileDeleting(tx, tenantId, owner.user_id);
+        const [session] = await tx.query<{
+          user_id: string;
+          archive_count: number;
+          generation: number;
+        }>(
+          `select user_id, archive_count, generation::float8 as generation from sessions
+            where tenant_id = $1 and id = $2 for update`,
+          [tenantId, sessionId],
+        );
+        if (session === undefined) {
+          throw notFound(sessionId); // deleted meanwhile
+        }
+        if (session.user_id !== owner.user_id) {
+          // Deleted and created again for another user meanwhile: a conflict to send again.
+          throw new MnemoError(
+            ErrorCode.Conflict,
+            `session ${JSON.stringify(sessionId)} changed hands while committing; send the commit again`,
+          );
+        }
+        if (requestKey !== undefined && (await archiveByKey(tx, tenantId, requestKey))) {
+          // The same key committed while this one waited for the lock: answer its archive.
+          throw new ReplayAfterLock();
+        }
+        const index = session.archive_count + 1;
+        // A statement after the lock: it sees every append that committed before it.
+        const [moved] = await tx.query<{ n: number }>(
+          `with moved as (
+             update session_messages set archive_index = $3
+              where tenant_id = $1 and session_id = $2 and archive_index is null
+             returning 1)
+           select count(*)::int as n from moved`,
+          [tenantId, sessionId, index],
+        );
+        const count = moved?.n ?? 0;
+        if (count === 0) {
+          return { status: 'nothing_to_commit' };
+        }
+        const payload: CommitPayload = {
+          user_id: session.user_id,
+          session_id: sessionId,
+          archive_index: index,
+        };
+        const { job } = await engine.enqueue(tx, {
+          kind: SessionJob.Commit,
+          tenantId,
+          lane: userLane(session.user_id),
+          payload,
+          idempotencyKey: archiveJobKey(session.generation, index),
+        });
+        await tx.query(
+          `with archive as (
+             insert into session_archives
+               (tenant_id, session_id, archive_index, message_count, operation_id, request_key)
+             values ($1, $2, $3, $4, $5, $6))
+           update sessions set archive_count = $3, updated_at = now()
+            where tenant_id = $1 and id = $2`,
+          [tenantId, sessionId, index, count, job.id, requestKey ?? null],
+        );
+        return { status: 'committed', archive: { index, message_count: count }, job };
       });
-      await tx.query(
-        `with archive as (
-           insert into session_archives
-             (tenant_id, session_id, archive_index, message_count, operation_id, request_key)
-           values ($1, $2, $3, $4, $5, $6))
-         update sessions set archive_count = $3, updated_at = now()
-          where tenant_id = $1 and id = $2`,
-        [tenantId, sessionId, index, count, job.id, requestKey ?? null],
-      );
-      return { status: 'committed', archive: { index, message_count: count }, job };
-    });
-  } catch (err) {
-    // The same key committed concurrently: this transaction rolled back; answer its archive.
-    const raced =
-      err instanceof ReplayAfterLock ||
-      (err instanceof MnemoError && err.code === ErrorCode.Conflict);
-    if (raced && requestKey !== undefined) {
-      const again = await replay();
-      if (again !== undefined) {
-        return again;
+    } catch (err) {
+      // The same key committed concurrently: this transaction rolled back; answer its archive.
+      const raced =
+        err instanceof ReplayAfterLock ||
+        (err instanceof MnemoError && err.code === ErrorCode.Conflict);
+      if (raced && requestKey !== undefined) {
+        const again = await replay();
+        if (again !== undefined) {
+          return again;
+        }
+        if (err instanceof ReplayAfterLock && pass < 3) {
+          continue;
+        }
       }
+      throw err instanceof ReplayAfterLock
+        ? new MnemoError(
+            ErrorCode.Conflict,
+            'a commit with this idempotency key kept changing while this one waited; send it again',
+          )
+        : err;
     }
-    throw err;
   }
 }
 

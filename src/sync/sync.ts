@@ -19,7 +19,7 @@ import { ErrorCode, isMnemoError, MnemoError } from '../core/errors.ts';
 import { canonicalJson } from '../core/json.ts';
 import { pageOf } from '../core/page.ts';
 import type { Engine, Job } from '../engine/index.ts';
-import { refuseWhileDeleting, userLockKey } from '../memory/pipeline.ts';
+import { enterUserGate, refuseWhileDeleting, userLockKey } from '../memory/pipeline.ts';
 import type { Page } from '../memory/read.ts';
 import type { Extractor } from '../memory/types.ts';
 import { Conditions } from '../store/conditions.ts';
@@ -779,6 +779,16 @@ export function registerSyncJobs(
     result: Transcribed,
   ): Promise<void> {
     const { user_id: userId, batch_id: batchId, segment_id: segmentId } = ctx.payload;
+    // The user's deletion gate before any row; a deletion applied since deleted the batch,
+    // and then nothing of the user is written again (not even the lock row).
+    await enterUserGate(tx, ctx.tenantId, userId, 'shared');
+    const [batch] = await tx.query(
+      `select 1 from sync_batches where tenant_id = $1 and user_id = $2 and id = $3`,
+      [ctx.tenantId, userId, batchId],
+    );
+    if (batch === undefined) {
+      return;
+    }
     // The lock before the segment's row: advance, under the lock, writes other segments.
     await lockUser(tx, ctx.tenantId, userId);
     await tx.query(
@@ -912,13 +922,21 @@ export function registerSyncJobs(
       }
       return summaries;
     },
-    async apply(tx, summaries, ctx): Promise<SyncResult> {
+    async apply(tx, summaries, ctx): Promise<SyncResult | { skipped: string }> {
       // The lock before the conversations: a later batch's cursor, under it, merges them.
       // (Locked, not upserted: the user may have been deleted since, lock row and all.)
       await tx.query(`select 1 from sync_users where tenant_id = $1 and user_id = $2 for update`, [
         ctx.tenantId,
         ctx.payload.user_id,
       ]);
+      const [batch] = await tx.query(
+        `select 1 from sync_batches where tenant_id = $1 and user_id = $2 and id = $3`,
+        [ctx.tenantId, ctx.payload.user_id, ctx.payload.batch_id],
+      );
+      if (batch === undefined) {
+        // Deleted with its user since the upload, conversations and all.
+        return { skipped: 'the user was deleted' };
+      }
       const ids = [...summaries.keys()];
       await tx.query(
         `update conversations c set summary = s.summary, summary_count = c.summary_count + 1,
