@@ -520,6 +520,7 @@ CREATE TABLE mnemo.session_messages (
     content text NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     archive_index integer,
+    given_back boolean DEFAULT false NOT NULL,
     CONSTRAINT session_messages_role_chk CHECK ((role = ANY (ARRAY['user'::text, 'assistant'::text, 'system'::text, 'tool'::text])))
 );
 

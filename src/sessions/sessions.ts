@@ -519,9 +519,8 @@ export function registerSessionJobs(
       return { archive: { ...archive, summary: computed.summary }, ...written };
     },
     // Failed for good (the model kept refusing, say) or cancelled while pending: the commit
-    // is undone, so no message is left in an archive nothing will read. Its messages are live
-    // again and its archive (with its idempotency key) is gone: the next commit takes them.
-    // Its operation stays `failed` or `cancelled`.
+    // is undone where it safely can be (undoCommit), so its messages are not left in an
+    // archive nothing will read. Its operation stays `failed` or `cancelled`.
     async onFailure(tx, _error, ctx) {
       await undoCommit(tx, ctx);
     },
@@ -531,14 +530,28 @@ export function registerSessionJobs(
   });
 }
 
-/** Gives an unfinished commit's messages back to the live session and deletes its archive. */
+/**
+ * Gives an unfinished commit's messages back to the live session and deletes its archive
+ * (with its idempotency key), so that the next commit takes them — only when that cannot
+ * write older words after newer ones, nor repeat for good: the archive must be the
+ * session's latest (a newer one, which runs first, holds later messages), and its messages
+ * must not have been given back before (a commit that fails on its content would otherwise
+ * come back with every later commit). Otherwise the archive stays as its job ended.
+ */
 async function undoCommit(tx: Queryable, ctx: JobContext<CommitPayload>): Promise<void> {
   await tx.query(
     `with archive as (
        delete from session_archives
         where tenant_id = $1 and session_id = $2 and archive_index = $3 and operation_id = $4
+          and not exists (
+            select 1 from session_archives later
+             where later.tenant_id = $1 and later.session_id = $2 and later.archive_index > $3)
+          and not exists (
+            select 1 from session_messages m
+             where m.tenant_id = $1 and m.session_id = $2 and m.archive_index = $3
+               and m.given_back)
        returning 1)
-     update session_messages set archive_index = null
+     update session_messages set archive_index = null, given_back = true
       where tenant_id = $1 and session_id = $2 and archive_index = $3
         and exists (select 1 from archive)`,
     [ctx.tenantId, ctx.payload.session_id, ctx.payload.archive_index, ctx.id],

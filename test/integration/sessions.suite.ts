@@ -235,6 +235,80 @@ export function sessionsSuite(kind: 'pglite' | 'postgres'): void {
       }
     });
 
+    it('gives messages back once: a commit of given-back messages that fails again stays archived', async () => {
+      const llm = await startFakeLlm(0);
+      const h2 = await openHttp(kind, 'sessions:failing-twice', {
+        env: { MNEMO_EXTRACTOR: 'openai', MNEMO_LLM_BASE_URL: llm.url, MNEMO_LLM_MODEL: 'fake' },
+      });
+      try {
+        await h2.call('POST', '/v1/sessions/sp/messages', {
+          user_id: 'up',
+          messages: [{ role: 'user', content: 'My pet is a dog.' }],
+        });
+        llm.failNext(2, 400); // the summary and the extraction, refused
+        const first = await h2.call('POST', '/v1/sessions/sp/commit', {});
+        expect(first.body).toMatchObject({ operation: { status: 'failed' } });
+        await h2.call('POST', '/v1/sessions/sp/messages', {
+          user_id: 'up',
+          messages: [{ role: 'user', content: 'My city is Oslo.' }],
+        });
+        llm.failNext(2, 400); // the same words fail again
+        const second = await h2.call('POST', '/v1/sessions/sp/commit', {});
+        expect(second.body).toMatchObject({
+          archive: { index: 2, message_count: 2 },
+          operation: { status: 'failed' },
+        });
+        // Kept as it ended: the next commit does not bring them back a third time.
+        expect((await h2.call('GET', '/v1/sessions/sp')).body).toMatchObject({
+          live_count: 0,
+          archives: [{ index: 2, message_count: 2, status: 'failed' }],
+        });
+        expect((await h2.call('POST', '/v1/sessions/sp/commit', {})).body).toMatchObject({
+          status: 'nothing_to_commit',
+        });
+      } finally {
+        await h2.dispose();
+        await llm.close();
+      }
+    });
+
+    it('keeps a cancelled commit archived when a newer commit of the session exists (older words never after newer)', async () => {
+      const h2 = await openHttp(kind, 'sessions:cancelled-older', { worker: false });
+      try {
+        const say = (content: string) =>
+          h2.call('POST', '/v1/sessions/so/messages', {
+            user_id: 'uo',
+            messages: [{ role: 'user', content }],
+          });
+        await say('My city is Paris.');
+        const older = await h2.call('POST', '/v1/sessions/so/commit', { wait: false });
+        await say('My city is Berlin.');
+        await h2.call('POST', '/v1/sessions/so/commit', { wait: false });
+        const id = String(older.body['operation'].id);
+        expect((await h2.call('POST', `/v1/operations/${id}/cancel`)).body).toMatchObject({
+          status: 'cancelled',
+        });
+        expect((await h2.call('GET', '/v1/sessions/so')).body).toMatchObject({
+          live_count: 0,
+          archives: [
+            { index: 1, message_count: 1, status: 'cancelled' },
+            { index: 2, message_count: 1, status: 'pending' },
+          ],
+        });
+        await h2.mnemo.startWorker();
+        await eventually(
+          async () =>
+            (await h2.call('GET', '/v1/users/uo/profile')).body['attributes']?.['city']?.value ===
+            'Berlin',
+        );
+        expect((await h2.call('POST', '/v1/sessions/so/commit', {})).body).toMatchObject({
+          status: 'nothing_to_commit',
+        });
+      } finally {
+        await h2.dispose();
+      }
+    });
+
     it('undoes a commit whose job is cancelled while pending; a finished commit stays', async () => {
       const h2 = await openHttp(kind, 'sessions:cancelled-commit', { worker: false });
       try {

@@ -139,5 +139,11 @@ export const migrations: readonly Migration[] = [
     "name": "search_sync_transcripts",
     "sql": "-- Search finds what a device synced: the transcripts of segments assigned to a conversation\n-- (src/memory/read.ts, type `conversation`, one hit per conversation). They used to be left\n-- out: search read memories, events and ingested turns only, so a user's synced speech could\n-- not be found at all.\n--\n-- An index on the expression, like the owner indexes of 0016 (words AND the owner's lexeme),\n-- rather than a stored column: adding one would rewrite the segment ledger. Only assigned\n-- segments are in it. A search computes the vector again for each of the user's matching\n-- segments to rank them (the other kinds rank a stored vector).\n--\n-- Building it locks sync_segments against writes for as long as it takes: on a large table,\n-- create it beforehand with `create index concurrently` under the same name and definition.\ncreate index if not exists sync_segments_owner_search_idx on sync_segments\n  using gin ((to_tsvector('english', coalesce(transcript, '')) || search_owner(tenant_id, user_id)))\n  with (fastupdate = off)\n  where conversation_id is not null;\n",
     "checksum": "20bf595f025912fa8111851cfb6222ad105193562f1bb7763f93b0ec48069e82"
+  },
+  {
+    "id": 24,
+    "name": "session_messages_given_back",
+    "sql": "-- A commit that ends without success (failed for good, or cancelled while pending) gives its\n-- messages back to the live session once (src/sessions/sessions.ts, undoCommit): they are\n-- marked, and a commit of marked messages that fails again keeps them archived, so that a\n-- commit failing on its content cannot come back with every later commit. A constant\n-- default: no table rewrite.\nalter table session_messages add column given_back boolean not null default false;\n",
+    "checksum": "86742281dd0765c5b46b45b50398574145a4db5eeb399fff6fd075197decf7ae"
   }
 ];
