@@ -700,6 +700,14 @@ async function advance(
     await engine.setParentResult(tx, tenantId, batch.parent_id, result);
     const conversationCount =
       result.conversations.created.length + result.conversations.merged.length;
+    // A cancelled upload whose last segments' cancellation finished it gets no summaries.
+    const [parent] = await tx.query<{ open: boolean }>(
+      `select status in ('pending', 'running') as open from jobs where id = $1 and tenant_id = $2`,
+      [batch.parent_id, tenantId],
+    );
+    if (parent?.open !== true) {
+      return;
+    }
     await engine.addChild(tx, batch.parent_id, {
       kind: SyncJob.Summarize,
       tenantId,
@@ -772,11 +780,14 @@ export function registerSyncJobs(
     engine.retain(SyncJob.Batch, settings.retainMs);
     engine.retain(SyncJob.DeleteAudio, settings.retainMs);
   }
-  /** Records a segment's outcome and moves its batch's cursor (the user's lock inside). */
+  /**
+   * Records a segment's outcome and moves its batch's cursor (the user's lock inside).
+   * Without an outcome (its job was cancelled), the cursor alone moves.
+   */
   async function settle(
     tx: Queryable,
     ctx: { tenantId: string; payload: SegmentPayload },
-    result: Transcribed,
+    result: Transcribed | undefined,
   ): Promise<void> {
     const { user_id: userId, batch_id: batchId, segment_id: segmentId } = ctx.payload;
     // The user's deletion gate before any row; a deletion applied since deleted the batch,
@@ -791,20 +802,22 @@ export function registerSyncJobs(
     }
     // The lock before the segment's row: advance, under the lock, writes other segments.
     await lockUser(tx, ctx.tenantId, userId);
-    await tx.query(
-      `update sync_segments set state = $5, transcript = coalesce($6, transcript), reason = $7
-        where tenant_id = $1 and user_id = $2 and id = $3 and batch_id = $4
-          and state = 'pending'`,
-      [
-        ctx.tenantId,
-        userId,
-        segmentId,
-        batchId,
-        result.state,
-        result.state === 'ready' ? result.text : null,
-        result.state === 'ready' ? null : result.reason,
-      ],
-    );
+    if (result !== undefined) {
+      await tx.query(
+        `update sync_segments set state = $5, transcript = coalesce($6, transcript), reason = $7
+          where tenant_id = $1 and user_id = $2 and id = $3 and batch_id = $4
+            and state = 'pending'`,
+        [
+          ctx.tenantId,
+          userId,
+          segmentId,
+          batchId,
+          result.state,
+          result.state === 'ready' ? result.text : null,
+          result.state === 'ready' ? null : result.reason,
+        ],
+      );
+    }
     await advance(tx, engine, ctx.tenantId, userId, batchId, settings.timeoutMs);
   }
 
@@ -838,6 +851,13 @@ export function registerSyncJobs(
     // failing): the segment releases its turn as failed, so the batch goes on.
     async onFailure(tx, error, ctx) {
       await settle(tx, ctx, { state: 'failed', reason: error.message });
+    },
+    // Cancelled while pending (alone, or with its upload): the cursor passes it now as a
+    // segment whose job ended without a result (failed and processed, so that re-sending it
+    // takes it again). Nothing else would move the cursor if every later segment had
+    // settled already.
+    async onCancel(tx, ctx) {
+      await settle(tx, ctx, undefined);
     },
   });
 

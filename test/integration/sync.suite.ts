@@ -311,6 +311,48 @@ export function syncSuite(kind: 'pglite' | 'postgres'): void {
       }
     });
 
+    it('passes the segments of a cancelled upload as failed, so that re-sending them takes them again', async () => {
+      const idle = await openHttp(kind, 'sync:cancelled-resend', {
+        env: { MNEMO_STT_BASE_URL: stt.url },
+        worker: false,
+      });
+      try {
+        const segments = [0, 10, 20].map((s) => ({
+          id: `r-${s}`,
+          started_at: at(s),
+          ended_at: at(s + 5),
+          transcript: `We talked about the garden at ${s}.`,
+        }));
+        const first = await idle.call('POST', '/v1/sync', { user_id: 'u9', segments });
+        const cancelled = await idle.call('POST', `/v1/operations/${first.body['id']}/cancel`);
+        expect(cancelled.body).toMatchObject({
+          status: 'cancelled',
+          result: { segments: { assigned: 0, failed: 3 } },
+        });
+        expect(
+          await idle.mnemo.store.query(
+            `select id, state, processed from sync_segments where user_id = 'u9' order by id`,
+          ),
+        ).toEqual(segments.map((s) => ({ id: s.id, state: 'failed', processed: true })));
+        // No summary job for a cancelled upload.
+        expect(
+          await idle.mnemo.store.query(`select id from jobs where kind = 'sync.summarize'`),
+        ).toEqual([]);
+        await idle.mnemo.startWorker({ pollIntervalMs: 100 });
+        const again = await idle.call('POST', '/v1/sync', { user_id: 'u9', segments });
+        let op: Record<string, unknown> = {};
+        await eventually(async () => {
+          op = (await idle.call('GET', `/v1/operations/${again.body['id']}`)).body;
+          return op['status'] === 'succeeded';
+        }, 30_000);
+        expect(op['result']).toMatchObject({ segments: { assigned: 3, duplicate: 0 } });
+        const conversations = await idle.call('GET', '/v1/users/u9/conversations');
+        expect(conversations.body['items']).toHaveLength(1);
+      } finally {
+        await idle.dispose();
+      }
+    });
+
     // Every conversation an upload touched is summarized by one model call, one after another,
     // in one job: its run limit grows with them, or a backlog of many could never finish.
     it('summarizes every conversation of an upload that takes several run limits of one call', async () => {
