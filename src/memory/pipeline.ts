@@ -163,25 +163,32 @@ export function userLockKey(ctx: { tenantId: string; payload: { user_id: string 
 }
 
 /**
- * A user's deletion redacts the user's operations finished before it and their children
- * ($1 tenant, $2 user, $3 the deletion's id): the operations through `jobs_user_idx`
- * (migration 0012), their children through `jobs_parent_idx`, not the tenant's jobs. A
- * redacted job keeps neither the user's words nor the user's id (it is no longer listed as
- * the user's), nor its idempotency key: the same key after the deletion is a new request, so
- * a client that re-imports what it had sent is written again, not answered with the old,
- * emptied operation.
+ * A user's deletion redacts the user's operations from before it and their children ($1
+ * tenant, $2 user, $3 the deletion's id, $4 the user's lane): the operations through
+ * `jobs_user_idx` (migration 0012), their children through `jobs_parent_idx`, not the
+ * tenant's jobs. Before it: in the user's lane, a lower id (an ingest queued behind the
+ * deletion stays); outside the lane, every one the deletion sees (a session commit or sync
+ * upload sent later waits for it or is refused, and one in flight is waited for and so
+ * comes before it, whatever its id). Finished jobs, and batch parents still running (a
+ * parent has no handler to read its payload): a job still to run keeps the payload its
+ * handler reads (ids, never the user's words). A redacted job keeps neither the user's words
+ * nor the user's id (it is no longer listed as the user's), nor its idempotency key: the same
+ * key after the deletion is a new request, so a client that re-imports what it had sent is
+ * written again, not answered with the old, emptied operation.
  */
 export const REDACT_USER_JOBS = `with mine as (
-    select id from jobs
-     where tenant_id = $1 and parent_id is null and payload ->> 'user_id' = $2 and id < $3),
+    select id, is_parent, status from jobs
+     where tenant_id = $1 and parent_id is null and payload ->> 'user_id' = $2
+       and (id < $3 or lane is distinct from $4)),
   r as (
     update jobs j set payload = '{"redacted": true}'::jsonb, result = null,
                       idempotency_key = null, payload_hash = null
-      from (select id from mine
+      from (select m.id from mine m
+             where m.is_parent or m.status in ('succeeded', 'failed', 'cancelled')
             union all
-            select c.id from mine m join jobs c on c.parent_id = m.id) t
-     where j.id = t.id and j.tenant_id = $1 and j.id < $3
-       and j.status in ('succeeded', 'failed', 'cancelled')
+            select c.id from mine m join jobs c on c.parent_id = m.id
+             where c.tenant_id = $1 and c.status in ('succeeded', 'failed', 'cancelled')) t
+     where j.id = t.id and j.tenant_id = $1
     returning 1)
   select count(*)::int as n from r`;
 
@@ -271,6 +278,7 @@ export function registerMemoryJobs(
         ctx.tenantId,
         ctx.payload.user_id,
         ctx.id,
+        userLane(ctx.payload.user_id),
       ]);
       counts['operations_redacted'] = redacted[0]?.n ?? 0;
       return { deleted: counts };

@@ -92,15 +92,17 @@ describePg('user deletion against writes in flight, 2 server processes on Postgr
   };
 
   it('a sync upload in flight when the deletion runs is deleted with the rest, and nothing of it comes back', async () => {
-    const upload = call(0, 'POST', '/v1/sync', {
+    const body = {
       user_id: 'slow-sync',
+      idempotency_key: 'upload-1',
       segments: [0, 10, 20].map((s) => ({
         id: `seg-${s}`,
         started_at: new Date(Date.UTC(2026, 5, 1, 8, 0, s)).toISOString(),
         ended_at: new Date(Date.UTC(2026, 5, 1, 8, 0, s + 5)).toISOString(),
         transcript: `I walked to the market at ${s}.`,
       })),
-    });
+    };
+    const upload = call(0, 'POST', '/v1/sync', body);
     await sleeping();
     const deletion = await call(1, 'DELETE', '/v1/users/slow-sync', { wait: true });
     expect(deletion.body).toMatchObject({ status: 'succeeded' });
@@ -115,6 +117,19 @@ describePg('user deletion against writes in flight, 2 server processes on Postgr
     expect(op['status']).toBe('succeeded');
     expect(await rowsOf('slow-sync')).toEqual(empty);
     expect((await call(1, 'GET', '/v1/users/slow-sync/conversations')).body['items']).toEqual([]);
+    // It came before the deletion (which waited for it), though its id is higher: redacted,
+    // no longer the user's, and its key is free. (Its jobs' payloads hold ids, not words.)
+    expect(
+      (await call(1, 'GET', '/v1/operations?user_id=slow-sync&kind=sync.batch')).body['items'],
+    ).toEqual([]);
+    const [words] = await store.query<{ n: number }>(
+      `select count(*)::int as n from jobs where payload::text like '%market%'`,
+    );
+    expect(words?.n).toBe(0);
+    await store.exec(`drop trigger test_slow_batch on sync_batches`);
+    const again = await call(1, 'POST', '/v1/sync', body);
+    expect(again.status).toBe(202);
+    expect(again.body['id']).not.toBe(uploaded.body['id']);
   });
 
   it('a first append in flight when the deletion runs is deleted with the rest', async () => {

@@ -200,7 +200,12 @@ describePg('reads by index (PostgreSQL)', () => {
 
   it('redacts a deleted user’s operations and their children by index, and only hers', async () => {
     const [last] = await store.query<{ id: number }>('select max(id)::int as id from jobs');
-    const text = await plan(REDACT_USER_JOBS, ['default', 'alice', (last?.id ?? 0) + 1]);
+    const text = await plan(REDACT_USER_JOBS, [
+      'default',
+      'alice',
+      (last?.id ?? 0) + 1,
+      'user:alice',
+    ]);
     expect(text).toContain('"Index Name":"jobs_user_idx"');
     expect(text).toContain('"Index Name":"jobs_parent_idx"');
     // (The rows found may then be joined to the table by a scan of it, when it is as small as
@@ -209,6 +214,7 @@ describePg('reads by index (PostgreSQL)', () => {
       'default',
       'alice',
       (last?.id ?? 0) + 1,
+      'user:alice',
     ]);
     // Her 40 ingests, her batch and its 3,000 items; nobody else's.
     expect(redacted?.n).toBe(3041);
