@@ -129,7 +129,9 @@ export function createPostgresStore(options: PostgresStoreOptions): Store {
     max: options.maxConnections ?? 10,
     connectionTimeoutMillis: options.connectTimeoutMs ?? 5000,
     application_name: options.applicationName ?? 'mnemo',
-    options: `${server.options === undefined ? '' : `${server.options} `}-c search_path=${schema}`,
+    // After the URL's own options, so that these win: Mnemo's tables, and ISO dates
+    // (`date::text` in write_turn's answer, `timestamptz` read back) whatever the URL sets.
+    options: `${server.options === undefined ? '' : `${server.options} `}-c search_path=${schema} -c DateStyle=ISO,MDY`,
     types: typeParsers,
   };
   const pool = new pg.Pool(connectionConfig);

@@ -1,5 +1,6 @@
 import { afterAll, expect, it } from 'vitest';
 
+import { writeTurn } from '../../src/memory/pipeline.ts';
 import { migrate } from '../../src/store/migrate.ts';
 import { createPostgresStore } from '../../src/store/postgres.ts';
 import type { Store } from '../../src/store/types.ts';
@@ -39,5 +40,27 @@ describePg('a database URL with server options of its own (PostgreSQL)', () => {
       tx.query<{ path: string }>(`select current_setting('search_path') as path`),
     );
     expect(inTx).toEqual([{ path: schema }]);
+  });
+
+  it('answers ISO dates whatever DateStyle the URL sets', async () => {
+    const url = new URL(testDatabaseUrl);
+    url.searchParams.set('options', '-c datestyle=SQL,DMY');
+    const store = createPostgresStore({ url: url.toString(), schema });
+    stores.push(store);
+    await migrate(store);
+    const result = await store.transaction((tx) =>
+      writeTurn(
+        tx,
+        { tenantId: 'default', userId: 'u', operationId: 1 },
+        { user_query: 'On 2024-05-01 I went to Oslo.' },
+        {
+          set: {},
+          unset: [],
+          memories: [],
+          events: [{ date: '2024-05-01', description: 'went to Oslo' }],
+        },
+      ),
+    );
+    expect(result.events.added.map((e) => e.date)).toEqual(['2024-05-01']);
   });
 });
