@@ -1,7 +1,8 @@
 /**
  * A local HTTP server speaking the OpenAI chat-completions protocol, for tests and benchmarks:
  * it answers with the rules extractor's reading of the user's words, after `latencyMs`.
- * `failNext(n, status)` makes the next n requests fail; `garbleNext(n)` returns non-JSON text.
+ * `failNext(n, status)` makes the next n requests fail; `garbleNext(n)` returns non-JSON text;
+ * `answerNext(content)` gives the next request's answer as written.
  */
 import { createServer, type Server } from 'node:http';
 
@@ -21,12 +22,14 @@ export interface FakeLlm {
   resetPeak(): void;
   failNext(count: number, status: number): void;
   garbleNext(count: number): void;
+  answerNext(content: string): void;
   close(): Promise<void>;
 }
 
 export async function startFakeLlm(latencyMs = 0): Promise<FakeLlm> {
   let failures: { count: number; status: number } = { count: 0, status: 500 };
   let garbles = 0;
+  const scripted: string[] = [];
   const requests: FakeLlm['requests'] = [];
   const state = { latencyMs, inFlight: 0, peak: 0 };
   const server: Server = createServer((req, res) => {
@@ -76,6 +79,7 @@ export async function startFakeLlm(latencyMs = 0): Promise<FakeLlm> {
           garbles -= 1;
           content = 'Sure! Here is what I found: profile...';
         }
+        content = scripted.shift() ?? content;
         res.writeHead(200, { 'content-type': 'application/json' }).end(
           JSON.stringify({
             id: 'chatcmpl-test',
@@ -108,6 +112,7 @@ export async function startFakeLlm(latencyMs = 0): Promise<FakeLlm> {
     resetPeak: () => (state.peak = state.inFlight),
     failNext: (count, status) => (failures = { count, status }),
     garbleNext: (count) => (garbles = count),
+    answerNext: (content) => void scripted.push(content),
     close: () =>
       new Promise((resolve) => {
         server.closeAllConnections();

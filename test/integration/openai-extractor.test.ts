@@ -105,4 +105,59 @@ describe('OpenAI-compatible extractor (against a local chat-completions server)'
       await fresh.close();
     }
   });
+
+  it('keeps what a loose answer gets right and leaves out the rest, instead of losing the turn', async () => {
+    const fresh = await startFakeLlm();
+    const h = await openHttp('pglite', 'openai-loose', {
+      env: { MNEMO_EXTRACTOR: 'openai', MNEMO_LLM_BASE_URL: fresh.url, MNEMO_LLM_MODEL: 'tiny' },
+    });
+    try {
+      fresh.answerNext(
+        JSON.stringify({
+          set: { age: 30, favoriteColor: 'blue', 'Home town': 'Oslo', pets: { cat: 1 }, x: null },
+          unset: 'nickname',
+          events: [
+            { date: '0000-01-01', description: 'year zero' },
+            { date: '2024-02-30', description: 'no such day' },
+            { date: '2024-05-01', description: 'went\u0000 to Bergen' },
+            { date: '2024-05-02' },
+          ],
+          memories: ['likes tea', 5, '', 'half \ud800 pair'],
+        }),
+      );
+      const res = await h.call('POST', '/v1/memory/ingest', {
+        user_id: 'u',
+        user_query: 'Lots of things.',
+        timeout_ms: 20_000,
+      });
+      expect(res.body).toMatchObject({ status: 'succeeded', attempts: 1 });
+      expect(res.body['result']).toMatchObject({
+        profile: {
+          set: { age: '30', favorite_color: 'blue', home_town: 'Oslo' },
+          unset: ['nickname'],
+        },
+        events: { added: [{ date: '2024-05-01', description: 'went to Bergen' }] },
+        memories: { added: [{ text: 'likes tea' }, { text: 'half \ufffd pair' }] },
+        summary: { turn_count: 1 },
+      });
+      expect(Object.keys(res.body['result'].profile.set)).toHaveLength(3);
+      // Not a JSON object at all: retried (and then failed), not stored.
+      for (const answer of ['[1, 2]', '[1, 2]', '[1, 2]']) {
+        fresh.answerNext(answer);
+      }
+      const bad = await h.call('POST', '/v1/memory/ingest', {
+        user_id: 'u',
+        user_query: 'More things.',
+        timeout_ms: 20_000,
+      });
+      expect(bad.body).toMatchObject({
+        status: 'failed',
+        attempts: 3,
+        error: { message: expect.stringContaining('JSON object') },
+      });
+    } finally {
+      await h.dispose();
+      await fresh.close();
+    }
+  });
 });

@@ -23,6 +23,18 @@ describe('rules extractor', () => {
     });
     const out = extractByRules({ userQuery: 'Forget my favorite color.' });
     expect(out).toMatchObject({ set: {}, unset: ['favorite_color'] });
+    // Forgotten, then said again: the last word wins, and the key is in one list only.
+    for (const [query, set] of [
+      ['Forget my location. I live in Paris.', { location: 'Paris' }],
+      ['Forget my age. I am 30 years old.', { age: '30' }],
+      ['Forget my pet. My pet is a cat.', { pet: 'a cat' }],
+    ] as const) {
+      expect(extractByRules({ userQuery: query })).toMatchObject({ set, unset: [] });
+    }
+    expect(extractByRules({ userQuery: 'I live in Paris. Forget my location.' })).toMatchObject({
+      set: {},
+      unset: ['location'],
+    });
   });
 
   it('reads temporal events in both word orders and rejects impossible dates', () => {

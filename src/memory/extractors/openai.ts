@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { endpointFailure, postToEndpoint } from '../../core/endpoint.ts';
 import type { Extraction, Extractor, Message, Turn } from '../types.ts';
 import { MAX_SUMMARY } from '../types.ts';
+import { isValidDate, MAX_KEY, snakeCase } from './normalize.ts';
 
 /** Settings of the OpenAI-compatible extractor. */
 export interface OpenAiExtractorOptions {
@@ -18,15 +19,6 @@ export interface OpenAiExtractorOptions {
    */
   maxInputChars?: number;
 }
-
-const extractionSchema = z.object({
-  set: z.record(z.string().regex(/^[a-z0-9_]{1,100}$/), z.string().max(2000)).default({}),
-  unset: z.array(z.string().regex(/^[a-z0-9_]{1,100}$/)).default([]),
-  events: z
-    .array(z.object({ date: z.iso.date(), description: z.string().min(1).max(2000) }))
-    .default([]),
-  memories: z.array(z.string().min(1).max(2000)).default([]),
-});
 
 const completionSchema = z.object({
   choices: z.array(z.object({ message: z.object({ content: z.string().nullable() }) })).min(1),
@@ -84,6 +76,79 @@ export function fitText(text: string, maxChars: number): string {
 
 const isLowSurrogate = (code: number) => code >= 0xdc00 && code <= 0xdfff;
 
+/** The longest attribute value, event description or memory a model's answer may give. */
+const MAX_TEXT = 2000;
+
+/**
+ * A model's text as the store takes it: numbers and booleans as their text, no NUL (jsonb
+ * refuses it), no half surrogate pair, trimmed, at most MAX_TEXT; undefined when nothing is
+ * left or it was not text.
+ */
+function cleanText(value: unknown): string | undefined {
+  const raw =
+    typeof value === 'number' || typeof value === 'boolean'
+      ? String(value)
+      : typeof value === 'string'
+        ? value
+        : undefined;
+  const text = raw?.replaceAll('\u0000', '').toWellFormed().trim();
+  return text === undefined || text === '' ? undefined : cutBefore(text, MAX_TEXT);
+}
+
+/** An attribute name a model gave (`favoriteColor`, `Favorite color`) as a snake_case key. */
+function attributeKey(name: string): string | undefined {
+  const key = snakeCase(name.replace(/([a-z0-9])([A-Z])/g, '$1_$2'));
+  return key !== '' && key.length <= MAX_KEY ? key : undefined;
+}
+
+const isRecord = (value: unknown): value is Record<string, unknown> =>
+  typeof value === 'object' && value !== null && !Array.isArray(value);
+
+/**
+ * What a model's JSON answer holds of an extraction, item by item: an attribute whose value is
+ * not text, an event without a real date, a memory that is not text are left out, and the rest
+ * is kept. (A whole answer refused for one such item was retried at temperature 0, which
+ * repeats it, and the turn was lost.) Undefined when the answer is not a JSON object.
+ */
+export function salvageExtraction(answer: unknown): Extraction | undefined {
+  if (!isRecord(answer)) {
+    return undefined;
+  }
+  const set: Record<string, string> = {};
+  for (const [name, value] of Object.entries(isRecord(answer['set']) ? answer['set'] : {})) {
+    const key = attributeKey(name);
+    const text = cleanText(value);
+    if (key !== undefined && text !== undefined) {
+      set[key] = text;
+    }
+  }
+  const unsetNames = Array.isArray(answer['unset'])
+    ? (answer['unset'] as unknown[])
+    : [answer['unset']];
+  const unset = [
+    ...new Set(
+      unsetNames.flatMap((name) => {
+        const key = typeof name === 'string' ? attributeKey(name) : undefined;
+        // A key both set and unset would be written twice in one statement: setting wins.
+        return key === undefined || key in set ? [] : [key];
+      }),
+    ),
+  ];
+  const events = (Array.isArray(answer['events']) ? (answer['events'] as unknown[]) : []).flatMap(
+    (event) => {
+      if (!isRecord(event) || typeof event['date'] !== 'string' || !isValidDate(event['date'])) {
+        return [];
+      }
+      const description = cleanText(event['description']);
+      return description === undefined ? [] : [{ date: event['date'], description }];
+    },
+  );
+  const memories = (
+    Array.isArray(answer['memories']) ? (answer['memories'] as unknown[]) : []
+  ).flatMap((memory) => (typeof memory === 'string' ? (cleanText(memory) ?? []) : []));
+  return { set, unset, events, memories };
+}
+
 /** The first `end` code units of `text`, one fewer if the last would be half of a pair. */
 function cutBefore(text: string, end: number): string {
   return end > 0 && isLowSurrogate(text.charCodeAt(end))
@@ -93,7 +158,9 @@ function cutBefore(text: string, end: number): string {
 
 /**
  * Extracts with any OpenAI-compatible chat-completions endpoint (OpenAI, Ollama, vLLM).
- * Network errors, timeouts, 408/429/5xx and malformed output are retryable; other 4xx are not.
+ * Network errors, timeouts, 408/429/5xx and an answer that is not a JSON object are
+ * retryable; other 4xx are not. A JSON object's items are taken one by one
+ * ({@link salvageExtraction}).
  */
 export function createOpenAiExtractor(options: OpenAiExtractorOptions): Extractor {
   const url = `${options.baseUrl.replace(/\/+$/, '')}/chat/completions`;
@@ -134,17 +201,17 @@ export function createOpenAiExtractor(options: OpenAiExtractorOptions): Extracto
     async extract(turn: Turn, signal: AbortSignal): Promise<Extraction> {
       const user = `User: ${turn.userQuery}${turn.agentResponse === undefined ? '' : `\nAssistant: ${turn.agentResponse}`}`;
       const content = await complete(SYSTEM_PROMPT, user, true, signal);
+      let answer: unknown;
       try {
-        const parsed = extractionSchema.safeParse(JSON.parse(content));
-        if (!parsed.success) {
-          throw new Error(parsed.error.issues.map((i) => i.message).join('; '));
-        }
-        // A key both set and unset would be written twice in one statement: setting wins.
-        const unset = parsed.data.unset.filter((k) => !(k in parsed.data.set));
-        return { ...parsed.data, unset };
+        answer = JSON.parse(content);
       } catch (err) {
-        throw failure('the model did not answer with the expected JSON', true, err);
+        throw failure('the model did not answer with JSON', true, err);
       }
+      const found = salvageExtraction(answer);
+      if (found === undefined) {
+        throw failure('the model did not answer with a JSON object', true);
+      }
+      return found;
     },
     async summarize(messages: readonly Message[], signal: AbortSignal): Promise<string> {
       const transcript = messages.map((m) => `${m.role}: ${m.content}`).join('\n');

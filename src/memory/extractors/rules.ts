@@ -1,5 +1,6 @@
 import type { Extraction, Extractor, Message, Turn } from '../types.ts';
 import { MAX_SUMMARY, normalizeText } from '../types.ts';
+import { isValidDate, MAX_KEY, snakeCase } from './normalize.ts';
 
 const DATE = '(\\d{4}-\\d{2}-\\d{2})';
 
@@ -22,26 +23,11 @@ function clean(value: string): string {
     .trim();
 }
 
-function snakeCase(attribute: string): string {
-  return attribute
-    .trim()
-    .toLowerCase()
-    .replace(/[^a-z0-9]+/g, '_')
-    .replace(/^_+|_+$/g, '');
+/** Sets a profile attribute; the last word of the turn about it wins. */
+function setAttribute(out: Extraction, key: string, value: string): void {
+  out.set[key] = value;
+  out.unset = out.unset.filter((k) => k !== key);
 }
-
-function isValidDate(iso: string): boolean {
-  const date = new Date(`${iso}T00:00:00Z`);
-  // Year 0 is valid in JavaScript but not in PostgreSQL.
-  return (
-    Number(iso.slice(0, 4)) >= 1 &&
-    !Number.isNaN(date.getTime()) &&
-    date.toISOString().startsWith(iso)
-  );
-}
-
-/** Attribute names longer than this are not profile attributes (the sentence is a memory). */
-const MAX_KEY = 100;
 
 /** Applies the rules of API.md to one sentence, adding what it finds to `out`. */
 function readSentence(sentence: string, out: Extraction): void {
@@ -59,8 +45,7 @@ function readSentence(sentence: string, out: Extraction): void {
     const key = snakeCase(m[1] ?? '');
     const value = clean(m[2] ?? '');
     if (key !== '' && key.length <= MAX_KEY && value !== '') {
-      out.set[key] = value;
-      out.unset = out.unset.filter((k) => k !== key);
+      setAttribute(out, key, value);
       return;
     }
   }
@@ -78,11 +63,11 @@ function readSentence(sentence: string, out: Extraction): void {
   }
   // After the events: "I moved to Oslo on 2024-05-01" is a dated event.
   if ((m = /^i (?:live in|moved to) (.+)$/i.exec(body)) !== null) {
-    out.set['location'] = clean(m[1] ?? '');
+    setAttribute(out, 'location', clean(m[1] ?? ''));
     return;
   }
   if ((m = /^i am (\d{1,3}) years old$/i.exec(body)) !== null) {
-    out.set['age'] = m[1] ?? '';
+    setAttribute(out, 'age', m[1] ?? '');
     return;
   }
   // Every other declarative sentence: not a question or an exclamation, two words at least.
