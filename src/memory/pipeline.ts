@@ -166,10 +166,10 @@ export function userLockKey(ctx: { tenantId: string; payload: { user_id: string 
  * A user's deletion redacts the user's operations from before it and their children ($1
  * tenant, $2 user, $3 the deletion's id, $4 the user's lane): the operations through
  * `jobs_user_idx` (migration 0012), their children through `jobs_parent_idx`, not the
- * tenant's jobs. Before it: in the user's lane, a lower id (an ingest queued behind the
- * deletion stays); outside the lane, every one the deletion sees (a session commit or sync
- * upload sent later waits for it or is refused, and one in flight is waited for and so
- * comes before it, whatever its id). Finished jobs, and batch parents still running (a
+ * tenant's jobs. Before it: in the user's lane (or a batch whose items are), a lower id (an
+ * ingest or batch queued behind the deletion stays); outside the lane, every one the
+ * deletion sees (a sync upload sent later waits for it or is refused, and one in flight is
+ * waited for and so comes before it, whatever its id). Finished jobs, and batch parents still running (a
  * parent has no handler to read its payload): a job still to run keeps the payload its
  * handler reads (ids, never the user's words). A redacted job keeps neither the user's words
  * nor the user's id (it is no longer listed as the user's), nor its idempotency key: the same
@@ -177,9 +177,12 @@ export function userLockKey(ctx: { tenantId: string; payload: { user_id: string 
  * written again, not answered with the old, emptied operation.
  */
 export const REDACT_USER_JOBS = `with mine as (
-    select id, is_parent, status from jobs
-     where tenant_id = $1 and parent_id is null and payload ->> 'user_id' = $2
-       and (id < $3 or lane is distinct from $4)),
+    select j.id, j.is_parent, j.status from jobs j
+     where j.tenant_id = $1 and j.parent_id is null and j.payload ->> 'user_id' = $2
+       and (j.id < $3
+            or (j.lane is distinct from $4
+                and not exists (select 1 from jobs c
+                                 where c.parent_id = j.id and c.lane = $4)))),
   r as (
     update jobs j set payload = '{"redacted": true}'::jsonb, result = null,
                       idempotency_key = null, payload_hash = null

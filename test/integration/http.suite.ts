@@ -567,17 +567,32 @@ export function httpSuite(kind: 'pglite' | 'postgres'): void {
           wait: false,
         });
         expect(ingest.status).toBe(202);
+        // A batch too: its items are in the lane, after the deletion; it stays, key and all.
+        const batchBody = {
+          user_id: 'd1',
+          items: [{ user_query: 'I like pears.' }],
+          idempotency_key: 'after-the-deletion',
+          wait: false,
+        };
+        const batch = await h.call('POST', '/v1/memory/batch-ingest', batchBody);
+        expect(batch.status).toBe(202);
         await h.mnemo.startWorker({ pollIntervalMs: 50 });
-        await eventually(
-          async () =>
-            (await h.call('GET', `/v1/operations/${ingest.body['id']}`)).body['status'] ===
-            'succeeded',
-        );
+        for (const op of [ingest, batch]) {
+          await eventually(
+            async () =>
+              (await h.call('GET', `/v1/operations/${op.body['id']}`)).body['status'] ===
+              'succeeded',
+          );
+        }
         expect((await append()).status).toBe(200);
         expect((await upload()).status).toBe(202);
         expect((await h.call('GET', '/v1/users/d1/profile')).body['summary']).toMatchObject({
-          turn_count: 1,
+          turn_count: 2,
         });
+        const listed = await h.call('GET', '/v1/operations?user_id=d1&kind=memory.batch_ingest');
+        expect(listed.body['items'].map((o: { id: string }) => o.id)).toEqual([batch.body['id']]);
+        const replay = await h.call('POST', '/v1/memory/batch-ingest', batchBody);
+        expect(replay.body['id']).toBe(batch.body['id']);
       } finally {
         await h.dispose();
       }
