@@ -410,23 +410,25 @@ export function createEngine(deps: {
           : current.status === 'pending'
             ? [current]
             : [];
-        const transitions: Transition[] = targets.map((t) => ({
-          id: t.id,
-          tenantId,
-          lane: t.lane,
-          from: 'pending',
-          to: 'cancelled',
-          error: {
-            code: 'cancelled',
-            message: 'cancelled on request',
-            retryable: false,
-            attempt: t.attempts,
-          },
-        }));
-        const moved = await applyTransitions(tx, channels, transitions);
-        finished = finishedIn(moved);
-        // In id order: one cancel's hooks take their locks in one order.
-        for (const target of targets.filter((t) => moved.moved.has(t.id))) {
+        // Jobs with a cancel hook: their rows locked first (in id order), so that they are
+        // still pending when their hooks run, and the hooks take their locks before the
+        // transitions take the lanes' and the parent's (the order a completion takes them
+        // in: its applies first). A job claimed meanwhile is not cancelled, and gets no hook.
+        const hooked = targets.filter((t) => handlers.get(t.kind)?.onCancel !== undefined);
+        const held =
+          hooked.length === 0
+            ? new Set<number>()
+            : new Set(
+                (
+                  await tx.query<{ id: number }>(
+                    `select id from jobs where id = any($1::bigint[]) and status = 'pending'
+                      order by id for update`,
+                    [hooked.map((t) => t.id)],
+                  )
+                ).map((r) => r.id),
+              );
+        const cancelling = targets.filter((t) => !hooked.includes(t) || held.has(t.id));
+        for (const target of cancelling.filter((t) => held.has(t.id))) {
           await handlers.get(target.kind)?.onCancel?.(tx, {
             id: target.id,
             tenantId,
@@ -440,6 +442,20 @@ export function createEngine(deps: {
             signal: AbortSignal.abort(),
           });
         }
+        const transitions: Transition[] = cancelling.map((t) => ({
+          id: t.id,
+          tenantId,
+          lane: t.lane,
+          from: 'pending',
+          to: 'cancelled',
+          error: {
+            code: 'cancelled',
+            message: 'cancelled on request',
+            retryable: false,
+            attempt: t.attempts,
+          },
+        }));
+        finished = finishedIn(await applyTransitions(tx, channels, transitions));
         return readJob(tx, tenantId, id);
       });
       // Committed: waiters in this process (whose jobs are not announced to it) learn now.

@@ -193,9 +193,11 @@ export interface JobHandler<P = unknown, C = unknown> {
   onFailure?: (tx: Queryable, error: Error, ctx: JobContext<P>) => Promise<void>;
   /**
    * Runs in the transaction that cancels the job while it is still pending
-   * (`Engine.cancel`), after its row moved to `cancelled`: the place to undo what its
-   * enqueue set aside for it. Not run for a job that was claimed first (it is not cancelled).
-   * A hook that throws rolls the cancel back (the caller gets the error).
+   * (`Engine.cancel`): the place to undo what its enqueue set aside for it. It runs with the
+   * job's row locked and still `pending`, before the row moves to `cancelled` (and before the
+   * cancel takes the lane's and the parent's locks, as a completion runs its applies before
+   * it takes them). Not run for a job that was claimed first (it is not cancelled). A hook
+   * that throws rolls the cancel back (the caller gets the error).
    */
   onCancel?: (tx: Queryable, ctx: JobContext<P>) => Promise<void>;
   /** Run time limit of one attempt (compute + apply). @defaultValue the engine's `defaultTimeoutMs` */

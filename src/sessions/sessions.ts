@@ -534,18 +534,25 @@ export function registerSessionJobs(
  * Gives an unfinished commit's messages back to the live session and deletes its archive
  * (with its idempotency key), so that the next commit takes them — only when that cannot
  * write older words after newer ones, nor repeat for good: the archive must be the
- * session's latest (a newer one, which runs first, holds later messages), and its messages
+ * session's latest (a newer one holds later messages, and the next commit of these would
+ * come after it), and its messages
  * must not have been given back before (a commit that fails on its content would otherwise
  * come back with every later commit). Otherwise the archive stays as its job ended.
  */
 async function undoCommit(tx: Queryable, ctx: JobContext<CommitPayload>): Promise<void> {
+  // The session's row lock, as a commit's phase 1 takes it: a phase 1 in flight (its archive
+  // not yet visible) finishes first, and its archive counts as newer below.
+  const [latest] = await tx.query(
+    `select 1 from sessions where tenant_id = $1 and id = $2 and archive_count = $3 for update`,
+    [ctx.tenantId, ctx.payload.session_id, ctx.payload.archive_index],
+  );
+  if (latest === undefined) {
+    return; // a newer archive exists (or the session is gone)
+  }
   await tx.query(
     `with archive as (
        delete from session_archives
         where tenant_id = $1 and session_id = $2 and archive_index = $3 and operation_id = $4
-          and not exists (
-            select 1 from session_archives later
-             where later.tenant_id = $1 and later.session_id = $2 and later.archive_index > $3)
           and not exists (
             select 1 from session_messages m
              where m.tenant_id = $1 and m.session_id = $2 and m.archive_index = $3

@@ -700,13 +700,8 @@ async function advance(
     await engine.setParentResult(tx, tenantId, batch.parent_id, result);
     const conversationCount =
       result.conversations.created.length + result.conversations.merged.length;
-    // A cancelled upload whose last segments' cancellation finished it gets no summaries.
-    const [parent] = await tx.query<{ open: boolean }>(
-      `select status in ('pending', 'running') as open from jobs where id = $1 and tenant_id = $2`,
-      [batch.parent_id, tenantId],
-    );
-    if (parent?.open !== true) {
-      return;
+    if (conversationCount === 0) {
+      return; // nothing to summarize (every segment failed, was cancelled or was silent)
     }
     await engine.addChild(tx, batch.parent_id, {
       kind: SyncJob.Summarize,
@@ -774,20 +769,17 @@ export function registerSyncJobs(
   if (settings.retainMs !== undefined) {
     // An upload's operation finishes when all its jobs have; none of them runs again, and
     // only they move its cursor, which is what reads their status. The batch's counts, its
-    // conversations and the segment ledger are rows of their own. (A cancelled upload leaves
-    // the segments it never transcribed pending, jobs or not; their audio is deleted all the
-    // same: see sync.delete_audio.)
+    // conversations and the segment ledger are rows of their own. (A cancelled upload settles
+    // the segments it never transcribed as failed; their audio is deleted all the same: see
+    // sync.delete_audio.)
     engine.retain(SyncJob.Batch, settings.retainMs);
     engine.retain(SyncJob.DeleteAudio, settings.retainMs);
   }
-  /**
-   * Records a segment's outcome and moves its batch's cursor (the user's lock inside).
-   * Without an outcome (its job was cancelled), the cursor alone moves.
-   */
+  /** Records a segment's outcome and moves its batch's cursor (the user's lock inside). */
   async function settle(
     tx: Queryable,
     ctx: { tenantId: string; payload: SegmentPayload },
-    result: Transcribed | undefined,
+    result: Transcribed,
   ): Promise<void> {
     const { user_id: userId, batch_id: batchId, segment_id: segmentId } = ctx.payload;
     // The user's deletion gate before any row; a deletion applied since deleted the batch,
@@ -802,22 +794,20 @@ export function registerSyncJobs(
     }
     // The lock before the segment's row: advance, under the lock, writes other segments.
     await lockUser(tx, ctx.tenantId, userId);
-    if (result !== undefined) {
-      await tx.query(
-        `update sync_segments set state = $5, transcript = coalesce($6, transcript), reason = $7
-          where tenant_id = $1 and user_id = $2 and id = $3 and batch_id = $4
-            and state = 'pending'`,
-        [
-          ctx.tenantId,
-          userId,
-          segmentId,
-          batchId,
-          result.state,
-          result.state === 'ready' ? result.text : null,
-          result.state === 'ready' ? null : result.reason,
-        ],
-      );
-    }
+    await tx.query(
+      `update sync_segments set state = $5, transcript = coalesce($6, transcript), reason = $7
+        where tenant_id = $1 and user_id = $2 and id = $3 and batch_id = $4
+          and state = 'pending'`,
+      [
+        ctx.tenantId,
+        userId,
+        segmentId,
+        batchId,
+        result.state,
+        result.state === 'ready' ? result.text : null,
+        result.state === 'ready' ? null : result.reason,
+      ],
+    );
     await advance(tx, engine, ctx.tenantId, userId, batchId, settings.timeoutMs);
   }
 
@@ -852,12 +842,11 @@ export function registerSyncJobs(
     async onFailure(tx, error, ctx) {
       await settle(tx, ctx, { state: 'failed', reason: error.message });
     },
-    // Cancelled while pending (alone, or with its upload): the cursor passes it now as a
-    // segment whose job ended without a result (failed and processed, so that re-sending it
-    // takes it again). Nothing else would move the cursor if every later segment had
-    // settled already.
+    // Cancelled while pending (alone, or with its upload): the segment is settled as failed
+    // now, so that the cursor can pass it and re-sending it takes it again. Nothing else would
+    // move the cursor if every later segment had settled already.
     async onCancel(tx, ctx) {
-      await settle(tx, ctx, undefined);
+      await settle(tx, ctx, { state: 'failed', reason: 'its transcription job was cancelled' });
     },
   });
 

@@ -52,7 +52,9 @@ describePg('user deletion against writes in flight, 2 server processes on Postgr
   const sleeping = () =>
     eventually(async () => {
       const [row] = await store.query<{ n: number }>(
-        `select count(*)::int as n from pg_stat_activity where wait_event = 'PgSleep'`,
+        `select count(*)::int as n from pg_stat_activity
+          where wait_event = 'PgSleep'
+            and (query like '%into sync_batches%' or query like '%into sessions%')`,
       );
       return (row?.n ?? 0) > 0;
     }, 10_000);
