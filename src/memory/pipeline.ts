@@ -156,9 +156,23 @@ export async function writeTurn(
 
 /**
  * The lock key ({@link JobHandler.lockKey}) of jobs whose applies lock a user's rows outside
- * the user's lane (sync segments, the user's deletion): completions order them by user.
+ * the user's lane (sync segments and summaries): completions order them by user.
  */
 export function userLockKey(ctx: { tenantId: string; payload: { user_id: string } }): string {
+  return `${userDeletionLockKey(ctx)}\u0000`;
+}
+
+/**
+ * The lock key of the user's deletion: before every other key of the user
+ * ({@link userLockKey}), so that a completion holding both applies the deletion first. It
+ * takes the user's gate exclusively, and must take it before the other applies' row locks,
+ * or a write in flight that holds the gate shared and wants one of those rows would wait for
+ * it while it waits for the gate.
+ */
+export function userDeletionLockKey(ctx: {
+  tenantId: string;
+  payload: { user_id: string };
+}): string {
   return `${ctx.tenantId}\u0000${ctx.payload.user_id}`;
 }
 
@@ -239,7 +253,7 @@ export function registerMemoryJobs(
 
   engine.register<{ user_id: string }, void>(MemoryJob.DeleteUser, {
     maxAttempts: 5,
-    lockKey: userLockKey,
+    lockKey: userDeletionLockKey,
     async apply(tx, _none, ctx) {
       const args = [ctx.tenantId, ctx.payload.user_id];
       // Writes for this user outside the lane that are in flight commit first; each
