@@ -31,6 +31,11 @@ describe('rules extractor', () => {
     ] as const) {
       expect(extractByRules({ userQuery: query })).toMatchObject({ set, unset: [] });
     }
+    // Letters of any script make the key; accents are kept (composed), not dropped.
+    expect(extractByRules({ userQuery: 'My Größe is 180. My город is Oslo.' }).set).toEqual({
+      größe: '180',
+      город: 'Oslo',
+    });
     expect(extractByRules({ userQuery: 'I live in Paris. Forget my location.' })).toMatchObject({
       set: {},
       unset: ['location'],

@@ -3,12 +3,16 @@
 /** Attribute names longer than this are not profile attributes. */
 export const MAX_KEY = 100;
 
-/** An attribute's words as its key: lower case, runs of anything else as one `_`. */
+/**
+ * An attribute's words as its key: composed (NFC), lower case, letters and digits of any
+ * script kept (`größe`, `город`), runs of anything else as one `_`.
+ */
 export function snakeCase(attribute: string): string {
   return attribute
+    .normalize('NFC')
     .trim()
     .toLowerCase()
-    .replace(/[^a-z0-9]+/g, '_')
+    .replace(/[^\p{L}\p{M}\p{N}]+/gu, '_')
     .replace(/^_+|_+$/g, '');
 }
 

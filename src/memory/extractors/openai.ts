@@ -130,7 +130,7 @@ export function salvageExtraction(answer: unknown): Extraction | undefined {
       unsetNames.flatMap((name) => {
         const key = typeof name === 'string' ? attributeKey(name) : undefined;
         // A key both set and unset would be written twice in one statement: setting wins.
-        return key === undefined || key in set ? [] : [key];
+        return key === undefined || Object.hasOwn(set, key) ? [] : [key];
       }),
     ),
   ];
