@@ -149,16 +149,25 @@ export function createPostgresStore(options: PostgresStoreOptions): Store {
     transaction<T>(fn: (tx: Queryable) => Promise<T>, txOptions: TransactionOptions = {}) {
       return runTransactionWithRetries(async () => {
         let client: pg.PoolClient | undefined;
+        let broken = false;
+        // A borrowed connection that drops (a server restart, a terminated backend) emits
+        // `error` whether or not a query is running, and the pool listens only to idle ones:
+        // unheard, it would crash the process. The transaction's next statement fails and it
+        // is rolled back (or given up) as unavailable.
+        const onError = () => {
+          broken = true;
+        };
         try {
           client = await pool.connect();
+          client.on('error', onError);
           // Explicit: the lane protocol of the engine relies on READ COMMITTED snapshots,
           // whatever the server's default_transaction_isolation says.
           await client.query('begin isolation level read committed');
         } catch (err) {
+          client?.removeListener('error', onError);
           client?.release(true);
           throw translateDatabaseError(err);
         }
-        let broken = false;
         try {
           const result = await fn(wrap(client, true));
           await client.query('commit').catch((err: unknown) => {
@@ -173,6 +182,7 @@ export function createPostgresStore(options: PostgresStoreOptions): Store {
           }
           throw err;
         } finally {
+          client.removeListener('error', onError);
           client.release(broken);
         }
       }, txOptions.maxAttempts ?? 5);

@@ -1,0 +1,38 @@
+import { afterAll, expect, it } from 'vitest';
+
+import { createPostgresStore } from '../../src/store/postgres.ts';
+import { describePg, dropSchema, testDatabaseUrl, testSchemaName } from '../helpers/pg.ts';
+
+describePg('the PostgreSQL store when a connection drops', () => {
+  const schema = testSchemaName('postgres-store');
+  const store = createPostgresStore({ url: testDatabaseUrl, schema, maxConnections: 3 });
+  const other = createPostgresStore({ url: testDatabaseUrl, schema, maxConnections: 1 });
+  afterAll(async () => {
+    await store.close();
+    await other.close();
+    await dropSchema(schema);
+  });
+
+  it('fails or retries a transaction whose connection is terminated, and the process lives on', async () => {
+    let attempts = 0;
+    const outcome = await store
+      .transaction(async (tx) => {
+        attempts += 1;
+        const [me] = await tx.query<{ pid: number }>('select pg_backend_pid() as pid');
+        if (attempts === 1) {
+          // Terminated while idle in the transaction: the connection's `error` comes between
+          // two statements, with no query to reject.
+          await other.query('select pg_terminate_backend($1)', [me?.pid]);
+          await new Promise((resolve) => setTimeout(resolve, 300));
+        }
+        return (await tx.query<{ n: number }>('select 1 as n'))[0]?.n;
+      })
+      .then(
+        (n) => ({ ok: n }),
+        (err: unknown) => ({ code: (err as { code?: string }).code }),
+      );
+    // Either way a clear outcome, not a crash: run again on a fresh connection, or unavailable.
+    expect([{ ok: 1 }, { code: 'unavailable' }]).toContainEqual(outcome);
+    expect(await store.query<{ n: number }>('select 1 as n')).toEqual([{ n: 1 }]);
+  });
+});
