@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 
 import pg from 'pg';
 
-import { ErrorCode, MnemoError } from '../core/errors.ts';
+import { ErrorCode, isMnemoError, MnemoError } from '../core/errors.ts';
 import { translateDatabaseError } from './errors.ts';
 import { quoteIdent } from './quote.ts';
 import { assertSchemaName, backoffDelay, runTransactionWithRetries } from './retry.ts';
@@ -128,6 +128,9 @@ export function createPostgresStore(options: PostgresStoreOptions): Store {
     connectionString: server.url,
     max: options.maxConnections ?? 10,
     connectionTimeoutMillis: options.connectTimeoutMs ?? 5000,
+    // TCP keepalives: a connection a NAT or proxy dropped silently (the LISTEN one is idle
+    // for long) is noticed, and reconnected, instead of waited on for good.
+    keepAlive: true,
     application_name: options.applicationName ?? 'mnemo',
     // After the URL's own options, so that these win: Mnemo's tables, and ISO dates
     // (`date::text` in write_turn's answer, `timestamptz` read back) whatever the URL sets.
@@ -214,6 +217,11 @@ export function createPostgresStore(options: PostgresStoreOptions): Store {
           await client.end().catch(() => undefined);
           throw translateDatabaseError(err);
         }
+        if (!subscription.active || closed) {
+          // Unsubscribed or closed while connecting: nobody would end this one.
+          await client.end().catch(() => undefined);
+          return;
+        }
         subscription.client = client;
         listeners.add(client);
       };
@@ -227,7 +235,16 @@ export function createPostgresStore(options: PostgresStoreOptions): Store {
           setTimeout(() => void reconnect(attempt + 1), backoffDelay(attempt, 100, 5000)).unref();
         }
       };
-      await connect();
+      try {
+        await connect();
+      } catch (err) {
+        if (!isMnemoError(err, ErrorCode.Unavailable)) {
+          throw err;
+        }
+        // The server is not reachable now (or has no connection to spare): keep trying, as
+        // after a drop. Until then the caller's polling is all it has.
+        setTimeout(() => void reconnect(1), backoffDelay(1, 100, 5000)).unref();
+      }
       return async () => {
         subscription.active = false;
         const client = subscription.client;

@@ -61,6 +61,9 @@ export interface Store extends Queryable {
   /**
    * Subscribes to `channel` (PostgreSQL `LISTEN`); notifications sent with `pg_notify`
    * arrive after the sending transaction commits. Returns a function that unsubscribes.
+   * Best effort: a subscription whose connection drops, or cannot be made yet (the server
+   * is unavailable), is made again in the background; notifications sent meanwhile are
+   * lost, so callers poll too.
    */
   listen(channel: string, handler: NotificationHandler): Promise<() => Promise<void>>;
   /** Closes every connection. Safe to call twice. */

@@ -1,6 +1,7 @@
 import { afterAll, expect, it } from 'vitest';
 
 import { createPostgresStore } from '../../src/store/postgres.ts';
+import { eventually } from '../helpers/engine.ts';
 import { describePg, dropSchema, testDatabaseUrl, testSchemaName } from '../helpers/pg.ts';
 
 describePg('the PostgreSQL store when a connection drops', () => {
@@ -34,5 +35,27 @@ describePg('the PostgreSQL store when a connection drops', () => {
     // Either way a clear outcome, not a crash: run again on a fresh connection, or unavailable.
     expect([{ ok: 1 }, { code: 'unavailable' }]).toContainEqual(outcome);
     expect(await store.query<{ n: number }>('select 1 as n')).toEqual([{ n: 1 }]);
+  });
+
+  it('keeps trying to listen when the first connection is refused, and hears notifications once it is in', async () => {
+    const role = `mnemo_listen_${process.pid}`;
+    await other.exec(`create role ${role} login connection limit 0`);
+    const url = new URL(testDatabaseUrl);
+    url.username = role;
+    const limited = createPostgresStore({ url: url.toString(), schema });
+    try {
+      const heard: string[] = [];
+      // Refused (too many connections for the role): no throw, retried in the background.
+      const unlisten = await limited.listen('store_retry', (payload) => heard.push(payload));
+      await other.exec(`alter role ${role} connection limit -1`);
+      await eventually(async () => {
+        await other.query(`select pg_notify('store_retry', 'hello')`);
+        return heard.includes('hello');
+      }, 20_000);
+      await unlisten();
+    } finally {
+      await limited.close();
+      await other.exec(`drop role ${role}`);
+    }
   });
 });
