@@ -83,6 +83,9 @@ export async function migrate(
   migrations: readonly Migration[] = embeddedMigrations,
 ): Promise<number[]> {
   return store.transaction(async (tx) => {
+    // Neither a wait for another process's migration nor a long index build may be cut short
+    // by a timeout the database URL sets for Mnemo's ordinary statements.
+    await tx.exec('set local statement_timeout = 0; set local lock_timeout = 0');
     // Lock before reading the ledger: computing "pending" first would let two processes
     // both decide to apply the same migration.
     await tx.query('select pg_advisory_xact_lock(hashtextextended($1, 0))', [

@@ -63,4 +63,28 @@ describePg('a database URL with server options of its own (PostgreSQL)', () => {
     );
     expect(result.events.added.map((e) => e.date)).toEqual(['2024-05-01']);
   });
+
+  it('migrates whatever statement and lock timeouts the URL sets, waiting for another migrating process', async () => {
+    const url = new URL(testDatabaseUrl);
+    url.searchParams.set('options', '-c statement_timeout=200 -c lock_timeout=200');
+    const fresh = testSchemaName('postgres-url-timeouts');
+    const store = createPostgresStore({ url: url.toString(), schema: fresh });
+    const holder = createPostgresStore({ url: testDatabaseUrl, schema: fresh, maxConnections: 1 });
+    stores.push(store, holder);
+    try {
+      // Another process holds the migration lock for a second.
+      const held = holder.transaction(async (tx) => {
+        await tx.query('select pg_advisory_xact_lock(hashtextextended($1, 0))', [
+          `mnemo:migrate:${fresh}`,
+        ]);
+        await tx.query('select pg_sleep(1)');
+      });
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      const applied = await migrate(store);
+      await held;
+      expect(applied.length).toBeGreaterThan(20);
+    } finally {
+      await dropSchema(fresh);
+    }
+  });
 });
