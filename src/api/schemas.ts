@@ -27,8 +27,17 @@ function cleanJson(value: unknown, depth = 0): boolean {
 }
 const Str = () => z.string().refine(noNul, NUL_MESSAGE);
 
-/** user_id, session_id, segment ids, idempotency keys: 1–256 characters. */
-export const Id = z.string().min(1).max(256).refine(noNul, NUL_MESSAGE);
+/**
+ * user_id, session_id, segment ids, idempotency keys: 1–256 characters, not `.` or `..`
+ * (in a URL path, `/v1/users/%2E%2E` is resolved as a dot segment: such a user could be
+ * written but never read or deleted).
+ */
+export const Id = z
+  .string()
+  .min(1)
+  .max(256)
+  .refine(noNul, NUL_MESSAGE)
+  .refine((s) => s !== '.' && s !== '..', 'must not be "." or ".."');
 const Text = (max: number) => z.string().min(1).max(max).refine(noNul, NUL_MESSAGE);
 // Offsets past ±15:59 pass the ISO pattern but not PostgreSQL. An instant before year 1 or
 // after 9999 in UTC (year 0, or 0001-01-01T00:00+01:00) would be stored as a BC or five-digit

@@ -301,6 +301,14 @@ export function httpSuite(kind: 'pglite' | 'postgres'): void {
         ['POST', '/v1/memory/ingest', '', 400],
         ['POST', '/v1/memory/ingest', { user_id: 'u', user_query: 5 }, 400],
         ['POST', '/v1/memory/ingest', { user_id: '', user_query: 'x' }, 400],
+        // Unreachable through a path afterwards (/v1/users/%2E%2E is /v1/).
+        ['POST', '/v1/memory/ingest', { user_id: '..', user_query: 'x' }, 400],
+        [
+          'POST',
+          '/v1/sessions/s/messages',
+          { user_id: '.', messages: [{ role: 'user', content: 'Hi.' }] },
+          400,
+        ],
         ['POST', '/v1/memory/ingest', { user_id: 'u', user_query: 'x', unknown_field: 1 }, 400],
         [
           'POST',
