@@ -59,6 +59,15 @@ type Env = { Variables: { requestId: string; tenant: string } };
 
 const LOOPBACK_HOSTS = new Set(['localhost', '127.0.0.1', '::1']);
 
+/** An `Origin` header naming a page served from this machine (`null` and the rest are not). */
+function isLoopbackOrigin(origin: string): boolean {
+  try {
+    return LOOPBACK_HOSTS.has(new URL(origin).hostname.replace(/^\[|\]$/g, ''));
+  } catch {
+    return false;
+  }
+}
+
 function invalid(error: z.ZodError): MnemoError {
   return new MnemoError(ErrorCode.InvalidRequest, 'the request is invalid', {
     details: error.issues.map((i) => ({ path: i.path.join('.'), message: i.message })),
@@ -203,6 +212,15 @@ export function createApp(deps: AppDeps): Hono<Env> {
         throw new MnemoError(
           ErrorCode.Unauthorized,
           'without API keys this server answers requests for localhost only',
+        );
+      }
+      // Nor by a page of another site in this machine's browser: a bodyless POST (a cancel,
+      // a commit) needs no preflight, but the browser names the page's origin.
+      const origin = c.req.header('origin');
+      if (origin !== undefined && !isLoopbackOrigin(origin)) {
+        throw new MnemoError(
+          ErrorCode.Unauthorized,
+          `without API keys this server answers no request from a web page of ${origin}`,
         );
       }
       c.set('tenant', 'default');

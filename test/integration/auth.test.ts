@@ -57,6 +57,20 @@ describe('who may call, with and without keys (PGlite)', () => {
       'content-type': 'text/plain',
     });
     expect(plain.status).toBe(400);
+    // A page of another site in this machine's browser: its bodyless POST needs no preflight,
+    // but it carries the page's Origin.
+    const cancel = (origin: string) =>
+      local.request('http://localhost/v1/operations/op_1/cancel', {
+        method: 'POST',
+        headers: { origin, 'content-type': 'text/plain' },
+      });
+    for (const origin of ['http://attacker.example', 'null']) {
+      const res = await cancel(origin);
+      expect(res.status, origin).toBe(401);
+    }
+    expect((await mnemo.engine.getJob('default', 1))?.status).toBe('pending');
+    // A page served from this machine (a local tool) may call it.
+    expect((await cancel('http://localhost:5173')).status).toBe(200);
     const exposed = createApp({ mnemo, allowAnonymous: false });
     expect((await ingest(exposed, 'http://localhost/v1/memory/ingest', json)).status).toBe(401);
     expect((await exposed.request('http://localhost/healthz')).status).toBe(200);
