@@ -6,6 +6,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 
 import { ErrorCode, MnemoError } from '../core/errors.ts';
+import { createRateLimiter } from '../core/rate-limit.ts';
 import type { Queryable } from '../store/types.ts';
 
 /** A key as listed (never its secret). */
@@ -87,14 +88,34 @@ export interface Principal {
   keyId: string | null;
 }
 
+/** How many presented keys the cache holds of each kind, known and unknown. */
+const CACHE_SIZE = 10_000;
+
 /**
  * Resolves bearer keys to tenants, with a short cache (revocations take effect within
  * `ttlMs`). With no active key at all, every request without a key is tenant `default`
- * (src/server/app.ts).
+ * (src/server/app.ts). Keys found and keys not found are cached apart, so a flood of random
+ * keys cannot push the known ones out; and the lookups of keys not in the cache share a
+ * budget (`lookupsPerS`, bursts of twice that), so such a flood costs the database that much
+ * at most: past it, a key not in the cache is answered `429 rate_limited` until the budget
+ * refills, instead of queried.
  */
-export function createAuthenticator(q: Queryable, ttlMs = 2000) {
+export function createAuthenticator(q: Queryable, ttlMs = 2000, lookupsPerS = 200) {
   let anyKeys: { value: boolean; at: number } | undefined;
-  const cache = new Map<string, { principal: Principal | null; at: number }>();
+  const known = new Map<string, { principal: Principal; at: number }>();
+  const unknown = new Map<string, number>();
+  const lookups = createRateLimiter(lookupsPerS, lookupsPerS * 2);
+  /** Bounded: the oldest entries go first. */
+  const remember = <V>(cache: Map<string, V>, hash: string, value: V) => {
+    cache.delete(hash);
+    cache.set(hash, value);
+    for (const oldest of cache.keys()) {
+      if (cache.size <= CACHE_SIZE) {
+        break;
+      }
+      cache.delete(oldest);
+    }
+  };
   return {
     /** Whether any active key exists (cached). */
     async keysExist(): Promise<boolean> {
@@ -107,29 +128,41 @@ export function createAuthenticator(q: Queryable, ttlMs = 2000) {
       }
       return anyKeys.value;
     },
-    /** The principal of a presented key, or null when it is unknown or revoked. */
+    /**
+     * The principal of a presented key, or null when it is unknown or revoked.
+     * @throws MnemoError `rate_limited` when the key is not cached and the lookup budget is spent
+     */
     async resolve(key: string): Promise<Principal | null> {
       const hash = hashKey(key);
       const now = performance.now();
-      const hit = cache.get(hash);
+      const hit = known.get(hash);
       if (hit !== undefined && now - hit.at <= ttlMs) {
         return hit.principal;
+      }
+      const miss = unknown.get(hash);
+      if (miss !== undefined && now - miss <= ttlMs) {
+        return null;
+      }
+      const waitMs = lookups.take('lookups');
+      if (waitMs > 0) {
+        throw new MnemoError(
+          ErrorCode.RateLimited,
+          'too many requests with API keys not seen lately; send again shortly',
+          { retryAfterMs: waitMs },
+        );
       }
       const [row] = await q.query<{ id: string; tenant_id: string }>(
         `select id, tenant_id from api_keys where secret_hash = $1 and revoked_at is null`,
         [hash],
       );
-      const principal = row === undefined ? null : { tenantId: row.tenant_id, keyId: row.id };
-      // Bounded: the oldest entries go first, so a flood of random keys cannot grow the
-      // cache, and known keys come back after one lookup.
-      cache.delete(hash);
-      cache.set(hash, { principal, at: now });
-      for (const oldest of cache.keys()) {
-        if (cache.size <= 10_000) {
-          break;
-        }
-        cache.delete(oldest);
+      if (row === undefined) {
+        known.delete(hash);
+        remember(unknown, hash, now);
+        return null;
       }
+      const principal = { tenantId: row.tenant_id, keyId: row.id };
+      unknown.delete(hash);
+      remember(known, hash, { principal, at: now });
       return principal;
     },
   };

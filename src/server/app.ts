@@ -28,10 +28,10 @@ import {
 import type { Mnemo, WriteOutcome } from '../app.ts';
 import { ErrorCode, MnemoError } from '../core/errors.ts';
 import { type Logger, silentLogger } from '../core/logger.ts';
+import { createRateLimiter } from '../core/rate-limit.ts';
 import { hashKey } from '../keys/keys.ts';
 import { httpStatusFor } from './errors.ts';
 import { openApiDocument } from './openapi.ts';
-import { createRateLimiter } from './rate-limit.ts';
 
 /** What the HTTP app needs. */
 export interface AppDeps {

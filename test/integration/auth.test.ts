@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { createMnemo, type Mnemo } from '../../src/app.ts';
 import { loadConfig } from '../../src/config.ts';
-import { createKey } from '../../src/keys/keys.ts';
+import { createAuthenticator, createKey } from '../../src/keys/keys.ts';
 import { createApp } from '../../src/server/app.ts';
 
 const TOKEN = 'metrics-token-0123456789';
@@ -109,5 +109,36 @@ describe('who may call, with and without keys (PGlite)', () => {
       `select count(*)::int as n from jobs where payload->>'user_id' = 'batcher'`,
     );
     expect(row?.n).toBe(0);
+  });
+
+  it('bounds the database lookups a flood of unknown keys costs, and keeps serving known keys', async () => {
+    const { key } = await mnemo.store.transaction((tx) => createKey(tx, 'flood'));
+    let queries = 0;
+    const counted = {
+      ...mnemo.store,
+      query: ((sql: string, params?: unknown[]) => {
+        queries += 1;
+        return mnemo.store.query(sql, params);
+      }) as typeof mnemo.store.query,
+    };
+    const auth = createAuthenticator(counted, 2000, 5); // 5 lookups a second, bursts of 10
+    expect(await auth.resolve(key)).toMatchObject({ tenantId: 'flood' });
+    const outcomes: string[] = [];
+    for (let i = 0; i < 200; i++) {
+      outcomes.push(
+        await auth.resolve(`mnemo_bogus_${i}`).then(
+          (p) => (p === null ? 'unknown' : 'known'),
+          (err: { code?: string }) => String(err.code),
+        ),
+      );
+    }
+    // The burst is looked up; the rest is refused unread, to be sent again.
+    expect(outcomes.filter((o) => o === 'unknown').length).toBeLessThanOrEqual(11);
+    expect(outcomes.filter((o) => o === 'rate_limited').length).toBeGreaterThanOrEqual(189);
+    expect(queries).toBeLessThanOrEqual(12);
+    // An unknown key seen lately costs nothing more; the known key is still served.
+    expect(await auth.resolve('mnemo_bogus_0')).toBeNull();
+    expect(await auth.resolve(key)).toMatchObject({ tenantId: 'flood' });
+    expect(queries).toBeLessThanOrEqual(12);
   });
 });
