@@ -64,7 +64,9 @@ const settings = {
   syncMaxSegments: { env: 'MNEMO_SYNC_MAX_SEGMENTS', schema: intFrom(1, 10_000).default(1000) },
   syncMaxBodyBytes: {
     env: 'MNEMO_SYNC_MAX_BODY_BYTES',
-    schema: intFrom(1024, 1024 * 1024 * 1024).default(64 * 1024 * 1024),
+    // At most 256 MiB: Node's longest string (about 512 MiB) must hold the body as text, and
+    // the audio it carries as hex once more on its way to PostgreSQL.
+    schema: intFrom(1024, 256 * 1024 * 1024).default(64 * 1024 * 1024),
   },
   // 0: kept for good, as API.md promises idempotency keys without a time limit (decision 0009).
   operationRetentionHours: {
@@ -152,7 +154,8 @@ export function describeConfig(config: Config): Record<string, unknown> {
   for (const [key, setting] of Object.entries(settings)) {
     const value = config[key as keyof Config];
     out[setting.env] =
-      key === 'databaseUrl' && typeof value === 'string'
+      (key === 'databaseUrl' || key === 'llmBaseUrl' || key === 'sttBaseUrl') &&
+      typeof value === 'string'
         ? redactUrl(value)
         : (key === 'llmApiKey' || key === 'sttApiKey' || key === 'metricsToken') &&
             value !== undefined
@@ -162,12 +165,20 @@ export function describeConfig(config: Config): Record<string, unknown> {
   return out;
 }
 
-/** Hides the password of a connection URL. */
+/**
+ * Hides the secrets of a URL: its password, and the values of query parameters that may hold
+ * one (`password`, `sslpassword`, `api_key`, `token`, …), which pg and some endpoints read.
+ */
 export function redactUrl(url: string): string {
   try {
     const parsed = new URL(url);
     if (parsed.password !== '') {
       parsed.password = '***';
+    }
+    for (const name of [...new Set(parsed.searchParams.keys())]) {
+      if (/pass|secret|token|key/i.test(name)) {
+        parsed.searchParams.set(name, '***');
+      }
     }
     return parsed.toString();
   } catch {

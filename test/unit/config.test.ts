@@ -62,5 +62,25 @@ describe('loadConfig', () => {
     const config = loadConfig({ MNEMO_DATABASE_URL: 'postgres://u:secret@db:5432/x' });
     expect(JSON.stringify(describeConfig(config))).not.toContain('secret');
     expect(redactUrl('postgres://u:secret@db/x')).toBe('postgres://u:***@db/x');
+    // pg reads a password from the query too; endpoints may take keys there.
+    const described = JSON.stringify(
+      describeConfig(
+        loadConfig({
+          MNEMO_DATABASE_URL: 'postgres://u@db/x?password=secret1&sslmode=require',
+          MNEMO_LLM_BASE_URL: 'http://llm.example/v1?api_key=secret2',
+          MNEMO_STT_BASE_URL: 'http://me:secret3@stt.example/v1',
+        }),
+      ),
+    );
+    for (const secret of ['secret1', 'secret2', 'secret3']) {
+      expect(described).not.toContain(secret);
+    }
+    expect(described).toContain('sslmode=require');
+  });
+
+  it('refuses a sync body limit beyond what a string can hold', () => {
+    expect(() => loadConfig({ MNEMO_SYNC_MAX_BODY_BYTES: String(512 * 1024 * 1024) })).toThrow(
+      /MNEMO_SYNC_MAX_BODY_BYTES/,
+    );
   });
 });
