@@ -313,7 +313,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
     const registry = mnemo.engine.metrics.registry;
     return c.body(await registry.metrics(), 200, { 'content-type': registry.contentType });
   });
-  app.get('/openapi.json', (c) => c.json(openApiDocument()));
+  app.get('/openapi.json', (c) => c.json(openApiDocument(mnemo.config)));
 
   app.post('/v1/memory/ingest', async (c) => {
     const body = parse(IngestRequest, await jsonBody(c));

@@ -70,29 +70,69 @@ const operationWrite = {
   ...errors,
 };
 
-let cached: object | undefined;
+/** A request body: required unless the route takes none (its fields then all default). */
+const body = (schema: z.ZodType, required = true, maxItems?: { field: string; max: number }) => {
+  const content = json(schema);
+  if (maxItems !== undefined) {
+    // The server's own limit (a setting), tighter than the schema's.
+    const props = (content['application/json'].schema as { properties?: Record<string, object> })
+      .properties;
+    const field = props?.[maxItems.field];
+    if (props !== undefined && field !== undefined) {
+      props[maxItems.field] = { ...field, maxItems: maxItems.max };
+    }
+  }
+  return { required, content };
+};
+
+/** The limits of this server that the document states (see README "Configuration"). */
+export interface OpenApiLimits {
+  batchMaxItems: number;
+  syncMaxSegments: number;
+}
+
+const cached = new Map<string, object>();
 
 /** The OpenAPI 3.1 document of the HTTP API, built from the zod schemas of src/api. */
-export function openApiDocument(): object {
-  cached ??= {
+export function openApiDocument(limits: OpenApiLimits): object {
+  const key = `${limits.batchMaxItems}:${limits.syncMaxSegments}`;
+  const known = cached.get(key);
+  if (known !== undefined) {
+    return known;
+  }
+  const document = {
     openapi: '3.1.0',
     info: {
       title: 'Mnemo',
       version: '0.1.0',
       description: 'Memory ingestion engine for AI agents (see API.md).',
     },
+    components: {
+      securitySchemes: {
+        apiKey: {
+          type: 'http',
+          scheme: 'bearer',
+          description: 'an API key (`mnemo keys create`); none while no key exists (loopback only)',
+        },
+      },
+    },
+    // A key, or none on a loopback server with no key at all.
+    security: [{ apiKey: [] }, {}],
     paths: {
       '/v1/memory/ingest': {
         post: {
           parameters: [idempotencyKey],
-          requestBody: { content: json(IngestRequest) },
+          requestBody: body(IngestRequest),
           responses: operationWrite,
         },
       },
       '/v1/memory/batch-ingest': {
         post: {
           parameters: [idempotencyKey],
-          requestBody: { content: json(BatchIngestRequest) },
+          requestBody: body(BatchIngestRequest, true, {
+            field: 'items',
+            max: limits.batchMaxItems,
+          }),
           responses: operationWrite,
         },
       },
@@ -150,7 +190,7 @@ export function openApiDocument(): object {
       '/v1/sessions/{session_id}/messages': {
         post: {
           parameters: [sessionId, idempotencyKey],
-          requestBody: { content: json(AppendMessagesRequest) },
+          requestBody: body(AppendMessagesRequest),
           responses: {
             '200': { description: 'appended; `{"live_count": n}`' },
             ...errors,
@@ -165,7 +205,7 @@ export function openApiDocument(): object {
       '/v1/sessions/{session_id}/commit': {
         post: {
           parameters: [sessionId, idempotencyKey],
-          requestBody: { content: json(CommitRequest) },
+          requestBody: body(CommitRequest, false),
           responses: {
             '200': {
               description: 'committed and finished within the wait, or `nothing_to_commit`',
@@ -178,7 +218,10 @@ export function openApiDocument(): object {
       '/v1/sync': {
         post: {
           parameters: [idempotencyKey],
-          requestBody: { content: json(SyncRequest) },
+          requestBody: body(SyncRequest, true, {
+            field: 'segments',
+            max: limits.syncMaxSegments,
+          }),
           responses: operationWrite,
         },
       },
@@ -200,19 +243,26 @@ export function openApiDocument(): object {
       '/v1/users/{user_id}': {
         delete: {
           parameters: [userId, idempotencyKey],
-          requestBody: { content: json(DeleteUserRequest) },
+          requestBody: body(DeleteUserRequest, false),
           responses: operationWrite,
         },
       },
-      '/healthz': { get: { responses: { '200': { description: 'process up' } } } },
+      '/healthz': { get: { security: [], responses: { '200': { description: 'process up' } } } },
       '/readyz': {
         get: {
+          security: [],
           responses: { '200': { description: 'ready' }, '503': { description: 'not ready' } },
         },
       },
-      '/metrics': { get: { responses: { '200': { description: 'Prometheus text' } } } },
+      '/metrics': {
+        get: {
+          description: 'with MNEMO_METRICS_TOKEN set, that token as the bearer (not an API key)',
+          responses: { '200': { description: 'Prometheus text' } },
+        },
+      },
       '/openapi.json': { get: { responses: { '200': { description: 'this document' } } } },
     },
   };
-  return cached;
+  cached.set(key, document);
+  return document;
 }

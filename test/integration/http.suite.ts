@@ -397,6 +397,21 @@ export function httpSuite(kind: 'pglite' | 'postgres'): void {
           '/v1/users/{user_id}',
         ]),
       );
+      // The server's own limits, bodies required where a route needs one, and the bearer key.
+      const paths = doc.body['paths'];
+      const bodyOf = (path: string, method: string) => paths[path][method]['requestBody'];
+      const schemaOf = (path: string) =>
+        bodyOf(path, 'post')['content']['application/json']['schema'];
+      expect(schemaOf('/v1/memory/batch-ingest')['properties']['items']['maxItems']).toBe(100);
+      expect(schemaOf('/v1/sync')['properties']['segments']['maxItems']).toBe(1000);
+      for (const path of ['/v1/memory/ingest', '/v1/sync', '/v1/sessions/{session_id}/messages']) {
+        expect(bodyOf(path, 'post')['required'], path).toBe(true);
+      }
+      expect(bodyOf('/v1/sessions/{session_id}/commit', 'post')['required']).toBe(false);
+      expect(doc.body['components']['securitySchemes']['apiKey']).toMatchObject({
+        type: 'http',
+        scheme: 'bearer',
+      });
       // GET routes carry their query parameters from the same zod schemas that validate them.
       const search = doc.body['paths']['/v1/memory/search']['get'];
       expect(search['parameters']).toEqual(
