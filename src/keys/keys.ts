@@ -95,10 +95,11 @@ const CACHE_SIZE = 10_000;
  * Resolves bearer keys to tenants, with a short cache (revocations take effect within
  * `ttlMs`). With no active key at all, every request without a key is tenant `default`
  * (src/server/app.ts). Keys found and keys not found are cached apart, so a flood of random
- * keys cannot push the known ones out; and the lookups of keys not in the cache share a
- * budget (`lookupsPerS`, bursts of twice that), so such a flood costs the database that much
- * at most: past it, a key not in the cache is answered `429 rate_limited` until the budget
- * refills, instead of queried.
+ * keys cannot push the known ones out; and the lookups of keys never found (or not since
+ * they left the cache) share a budget (`lookupsPerS`, bursts of twice that), so such a flood
+ * costs the database that much at most: past it, such a key is answered `429 rate_limited`
+ * until the budget refills, instead of queried. A known key whose entry expired is looked up
+ * again outside the budget.
  */
 export function createAuthenticator(q: Queryable, ttlMs = 2000, lookupsPerS = 200) {
   let anyKeys: { value: boolean; at: number } | undefined;
@@ -143,7 +144,9 @@ export function createAuthenticator(q: Queryable, ttlMs = 2000, lookupsPerS = 20
       if (miss !== undefined && now - miss <= ttlMs) {
         return null;
       }
-      const waitMs = lookups.take('lookups');
+      // A key found before (its entry expired) is looked up again whatever the budget: its
+      // lookups are bounded by the keys that exist, one per key every `ttlMs`.
+      const waitMs = hit === undefined ? lookups.take('lookups') : 0;
       if (waitMs > 0) {
         throw new MnemoError(
           ErrorCode.RateLimited,

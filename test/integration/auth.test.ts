@@ -140,5 +140,13 @@ describe('who may call, with and without keys (PGlite)', () => {
     expect(await auth.resolve('mnemo_bogus_0')).toBeNull();
     expect(await auth.resolve(key)).toMatchObject({ tenantId: 'flood' });
     expect(queries).toBeLessThanOrEqual(12);
+    // Even once its entry has expired (looked up again, outside the spent budget).
+    const brief = createAuthenticator(counted, 50, 1);
+    expect(await brief.resolve(key)).toMatchObject({ tenantId: 'flood' });
+    for (let i = 0; i < 5; i++) {
+      await brief.resolve(`mnemo_other_${i}`).catch(() => null);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(await brief.resolve(key)).toMatchObject({ tenantId: 'flood' });
   });
 });
