@@ -40,7 +40,7 @@ import {
   type SessionView,
 } from './sessions/sessions.ts';
 import { createStore } from './store/index.ts';
-import { migrate, migrationStatus } from './store/migrate.ts';
+import { assertMigrated, migrate, migrationStatus } from './store/migrate.ts';
 import type { Store } from './store/types.ts';
 import {
   type ConversationView,
@@ -250,8 +250,12 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
   const logger = options.logger ?? silentLogger;
   const store = await createStore(config);
   try {
-    if (options.migrate !== false) {
+    if (options.migrate === false) {
+      // The caller's business.
+    } else if (config.autoMigrate) {
       await migrate(store);
+    } else {
+      await assertMigrated(store); // MNEMO_AUTO_MIGRATE=false: `mnemo migrate` applies them
     }
   } catch (err) {
     await store.close();

@@ -23,6 +23,13 @@ const postgresUrl = z
 
 /** Each setting: its variable, its schema (parsing the raw string) and its default. */
 /** An http(s) URL (a model endpoint's base). */
+/** `true` or `false`. */
+const flag = (byDefault: boolean) =>
+  z
+    .enum(['true', 'false'], { message: 'must be true or false' })
+    .default(byDefault ? 'true' : 'false')
+    .transform((v) => v === 'true');
+
 const httpUrl = z
   .string()
   .trim()
@@ -81,16 +88,17 @@ const settings = {
   workerPrefetch: { env: 'MNEMO_WORKER_PREFETCH', schema: intFrom(0, 1000).default(2) },
   workerEarlyCompute: {
     env: 'MNEMO_WORKER_EARLY_COMPUTE',
-    schema: z
-      .enum(['true', 'false'], { message: 'must be true or false' })
-      .default('true')
-      .transform((v) => v === 'true'),
+    schema: flag(true),
   },
   workerLeaseMs: { env: 'MNEMO_WORKER_LEASE_MS', schema: intFrom(1000, 3_600_000).default(30_000) },
   maxBodyBytes: {
     env: 'MNEMO_MAX_BODY_BYTES',
     schema: intFrom(1024, 100 * 1024 * 1024).default(1024 * 1024),
   },
+  // false: `serve`, `worker` and `keys` apply no migration and refuse a database with one
+  // pending (exit 4), so that they can run as a role without CREATE rights; `mnemo migrate`
+  // applies them (as the owner).
+  autoMigrate: { env: 'MNEMO_AUTO_MIGRATE', schema: flag(true) },
   logLevel: {
     env: 'MNEMO_LOG_LEVEL',
     schema: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),

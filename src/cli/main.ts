@@ -15,7 +15,7 @@ import type { Logger } from '../core/logger.ts';
 import { createKey, listKeys, revokeKey } from '../keys/keys.ts';
 import { isLoopback, startServer } from '../server/node.ts';
 import { createStore } from '../store/index.ts';
-import { bundledMigrations, migrate, migrationStatus } from '../store/migrate.ts';
+import { assertMigrated, bundledMigrations, migrate, migrationStatus } from '../store/migrate.ts';
 import { ExitCode, exitCodeFor } from './exit-codes.ts';
 
 const HELP = `Usage: mnemo <command> [options]
@@ -220,7 +220,7 @@ async function runKeys(
   }
   const store = await createStore(config);
   try {
-    await migrate(store);
+    await (config.autoMigrate ? migrate(store) : assertMigrated(store));
     if (action === 'create') {
       const created = await store.transaction((tx) => createKey(tx, tenant ?? '', name));
       io.out(created.key);
