@@ -411,9 +411,12 @@ export function createEngine(deps: {
             ? [current]
             : [];
         // Jobs with a cancel hook: their rows locked first (in id order), so that they are
-        // still pending when their hooks run, and the hooks take their locks before the
-        // transitions take the lanes' and the parent's (the order a completion takes them
-        // in: its applies first). A job claimed meanwhile is not cancelled, and gets no hook.
+        // still pending when their hooks run (a claim skips a locked row), and the hooks take
+        // their locks before the transitions take the lanes' and the parent's (the order a
+        // completion takes them in: its applies first). FOR KEY SHARE: a completion ahead in
+        // the lane, holding the lane's lock, may still mark the row ready (an update of no key
+        // column) instead of waiting for this transaction while it waits for the lane. A job
+        // claimed meanwhile is not cancelled, and gets no hook.
         const hooked = targets.filter((t) => handlers.get(t.kind)?.onCancel !== undefined);
         const held =
           hooked.length === 0
@@ -422,7 +425,7 @@ export function createEngine(deps: {
                 (
                   await tx.query<{ id: number }>(
                     `select id from jobs where id = any($1::bigint[]) and status = 'pending'
-                      order by id for update`,
+                      order by id for key share`,
                     [hooked.map((t) => t.id)],
                   )
                 ).map((r) => r.id),

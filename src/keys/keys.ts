@@ -96,16 +96,21 @@ const CACHE_SIZE = 10_000;
  * `ttlMs`). With no active key at all, every request without a key is tenant `default`
  * (src/server/app.ts). Keys found and keys not found are cached apart, so a flood of random
  * keys cannot push the known ones out; and the lookups of keys never found (or not since
- * they left the cache) share a budget (`lookupsPerS`, bursts of twice that), so such a flood
+ * they left the cache) share a budget (`lookupsPerS`, bursts of `lookupBurst`), so such a flood
  * costs the database that much at most: past it, such a key is answered `429 rate_limited`
  * until the budget refills, instead of queried. A known key whose entry expired is looked up
  * again outside the budget.
  */
-export function createAuthenticator(q: Queryable, ttlMs = 2000, lookupsPerS = 200) {
+export function createAuthenticator(
+  q: Queryable,
+  ttlMs = 2000,
+  lookupsPerS = 200,
+  lookupBurst = lookupsPerS * 2,
+) {
   let anyKeys: { value: boolean; at: number } | undefined;
   const known = new Map<string, { principal: Principal; at: number }>();
   const unknown = new Map<string, number>();
-  const lookups = createRateLimiter(lookupsPerS, lookupsPerS * 2);
+  const lookups = createRateLimiter(lookupsPerS, lookupBurst);
   /** Bounded: the oldest entries go first. */
   const remember = <V>(cache: Map<string, V>, hash: string, value: V) => {
     cache.delete(hash);

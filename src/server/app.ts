@@ -59,10 +59,18 @@ type Env = { Variables: { requestId: string; tenant: string } };
 
 const LOOPBACK_HOSTS = new Set(['localhost', '127.0.0.1', '::1']);
 
-/** An `Origin` header naming a page served from this machine (`null` and the rest are not). */
-function isLoopbackOrigin(origin: string): boolean {
+/**
+ * An `Origin` header this machine's user stands behind: a page served from this machine, or a
+ * browser extension the user installed (an extension is one of Mnemo's clients). Not `null`
+ * (a sandboxed frame of any site sends it) nor any other site.
+ */
+function isTrustedOrigin(origin: string): boolean {
   try {
-    return LOOPBACK_HOSTS.has(new URL(origin).hostname.replace(/^\[|\]$/g, ''));
+    const url = new URL(origin);
+    return (
+      ['chrome-extension:', 'moz-extension:', 'safari-web-extension:'].includes(url.protocol) ||
+      LOOPBACK_HOSTS.has(url.hostname.replace(/^\[|\]$/g, ''))
+    );
   } catch {
     return false;
   }
@@ -217,7 +225,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
       // Nor by a page of another site in this machine's browser: a bodyless POST (a cancel,
       // a commit) needs no preflight, but the browser names the page's origin.
       const origin = c.req.header('origin');
-      if (origin !== undefined && !isLoopbackOrigin(origin)) {
+      if (origin !== undefined && !isTrustedOrigin(origin)) {
         throw new MnemoError(
           ErrorCode.Unauthorized,
           `without API keys this server answers no request from a web page of ${origin}`,

@@ -128,9 +128,11 @@ export function createPostgresStore(options: PostgresStoreOptions): Store {
     connectionString: server.url,
     max: options.maxConnections ?? 10,
     connectionTimeoutMillis: options.connectTimeoutMs ?? 5000,
-    // TCP keepalives: a connection a NAT or proxy dropped silently (the LISTEN one is idle
-    // for long) is noticed, and reconnected, instead of waited on for good.
+    // TCP keepalives from 30 s of silence on: a connection a NAT or proxy dropped silently
+    // (the LISTEN one is idle for long) is noticed within minutes, and made again, instead of
+    // waited on for good (the system's default waits two hours before its first probe).
     keepAlive: true,
+    keepAliveInitialDelayMillis: 30_000,
     application_name: options.applicationName ?? 'mnemo',
     // After the URL's own options, so that these win: Mnemo's tables, and ISO dates
     // (`date::text` in write_turn's answer, `timestamptz` read back) whatever the URL sets.

@@ -495,7 +495,8 @@ async function lockUser(tx: Queryable, tenantId: string, userId: string): Promis
  * Moves the batch's cursor over every consecutive finished segment, assigning the ready ones
  * with a few set-based statements, and adds the batch's summarize job once the cursor has
  * passed them all. The caller holds the user's lock ({@link lockUser}). `callTimeoutMs`: the
- * run limit a summary of one conversation gets.
+ * run limit a summary of one conversation gets. `cancelling`: the batch's last segments are
+ * being cancelled, and a batch that ends so gets no summary (a cancel starts no new work).
  */
 async function advance(
   tx: Queryable,
@@ -504,6 +505,7 @@ async function advance(
   userId: string,
   batchId: number,
   callTimeoutMs: number,
+  cancelling = false,
 ): Promise<void> {
   // In one statement after the lock: the batch, the segments its cursor can pass (up to the
   // first one still being transcribed, included: it stops the cursor), and every conversation
@@ -700,8 +702,8 @@ async function advance(
     await engine.setParentResult(tx, tenantId, batch.parent_id, result);
     const conversationCount =
       result.conversations.created.length + result.conversations.merged.length;
-    if (conversationCount === 0) {
-      return; // nothing to summarize (every segment failed, was cancelled or was silent)
+    if (conversationCount === 0 || cancelling) {
+      return; // nothing to summarize (every segment failed or was silent), or cancelled
     }
     await engine.addChild(tx, batch.parent_id, {
       kind: SyncJob.Summarize,
@@ -775,11 +777,15 @@ export function registerSyncJobs(
     engine.retain(SyncJob.Batch, settings.retainMs);
     engine.retain(SyncJob.DeleteAudio, settings.retainMs);
   }
-  /** Records a segment's outcome and moves its batch's cursor (the user's lock inside). */
+  /**
+   * Records a segment's outcome and moves its batch's cursor (the user's lock inside);
+   * `cancelling` when the segment's job is being cancelled (see {@link advance}).
+   */
   async function settle(
     tx: Queryable,
     ctx: { tenantId: string; payload: SegmentPayload },
     result: Transcribed,
+    cancelling = false,
   ): Promise<void> {
     const { user_id: userId, batch_id: batchId, segment_id: segmentId } = ctx.payload;
     // The user's deletion gate before any row; a deletion applied since deleted the batch,
@@ -808,7 +814,7 @@ export function registerSyncJobs(
         result.state === 'ready' ? null : result.reason,
       ],
     );
-    await advance(tx, engine, ctx.tenantId, userId, batchId, settings.timeoutMs);
+    await advance(tx, engine, ctx.tenantId, userId, batchId, settings.timeoutMs, cancelling);
   }
 
   engine.register<SegmentPayload, Transcribed>(SyncJob.Segment, {
@@ -846,7 +852,12 @@ export function registerSyncJobs(
     // now, so that the cursor can pass it and re-sending it takes it again. Nothing else would
     // move the cursor if every later segment had settled already.
     async onCancel(tx, ctx) {
-      await settle(tx, ctx, { state: 'failed', reason: 'its transcription job was cancelled' });
+      await settle(
+        tx,
+        ctx,
+        { state: 'failed', reason: 'its transcription job was cancelled' },
+        true,
+      );
     },
   });
 

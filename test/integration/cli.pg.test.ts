@@ -22,12 +22,13 @@ describePg('mnemo as a role without CREATE rights (PostgreSQL)', () => {
     expect((await runMnemo(['migrate'], owner)).code).toBe(0);
     // A runtime role with data rights only.
     await admin.exec(`
-      create role ${role} login;
+      create role ${role} login password 'app-pw';
       grant usage on schema ${schema} to ${role};
       grant select, insert, update, delete on all tables in schema ${schema} to ${role};
       grant usage on all sequences in schema ${schema} to ${role};`);
     const url = new URL(testDatabaseUrl);
     url.username = role;
+    url.password = 'app-pw';
     const app = { MNEMO_DATABASE_URL: url.toString(), MNEMO_DATABASE_SCHEMA: schema };
     // Applying migrations needs rights it lacks, even with none pending.
     expect((await runMnemo(['keys', 'list'], app)).code).not.toBe(0);

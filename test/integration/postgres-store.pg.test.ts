@@ -39,9 +39,11 @@ describePg('the PostgreSQL store when a connection drops', () => {
 
   it('keeps trying to listen when the first connection is refused, and hears notifications once it is in', async () => {
     const role = `mnemo_listen_${process.pid}`;
-    await other.exec(`create role ${role} login connection limit 0`);
+    // With a password of its own, in case the server asks for one.
+    await other.exec(`create role ${role} login password 'listen-pw' connection limit 0`);
     const url = new URL(testDatabaseUrl);
     url.username = role;
+    url.password = 'listen-pw';
     const limited = createPostgresStore({ url: url.toString(), schema });
     try {
       const heard: string[] = [];

@@ -353,6 +353,57 @@ export function syncSuite(kind: 'pglite' | 'postgres'): void {
       }
     });
 
+    it('finishes an upload cancelled after part of it was assigned, and starts no summary for it', async () => {
+      const idle = await openHttp(kind, 'sync:cancelled-partly', {
+        env: { MNEMO_STT_BASE_URL: stt.url },
+        worker: false,
+      });
+      try {
+        const slow = [speechWav(700), speechWav(701)];
+        slow.forEach((wav) => stt.script(wav, { text: 'Later words.', delayMs: 5000 }));
+        const res = await idle.call('POST', '/v1/sync', {
+          user_id: 'u10',
+          segments: [
+            { id: 'p-a', started_at: at(0), ended_at: at(5), transcript: 'First words here.' },
+            ...slow.map((wav, i) => ({
+              id: `p-${i}`,
+              started_at: at(10 + i * 10),
+              ended_at: at(15 + i * 10),
+              audio_wav_base64: b64(wav),
+            })),
+          ],
+        });
+        // One slot: the first segment is assigned, the next one is transcribing (slowly) when
+        // the worker stops, which hands it back pending.
+        const worker = await idle.mnemo.startWorker({
+          concurrency: 1,
+          prefetch: 0,
+          shutdownGraceMs: 0,
+          pollIntervalMs: 50,
+        });
+        await eventually(
+          async () =>
+            (
+              await idle.mnemo.store.query(
+                `select 1 from sync_segments where id = 'p-a' and state = 'assigned'`,
+              )
+            ).length === 1,
+          20_000,
+        );
+        await worker.stop();
+        const cancelled = await idle.call('POST', `/v1/operations/${res.body['id']}/cancel`);
+        expect(cancelled.body).toMatchObject({
+          status: 'cancelled',
+          result: { segments: { assigned: 1, failed: 2 } },
+        });
+        expect(
+          await idle.mnemo.store.query(`select id from jobs where kind = 'sync.summarize'`),
+        ).toEqual([]);
+      } finally {
+        await idle.dispose();
+      }
+    });
+
     // Every conversation an upload touched is summarized by one model call, one after another,
     // in one job: its run limit grows with them, or a backlog of many could never finish.
     it('summarizes every conversation of an upload that takes several run limits of one call', async () => {

@@ -97,7 +97,7 @@ function cleanText(value: unknown): string | undefined {
 
 /** An attribute name a model gave (`favoriteColor`, `Favorite color`) as a snake_case key. */
 function attributeKey(name: string): string | undefined {
-  const key = snakeCase(name.replace(/([a-z0-9])([A-Z])/g, '$1_$2'));
+  const key = snakeCase(name.replace(/(\p{Ll}|\p{N})(\p{Lu})/gu, '$1_$2'));
   return key !== '' && key.length <= MAX_KEY ? key : undefined;
 }
 
