@@ -3,7 +3,13 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { createPostgresStore } from '../../src/store/postgres.ts';
 import type { Store } from '../../src/store/types.ts';
 import { eventually } from '../helpers/engine.ts';
-import { describePg, dropSchema, testDatabaseUrl, testSchemaName } from '../helpers/pg.ts';
+import {
+  describePg,
+  dropSchema,
+  sleepingIn,
+  testDatabaseUrl,
+  testSchemaName,
+} from '../helpers/pg.ts';
 import { type Json, processGroup } from '../helpers/serve.ts';
 
 /**
@@ -49,15 +55,7 @@ describePg('user deletion against writes in flight, 2 server processes on Postgr
   });
 
   /** Resolves once a statement of this schema's database sleeps in the trigger. */
-  const sleeping = () =>
-    eventually(async () => {
-      const [row] = await store.query<{ n: number }>(
-        `select count(*)::int as n from pg_stat_activity
-          where wait_event = 'PgSleep'
-            and (query like '%into sync_batches%' or query like '%into sessions%')`,
-      );
-      return (row?.n ?? 0) > 0;
-    }, 10_000);
+  const sleeping = () => sleepingIn(store, ['%into sync_batches%', '%into sessions%']);
 
   const rowsOf = async (userId: string) => {
     const counts: Record<string, number> = {};

@@ -2,8 +2,13 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 
 import { createPostgresStore } from '../../src/store/postgres.ts';
 import type { Store } from '../../src/store/types.ts';
-import { eventually } from '../helpers/engine.ts';
-import { describePg, dropSchema, testDatabaseUrl, testSchemaName } from '../helpers/pg.ts';
+import {
+  describePg,
+  dropSchema,
+  sleepingIn,
+  testDatabaseUrl,
+  testSchemaName,
+} from '../helpers/pg.ts';
 import { type Json, processGroup } from '../helpers/serve.ts';
 
 /**
@@ -58,13 +63,7 @@ describePg('cancelling a session commit against the next commit, 2 processes on 
     await say('My city is Berlin.');
     const cancel = call(0, 'POST', `/v1/operations/${String(older.body['operation'].id)}/cancel`);
     // The newer commit, in the other process, while the cancel's transaction is open.
-    await eventually(async () => {
-      const [row] = await store.query<{ n: number }>(
-        `select count(*)::int as n from pg_stat_activity
-          where wait_event = 'PgSleep' and query like '%finish_jobs%'`,
-      );
-      return (row?.n ?? 0) > 0;
-    }, 10_000);
+    await sleepingIn(store, ['%finish_jobs%']);
     const newer = await call(1, 'POST', '/v1/sessions/s/commit', { wait: false });
     expect((await cancel).body).toMatchObject({ status: 'cancelled' });
     const session = (await call(1, 'GET', '/v1/sessions/s')).body as Json;

@@ -89,3 +89,29 @@ export function createPgTestStore(
     },
   };
 }
+
+/**
+ * Resolves once a statement whose text matches one of `like` (SQL LIKE patterns) sleeps in
+ * `pg_sleep` (a test's trigger holding a transaction open), in any session of the database.
+ */
+export async function sleepingIn(
+  store: { query: Store['query'] },
+  like: readonly string[],
+  timeoutMs = 10_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const [row] = await store.query<{ n: number }>(
+      `select count(*)::int as n from pg_stat_activity
+        where wait_event = 'PgSleep' and query like any($1::text[])`,
+      [like],
+    );
+    if ((row?.n ?? 0) > 0) {
+      return;
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`no statement like ${like.join(' or ')} slept within ${timeoutMs} ms`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
