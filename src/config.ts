@@ -95,6 +95,12 @@ const settings = {
     env: 'MNEMO_MAX_BODY_BYTES',
     schema: intFrom(1024, 100 * 1024 * 1024).default(1024 * 1024),
   },
+  // Past it, a stop that has not finished (a database that stopped answering) exits with 1;
+  // above the HTTP drain (10 s) plus the workers' grace (10 s) by default.
+  shutdownTimeoutMs: {
+    env: 'MNEMO_SHUTDOWN_TIMEOUT_MS',
+    schema: intFrom(1000, 3_600_000).default(30_000),
+  },
   // false: `serve`, `worker` and `keys` apply no migration and refuse a database with one
   // pending (exit 4), so that they can run as a role without CREATE rights; `mnemo migrate`
   // applies them (as the owner).

@@ -255,6 +255,29 @@ function stopSignal(): Promise<string> {
   });
 }
 
+/**
+ * Runs a graceful stop, but exits the process (code 1) if it has not finished within
+ * `MNEMO_SHUTDOWN_TIMEOUT_MS`: a database that stops answering would otherwise hold it for
+ * good (its statements and its pool's `end` wait on sockets nobody closes). Jobs then still
+ * held come back to others when their leases expire; a PGlite lock left behind is taken
+ * over at the next start (its pid is gone).
+ */
+async function stopWithin(config: Config, logger: Logger, stop: () => Promise<void>) {
+  const timer = setTimeout(() => {
+    logger.error(
+      { timeout_ms: config.shutdownTimeoutMs },
+      `shutdown did not finish within ${config.shutdownTimeoutMs} ms (MNEMO_SHUTDOWN_TIMEOUT_MS); exiting`,
+    );
+    process.exit(ExitCode.Failure);
+  }, config.shutdownTimeoutMs);
+  timer.unref();
+  try {
+    await stop();
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 async function runServe(config: Config, withWorker: boolean): Promise<number> {
   const logger = createLogger(config);
   const mnemo = await createMnemo(config, { logger });
@@ -288,7 +311,7 @@ async function runServe(config: Config, withWorker: boolean): Promise<number> {
   );
   const signal = await stopSignal();
   logger.info({ signal }, 'shutting down');
-  await server.stop();
+  await stopWithin(config, logger, () => server.stop());
   return ExitCode.Ok;
 }
 
@@ -299,7 +322,7 @@ async function runWorker(config: Config): Promise<number> {
   logger.info({ concurrency: config.workerConcurrency }, 'Mnemo worker running');
   const signal = await stopSignal();
   logger.info({ signal }, 'shutting down');
-  await mnemo.close();
+  await stopWithin(config, logger, () => mnemo.close());
   return ExitCode.Ok;
 }
 
