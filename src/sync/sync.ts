@@ -761,6 +761,9 @@ async function readResult(
 }
 
 /** Registers the sync jobs with the engine. */
+/** The least delay before kept audio is looked at again (see sync.delete_audio). */
+const AUDIO_RECHECK_MIN_MS = 5000;
+
 export function registerSyncJobs(
   engine: Engine,
   store: Store,
@@ -978,7 +981,9 @@ export function registerSyncJobs(
   engine.register<AudioPayload, void>(SyncJob.DeleteAudio, {
     maxAttempts: 10,
     // Audio still waiting for its transcription is kept, and looked at again one retention
-    // delay later: deletion never beats the transcription. A segment whose job ended without
+    // delay later (5 s at least: with a retention of 0 it would be looked at again at once,
+    // job after job, for as long as the transcription runs): deletion never beats the
+    // transcription. A segment whose job ended without
     // settling it (cancelled, failed by the reaper, or gone with its finished upload) waits
     // for nothing.
     async apply(tx, _none, ctx) {
@@ -1002,7 +1007,7 @@ export function registerSyncJobs(
           kind: SyncJob.DeleteAudio,
           tenantId: ctx.tenantId,
           payload: { audio_ids: kept.map((k) => k.id) },
-          runAt: new Date(Date.now() + settings.audioRetentionMs),
+          runAt: new Date(Date.now() + Math.max(settings.audioRetentionMs, AUDIO_RECHECK_MIN_MS)),
         });
       }
       return { deleted: gone.length, kept: kept.length };

@@ -269,6 +269,34 @@ export function syncSuite(kind: 'pglite' | 'postgres'): void {
       ).toBe(1);
     });
 
+    it('with a retention of 0, looks at audio still being transcribed again only every few seconds', async () => {
+      const eager = await openHttp(kind, 'sync:retention-zero', {
+        env: { MNEMO_STT_BASE_URL: stt.url, MNEMO_AUDIO_RETENTION_S: '0' },
+      });
+      try {
+        const wav = speechWav(800);
+        stt.script(wav, { text: 'Slow words.', delayMs: 2500 });
+        const res = await eager.call('POST', '/v1/sync', {
+          user_id: 'u11',
+          segments: [{ id: 'z', started_at: at(0), ended_at: at(3), audio_wav_base64: b64(wav) }],
+        });
+        await new Promise((resolve) => setTimeout(resolve, 2000)); // still transcribing
+        const [checks] = await eager.mnemo.store.query<{ n: number }>(
+          `select count(*)::int as n from jobs where kind = 'sync.delete_audio'`,
+        );
+        // The first look and the one it scheduled; not one after another at once.
+        expect(checks?.n).toBeLessThanOrEqual(2);
+        await eventually(
+          async () =>
+            (await eager.call('GET', `/v1/operations/${String(res.body['id'])}`)).body['status'] ===
+            'succeeded',
+          20_000,
+        );
+      } finally {
+        await eager.dispose();
+      }
+    });
+
     it('deletes the audio of a cancelled upload, whose segments wait for nothing, by a job no client can see or cancel', async () => {
       const idle = await openHttp(kind, 'sync:cancelled-audio', {
         env: { MNEMO_STT_BASE_URL: stt.url, MNEMO_AUDIO_RETENTION_S: '1' },
