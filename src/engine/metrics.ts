@@ -90,12 +90,16 @@ export function createEngineMetrics(store: Queryable): EngineMetrics {
     async collect() {
       // The backlog only, each status through its partial index: finished jobs are most of
       // the table and only grow, and counting them read the whole table at every scrape.
-      const rows = await store.query<{ kind: string; status: string; n: number }>(
-        `select kind, 'pending' as status, count(*)::int as n from jobs
-          where status = 'pending' group by kind
-         union all
-         select kind, 'running', count(*)::int from jobs where status = 'running' group by kind`,
-      );
+      // A database that does not answer leaves this gauge out of the scrape, not the scrape
+      // failed: the process's own counters matter most then.
+      const rows = await store
+        .query<{ kind: string; status: string; n: number }>(
+          `select kind, 'pending' as status, count(*)::int as n from jobs
+            where status = 'pending' group by kind
+           union all
+           select kind, 'running', count(*)::int from jobs where status = 'running' group by kind`,
+        )
+        .catch(() => []);
       this.reset();
       for (const row of rows) {
         this.set({ kind: row.kind, status: row.status }, row.n);

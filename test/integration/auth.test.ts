@@ -151,4 +151,19 @@ describe('who may call, with and without keys (PGlite)', () => {
     await new Promise((resolve) => setTimeout(resolve, 100));
     expect(await brief.resolve(key)).toMatchObject({ tenantId: 'flood' });
   });
+
+  it('answers /metrics with the process counters while the database does not answer', async () => {
+    const lonely = await createMnemo(loadConfig({ MNEMO_DATA_DIR: 'memory://' }));
+    // With a metrics token the scrape needs no key lookup (the database) to be let in.
+    const app = createApp({ mnemo: lonely, metricsToken: TOKEN });
+    await lonely.store.close(); // every query fails from here on
+    const res = await app.request('http://localhost/metrics', {
+      headers: { authorization: `Bearer ${TOKEN}` },
+    });
+    expect(res.status).toBe(200);
+    const text = await res.text();
+    expect(text).toContain('mnemo_jobs_enqueued_total');
+    expect(text).not.toMatch(/^mnemo_jobs\{/m); // the backlog gauge, read from the database
+    await lonely.close().catch(() => undefined);
+  });
 });
