@@ -20,7 +20,11 @@ export class CompletionWaiter {
   readonly #channel: string;
   readonly #logger: Logger;
   readonly #waiters = new Map<number, Set<() => void>>();
-  /** Jobs seen finishing lately (oldest first), with their row when a local completion gave it. */
+  /**
+   * Jobs seen finishing lately (oldest first), with their row when a local completion gave it
+   * for a job watched here, for as long as it is watched: a row can be large (a turn's
+   * words), and once its waiters are gone it only costs memory.
+   */
   readonly #recent = new Map<number, Job | null>();
   #listening: Promise<void> | undefined;
   #unlisten: (() => Promise<void>) | undefined;
@@ -34,7 +38,7 @@ export class CompletionWaiter {
   /** Wakes the waiters of `ids` (finished jobs); used for notifications and local completions. */
   wake(ids: Iterable<number>, rows?: ReadonlyMap<number, Job>): void {
     for (const id of ids) {
-      const row = rows?.get(id) ?? this.#recent.get(id) ?? null;
+      const row = this.#waiters.has(id) ? (rows?.get(id) ?? this.#recent.get(id) ?? null) : null;
       this.#recent.delete(id);
       this.#recent.set(id, row);
       const waiters = this.#waiters.get(id);
@@ -118,6 +122,9 @@ export class CompletionWaiter {
         waiters.delete(wake);
         if (waiters.size === 0 && this.#waiters.get(id) === waiters) {
           this.#waiters.delete(id);
+          if (this.#recent.get(id)) {
+            this.#recent.set(id, null); // the news stays; the row goes with its last waiter
+          }
         }
       },
     };
