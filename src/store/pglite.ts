@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
-import { linkSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { linkSync, mkdirSync, readFileSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import { PGlite } from '@electric-sql/pglite';
@@ -53,27 +54,54 @@ function wrap(db: PgliteQueryable, inTransaction = false): Queryable {
 /** Lock files this process holds: a lock naming this pid but not here is a dead namesake's. */
 const held = new Set<string>();
 
+/** When process `pid` started (Linux: clock ticks since boot), or undefined where unknown. */
+function startTimeOf(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // After the command name (in parentheses, which may hold spaces): field 3 onwards.
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch {
+    return undefined;
+  }
+}
+
+/** What this process writes in a lock: its pid, host and start time, a line each. */
+const ownLock = () => `${process.pid}\n${hostname()}\n${startTimeOf(process.pid) ?? ''}\n`;
+
 /**
- * Whether the holder a lock file names (its text) may still be alive: a positive pid that is
- * this process holding it, or another process that exists (one we may not signal exists too).
+ * Whether the holder a lock file names (its text: pid, host, start time) may still be alive.
+ * On another host (another container sharing the volume) there is no telling: alive. On this
+ * one: this process holding it, or another process that exists (one we may not signal exists
+ * too) and started when the lock says (a pid reused since by another process is not it).
  * Anything else (no number, 0 or below, this pid without the lock: a restart that reused it)
  * is a holder that is gone.
  */
 function holderAlive(text: string, path: string): boolean {
-  const pid = Number(text.trim());
+  const [pidText = '', host = '', started = ''] = text.split('\n');
+  const pid = Number(pidText.trim());
   if (!Number.isSafeInteger(pid) || pid <= 0) {
     return false;
+  }
+  if (host !== '' && host !== hostname()) {
+    return true;
   }
   if (pid === process.pid) {
     return held.has(path);
   }
   try {
     process.kill(pid, 0);
-    return true;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
+  const now = started === '' ? undefined : startTimeOf(pid);
+  return now === undefined || now === started;
 }
+
+/** Who a lock names, for a message. */
+const holderOf = (text: string) => {
+  const [pid = '', host = ''] = text.split('\n');
+  return host === '' ? pid.trim() : `${pid.trim()} on ${host}`;
+};
 
 /** Creates `path` holding `text`, atomically (content and all), unless it exists. */
 function createWith(path: string, text: string): boolean {
@@ -104,8 +132,9 @@ const readIfThere = (path: string): string | undefined => {
 };
 
 /**
- * Takes the data directory for this store: a file `<dir>.lock` beside it holding this
- * process's id, created atomically. PGlite takes no lock of its own, and a second PGlite on
+ * Takes the data directory for this store: a file `mnemo.lock` inside it (so that every
+ * process that mounts the directory sees it) naming this process (pid, host, start time),
+ * created atomically. PGlite takes no lock of its own, and a second PGlite on
  * the same directory (another `mnemo serve`, a `mnemo keys` while one runs) corrupts it for
  * good. A lock whose holder is gone (killed) is taken over, by one process at a time: the
  * taker holds `<dir>.lock.takeover` while it checks and replaces it (one left by a taker
@@ -117,15 +146,30 @@ export async function lockDataDir(dataDir: string): Promise<() => void> {
     return () => {};
   }
   // As PGlite reads it: `file://` is cut off, the rest is a path.
-  const path = `${resolve(dataDir.startsWith('file://') ? dataDir.slice(7) : dataDir)}.lock`;
+  const dir = resolve(dataDir.startsWith('file://') ? dataDir.slice(7) : dataDir);
+  const path = join(dir, 'mnemo.lock');
   const takeover = `${path}.takeover`;
-  const own = `${process.pid}\n`;
+  const own = ownLock();
+  const inUse = (holder: string, lock: string) =>
+    new MnemoError(
+      ErrorCode.Unavailable,
+      `the embedded database ${dataDir} is in use by process ${holderOf(holder)} (lock ${lock}); ` +
+        'stop it first (one process at a time may open it; use PostgreSQL, MNEMO_DATABASE_URL, for several), ' +
+        'or delete the lock if no such process is Mnemo',
+    );
   const unavailable = (message: string) =>
     new MnemoError(
       ErrorCode.Unavailable,
       `cannot lock the embedded database ${dataDir}: ${message}`,
     );
   try {
+    mkdirSync(dir, { recursive: true });
+    // The lock of Mnemo before 2026-12-03, beside the directory: a live holder of it is
+    // running an older Mnemo on it.
+    const legacy = readIfThere(`${dir}.lock`);
+    if (legacy !== undefined && holderAlive(legacy, `${dir}.lock`)) {
+      throw inUse(legacy, `${dir}.lock`);
+    }
     for (let attempt = 0; attempt < 200; attempt++) {
       if (createWith(path, own)) {
         held.add(path);
@@ -145,12 +189,7 @@ export async function lockDataDir(dataDir: string): Promise<() => void> {
         continue; // released meanwhile: try again at once
       }
       if (holderAlive(holder, path)) {
-        throw new MnemoError(
-          ErrorCode.Unavailable,
-          `the embedded database ${dataDir} is in use by process ${holder.trim()} (lock ${path}); ` +
-            'stop it first (one process at a time may open it; use PostgreSQL, MNEMO_DATABASE_URL, for several), ' +
-            'or delete the lock if no such process is Mnemo',
-        );
+        throw inUse(holder, path);
       }
       if (createWith(takeover, own)) {
         try {

@@ -1,7 +1,7 @@
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { createServer } from 'node:net';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { describe, expect, it } from 'vitest';
@@ -9,6 +9,9 @@ import { describe, expect, it } from 'vitest';
 import { createPgliteStore } from '../../src/store/pglite.ts';
 import { runMnemo, runNode } from '../helpers/cli.ts';
 import { keySecret } from '../helpers/keys.ts';
+
+/** The embedded database's lock file. */
+const lockOf = (dataDir: string) => join(dataDir, 'mnemo.lock');
 
 describe('mnemo CLI', () => {
   it('prints help with the commands and exit codes', async () => {
@@ -64,23 +67,38 @@ describe('mnemo CLI', () => {
       expect(busy.stderr).toContain(`in use by process ${process.pid}`);
       await expect(createPgliteStore({ dataDir })).rejects.toThrow(/in use by process/);
       await store.close();
-      expect(existsSync(`${dataDir}.lock`)).toBe(false);
+      expect(existsSync(lockOf(dataDir))).toBe(false);
       // A lock left by a process that died (here: one that has exited) is taken over.
       const gone = await runNode(['-e', 'process.stdout.write(String(process.pid))']);
-      writeFileSync(`${dataDir}.lock`, `${gone.stdout}\n`);
+      writeFileSync(lockOf(dataDir), `${gone.stdout}\n`);
       const migrated = await runMnemo(['migrate', '--data-dir', dataDir]);
       expect(migrated.code, migrated.stderr).toBe(0);
-      expect(existsSync(`${dataDir}.lock`)).toBe(false);
+      expect(existsSync(lockOf(dataDir))).toBe(false);
       // So is one naming this very process when it does not hold it (a restart that got the
       // same pid, as pid 1 in a container does), and one naming no process at all.
       for (const text of [`${process.pid}\n`, '0\n', 'junk']) {
-        writeFileSync(`${dataDir}.lock`, text);
+        writeFileSync(lockOf(dataDir), text);
         const again = await createPgliteStore({ dataDir });
-        expect(readFileSync(`${dataDir}.lock`, 'utf8')).toBe(`${process.pid}\n`);
+        expect(readFileSync(lockOf(dataDir), 'utf8')).toMatch(
+          new RegExp(`^${process.pid}\n${hostname()}\n`),
+        );
         await expect(createPgliteStore({ dataDir })).rejects.toThrow(/in use by process/);
         await again.close();
       }
-      expect(existsSync(`${dataDir}.lock`)).toBe(false);
+      expect(existsSync(lockOf(dataDir))).toBe(false);
+      // A live process of another host (a container sharing the volume) cannot be checked:
+      // its lock is kept. A live pid that started later than the lock says is not its holder.
+      writeFileSync(lockOf(dataDir), `${process.ppid}\nanother-host\n1\n`);
+      await expect(createPgliteStore({ dataDir })).rejects.toThrow(
+        new RegExp(`in use by process ${process.ppid} on another-host`),
+      );
+      writeFileSync(lockOf(dataDir), `${process.ppid}\n${hostname()}\n1\n`);
+      const reused = await createPgliteStore({ dataDir });
+      await reused.close();
+      // An older Mnemo's lock beside the directory, held by a live process, is honoured.
+      rmSync(lockOf(dataDir), { force: true });
+      writeFileSync(`${dataDir}.lock`, `${process.ppid}\n`);
+      await expect(createPgliteStore({ dataDir })).rejects.toThrow(/in use by process/);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -91,7 +109,8 @@ describe('mnemo CLI', () => {
     const dataDir = join(dir, 'data');
     try {
       const gone = await runNode(['-e', 'process.stdout.write(String(process.pid))']);
-      writeFileSync(`${dataDir}.lock`, `${gone.stdout}\n`);
+      mkdirSync(dataDir);
+      writeFileSync(lockOf(dataDir), `${gone.stdout}\n`);
       const script =
         `const { lockDataDir } = await import('./src/store/pglite.ts');` +
         `try { const unlock = await lockDataDir(${JSON.stringify(dataDir)});` +
@@ -101,7 +120,7 @@ describe('mnemo CLI', () => {
         [0, 1, 2, 3].map(() => runNode(['--import', 'tsx', '--input-type=module', '-e', script])),
       );
       expect(results.map((r) => r.stdout).sort()).toEqual(['busy', 'busy', 'busy', 'got']);
-      expect(existsSync(`${dataDir}.lock`)).toBe(false);
+      expect(existsSync(lockOf(dataDir))).toBe(false);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
