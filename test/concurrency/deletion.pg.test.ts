@@ -1,16 +1,8 @@
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 
-import { createPostgresStore } from '../../src/store/postgres.ts';
-import type { Store } from '../../src/store/types.ts';
 import { eventually } from '../helpers/engine.ts';
-import {
-  describePg,
-  dropSchema,
-  sleepingIn,
-  testDatabaseUrl,
-  testSchemaName,
-} from '../helpers/pg.ts';
-import { type Json, processGroup } from '../helpers/serve.ts';
+import { describePg, sleepingIn } from '../helpers/pg.ts';
+import { type Json, twoServersOnPostgres } from '../helpers/serve.ts';
 
 /**
  * A user's deletion against writes for that user outside the user's lane that are in flight
@@ -20,42 +12,24 @@ import { type Json, processGroup } from '../helpers/serve.ts';
  * them: the deletion's statements did not see the uncommitted rows, and committed first.
  */
 describePg('user deletion against writes in flight, 2 server processes on PostgreSQL', () => {
-  const schema = testSchemaName('deletion-gate');
-  let store: Store;
-  let env: Record<string, string> = {};
-  const group = processGroup(() => env);
-  const { call } = group;
-
-  beforeAll(async () => {
-    env = {
-      MNEMO_DATABASE_URL: testDatabaseUrl,
-      MNEMO_DATABASE_SCHEMA: schema,
-      MNEMO_PORT: '0',
-    };
-    await group.start(['serve']);
-    await group.start(['serve']);
-    store = createPostgresStore({ url: testDatabaseUrl, schema, maxConnections: 2 });
-    // Slow writes for users whose id begins with "slow": 1.5 s inside their transaction.
-    await store.exec(`
-      create function test_slow_write() returns trigger language plpgsql as $$
-      begin
-        if new.user_id like 'slow%' then perform pg_sleep(1.5); end if;
-        return new;
-      end $$;
-      create trigger test_slow_batch after insert on sync_batches
-        for each row execute function test_slow_write();
-      create trigger test_slow_session after insert on sessions
-        for each row execute function test_slow_write();`);
-  });
-
-  afterAll(async () => {
-    await group.stopAll();
-    await store?.close();
-    await dropSchema(schema);
-  });
+  // Slow writes for users whose id begins with "slow": 1.5 s inside their transaction.
+  const servers = twoServersOnPostgres(
+    'deletion-gate',
+    ['serve'],
+    `create function test_slow_write() returns trigger language plpgsql as $$
+     begin
+       if new.user_id like 'slow%' then perform pg_sleep(1.5); end if;
+       return new;
+     end $$;
+     create trigger test_slow_batch after insert on sync_batches
+       for each row execute function test_slow_write();
+     create trigger test_slow_session after insert on sessions
+       for each row execute function test_slow_write();`,
+  );
+  const { call } = servers;
 
   /** Resolves once a statement of this schema's database sleeps in the trigger. */
-  const sleeping = () => sleepingIn(store, ['%into sync_batches%', '%into sessions%']);
+  const sleeping = () => sleepingIn(servers.store(), ['%into sync_batches%', '%into sessions%']);
 
   const rowsOf = async (userId: string) => {
     const counts: Record<string, number> = {};
@@ -72,10 +46,9 @@ describePg('user deletion against writes in flight, 2 server processes on Postgr
         table === 'session_messages'
           ? `session_id in (select id from sessions where user_id = $1)`
           : `user_id = $1`;
-      const [row] = await store.query<{ n: number }>(
-        `select count(*)::int as n from ${table} where ${where}`,
-        [userId],
-      );
+      const [row] = await servers
+        .store()
+        .query<{ n: number }>(`select count(*)::int as n from ${table} where ${where}`, [userId]);
       counts[table] = row?.n ?? -1;
     }
     return counts;
@@ -122,11 +95,13 @@ describePg('user deletion against writes in flight, 2 server processes on Postgr
     expect(
       (await call(1, 'GET', '/v1/operations?user_id=slow-sync&kind=sync.batch')).body['items'],
     ).toEqual([]);
-    const [words] = await store.query<{ n: number }>(
-      `select count(*)::int as n from jobs where payload::text like '%market%'`,
-    );
+    const [words] = await servers
+      .store()
+      .query<{ n: number }>(
+        `select count(*)::int as n from jobs where payload::text like '%market%'`,
+      );
     expect(words?.n).toBe(0);
-    await store.exec(`drop trigger test_slow_batch on sync_batches`);
+    await servers.store().exec(`drop trigger test_slow_batch on sync_batches`);
     const again = await call(1, 'POST', '/v1/sync', body);
     expect(again.status).toBe(202);
     expect(again.body['id']).not.toBe(uploaded.body['id']);

@@ -1,15 +1,7 @@
-import { afterAll, beforeAll, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 
-import { createPostgresStore } from '../../src/store/postgres.ts';
-import type { Store } from '../../src/store/types.ts';
-import {
-  describePg,
-  dropSchema,
-  sleepingIn,
-  testDatabaseUrl,
-  testSchemaName,
-} from '../helpers/pg.ts';
-import { type Json, processGroup } from '../helpers/serve.ts';
+import { describePg, sleepingIn } from '../helpers/pg.ts';
+import { type Json, twoServersOnPostgres } from '../helpers/serve.ts';
 
 /**
  * Cancelling a session commit's pending job while the next commit of that session runs its
@@ -17,39 +9,19 @@ import { type Json, processGroup } from '../helpers/serve.ts';
  * test-only trigger holds the cancel's transaction open (pg_sleep) as its job row moves.
  */
 describePg('cancelling a session commit against the next commit, 2 processes on PostgreSQL', () => {
-  const schema = testSchemaName('session-cancel');
-  let store: Store;
-  let env: Record<string, string> = {};
-  const group = processGroup(() => env);
-  const { call } = group;
-
-  beforeAll(async () => {
-    env = {
-      MNEMO_DATABASE_URL: testDatabaseUrl,
-      MNEMO_DATABASE_SCHEMA: schema,
-      MNEMO_PORT: '0',
-    };
-    await Promise.all([
-      group.start(['serve', '--no-worker']),
-      group.start(['serve', '--no-worker']),
-    ]);
-    store = createPostgresStore({ url: testDatabaseUrl, schema, maxConnections: 2 });
-    await store.exec(`
-      create function test_slow_cancel() returns trigger language plpgsql as $$
-      begin
-        perform pg_sleep(1.5);
-        return new;
-      end $$;
-      create trigger test_slow_cancel after update on jobs
-        for each row when (old.status = 'pending' and new.status = 'cancelled')
-        execute function test_slow_cancel();`);
-  });
-
-  afterAll(async () => {
-    await group.stopAll();
-    await store?.close();
-    await dropSchema(schema);
-  });
+  const servers = twoServersOnPostgres(
+    'session-cancel',
+    ['serve', '--no-worker'],
+    `create function test_slow_cancel() returns trigger language plpgsql as $$
+     begin
+       perform pg_sleep(1.5);
+       return new;
+     end $$;
+     create trigger test_slow_cancel after update on jobs
+       for each row when (old.status = 'pending' and new.status = 'cancelled')
+       execute function test_slow_cancel();`,
+  );
+  const { call } = servers;
 
   it('never gives a cancelled commit’s older messages back behind a newer commit made meanwhile', async () => {
     const say = (content: string) =>
@@ -63,7 +35,7 @@ describePg('cancelling a session commit against the next commit, 2 processes on 
     await say('My city is Berlin.');
     const cancel = call(0, 'POST', `/v1/operations/${String(older.body['operation'].id)}/cancel`);
     // The newer commit, in the other process, while the cancel's transaction is open.
-    await sleepingIn(store, ['%finish_jobs%']);
+    await sleepingIn(servers.store(), ['%finish_jobs%']);
     const newer = await call(1, 'POST', '/v1/sessions/s/commit', { wait: false });
     expect((await cancel).body).toMatchObject({ status: 'cancelled' });
     const session = (await call(1, 'GET', '/v1/sessions/s')).body as Json;
@@ -71,9 +43,11 @@ describePg('cancelling a session commit against the next commit, 2 processes on 
     // the newer archive holds both, in order), or the newer commit came first and the
     // cancelled archive keeps Paris. Never Paris live again after the Berlin archive.
     expect(session['live_count']).toBe(0);
-    const messages = await store.query<{ content: string; archive_index: number }>(
-      `select content, archive_index from session_messages order by id`,
-    );
+    const messages = await servers
+      .store()
+      .query<{ content: string; archive_index: number }>(
+        `select content, archive_index from session_messages order by id`,
+      );
     const newerIndex = (newer.body as Json)['archive']['index'] as number;
     const paris = messages.find((m) => m.content.includes('Paris'));
     const berlin = messages.find((m) => m.content.includes('Berlin'));

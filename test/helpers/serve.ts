@@ -1,5 +1,10 @@
 /** Several `mnemo serve` / `mnemo worker` processes on one database, and calls to them. */
+import { afterAll, beforeAll } from 'vitest';
+
+import { createPostgresStore } from '../../src/store/postgres.ts';
+import type { Store } from '../../src/store/types.ts';
 import { type JsonProcess, startJsonProcess } from './cli.ts';
+import { dropSchema, testDatabaseUrl, testSchemaName } from './pg.ts';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any -- tests probe response JSON freely
 export type Json = Record<string, any>;
@@ -42,6 +47,42 @@ export function processGroup(env: () => Record<string, string>) {
         ...(body === undefined ? {} : { body: JSON.stringify(body) }),
       });
       return { status: res.status, body: (await res.json()) as Json };
+    },
+  };
+}
+
+/**
+ * For the tests of one file (call it inside their `describe`): two `mnemo <args>` server
+ * processes on a fresh schema of the test database, with `sql` (test-only triggers, say) run
+ * in that schema once they have migrated it; all stopped and dropped afterwards. `store` is a
+ * connection of the test's own to that schema.
+ */
+export function twoServersOnPostgres(label: string, args: string[], sql: string) {
+  const schema = testSchemaName(label);
+  const env = {
+    MNEMO_DATABASE_URL: testDatabaseUrl,
+    MNEMO_DATABASE_SCHEMA: schema,
+    MNEMO_PORT: '0',
+  };
+  const group = processGroup(() => env);
+  let store: Store | undefined;
+  beforeAll(async () => {
+    await Promise.all([group.start(args), group.start(args)]);
+    store = createPostgresStore({ url: testDatabaseUrl, schema, maxConnections: 2 });
+    await store.exec(sql);
+  });
+  afterAll(async () => {
+    await group.stopAll();
+    await store?.close();
+    await dropSchema(schema);
+  });
+  return {
+    call: group.call,
+    store: (): Store => {
+      if (store === undefined) {
+        throw new Error('the servers are not started yet');
+      }
+      return store;
     },
   };
 }
