@@ -259,6 +259,12 @@ export class Worker {
       // Without notifications the worker still polls.
       this.#deps.logger.warn({ err }, 'worker could not listen for new jobs; polling only');
     }
+    if (this.#stopController.signal.aborted) {
+      // Stopped while it was subscribing: its stop found nothing to end; start nothing.
+      await this.#unlisten?.();
+      this.#unlisten = undefined;
+      return;
+    }
     // At most one heartbeat and one reap in flight: a slow database must not pile them up.
     this.#timers.push(
       setInterval(() => {

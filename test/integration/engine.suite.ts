@@ -1003,6 +1003,28 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       ]);
     });
 
+    it('starts nothing when stopped while it was starting', async () => {
+      const starting = engine.startWorker({
+        heartbeatMs: 20,
+        reapIntervalMs: 20,
+        pollIntervalMs: 20,
+      });
+      await engine.stop();
+      await starting;
+      let queries = 0;
+      const query = store.query.bind(store);
+      store.query = ((sql: string, params?: unknown[]) => {
+        queries += 1;
+        return query(sql, params);
+      }) as typeof store.query;
+      try {
+        await new Promise((resolve) => setTimeout(resolve, 200));
+        expect(queries).toBe(0); // no heartbeat, reap or claim after its stop
+      } finally {
+        store.query = query;
+      }
+    });
+
     it('runs onCancel in the cancelling transaction for each pending job it cancels', async () => {
       engine.register<{ refuse?: boolean }, void>('undoable', {
         compute: () => Promise.resolve(),
