@@ -22,7 +22,6 @@ const postgresUrl = z
   });
 
 /** Each setting: its variable, its schema (parsing the raw string) and its default. */
-/** An http(s) URL (a model endpoint's base). */
 /** `true` or `false`. */
 const flag = (byDefault: boolean) =>
   z
@@ -30,6 +29,7 @@ const flag = (byDefault: boolean) =>
     .default(byDefault ? 'true' : 'false')
     .transform((v) => v === 'true');
 
+/** An http(s) URL (a model endpoint's base). */
 const httpUrl = z
   .string()
   .trim()

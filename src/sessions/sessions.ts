@@ -535,9 +535,9 @@ export function registerSessionJobs(
  * (with its idempotency key), so that the next commit takes them — only when that cannot
  * write older words after newer ones, nor repeat for good: the archive must be the
  * session's latest (a newer one holds later messages, and the next commit of these would
- * come after it), and its messages
- * must not have been given back before (a commit that fails on its content would otherwise
- * come back with every later commit). Otherwise the archive stays as its job ended.
+ * come after it), and its messages must not have been given back before (a commit that
+ * fails on its content would otherwise come back with every later commit). Otherwise the
+ * archive stays as its job ended.
  */
 async function undoCommit(tx: Queryable, ctx: JobContext<CommitPayload>): Promise<void> {
   // The session's row lock, as a commit's phase 1 takes it: a phase 1 in flight (its archive

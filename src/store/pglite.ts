@@ -134,12 +134,12 @@ const readIfThere = (path: string): string | undefined => {
 /**
  * Takes the data directory for this store: a file `mnemo.lock` inside it (so that every
  * process that mounts the directory sees it) naming this process (pid, host, start time),
- * created atomically. PGlite takes no lock of its own, and a second PGlite on
- * the same directory (another `mnemo serve`, a `mnemo keys` while one runs) corrupts it for
- * good. A lock whose holder is gone (killed) is taken over, by one process at a time: the
- * taker holds `<dir>.lock.takeover` while it checks and replaces it (one left by a taker
- * that died is broken after 10 s). Returns its release; in-memory and browser databases
- * take none.
+ * created atomically. PGlite takes no lock of its own, and a second PGlite on the same
+ * directory (another `mnemo serve`, a `mnemo keys` while one runs) corrupts it for good. A
+ * lock whose holder is gone (killed) is taken over, by one process at a time: the taker
+ * holds `mnemo.lock.takeover` beside it while it checks and replaces it (one left by a taker
+ * that died is broken after 10 s). Returns its release; in-memory and browser databases take
+ * none.
  */
 export async function lockDataDir(dataDir: string): Promise<() => void> {
   if (dataDir.includes('://') && !dataDir.startsWith('file://')) {

@@ -760,10 +760,10 @@ async function readResult(
   };
 }
 
-/** Registers the sync jobs with the engine. */
 /** The least delay before kept audio is looked at again (see sync.delete_audio). */
 const AUDIO_RECHECK_MIN_MS = 5000;
 
+/** Registers the sync jobs with the engine. */
 export function registerSyncJobs(
   engine: Engine,
   store: Store,
@@ -983,9 +983,8 @@ export function registerSyncJobs(
     // Audio still waiting for its transcription is kept, and looked at again one retention
     // delay later (5 s at least: with a retention of 0 it would be looked at again at once,
     // job after job, for as long as the transcription runs): deletion never beats the
-    // transcription. A segment whose job ended without
-    // settling it (cancelled, failed by the reaper, or gone with its finished upload) waits
-    // for nothing.
+    // transcription. A segment whose job ended without settling it (failed by the reaper,
+    // or gone with its finished upload) waits for nothing; a cancelled one is settled failed.
     async apply(tx, _none, ctx) {
       const gone = await tx.query<{ id: number }>(
         `delete from sync_audio a where a.tenant_id = $1 and a.id = any($2::bigint[])
