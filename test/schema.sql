@@ -96,6 +96,7 @@ COMMENT ON COLUMN mnemo.jobs.waiter IS 'who waits for the job: null = anyone (an
 
 CREATE FUNCTION mnemo.enqueue_jobs(p_tenant text, p_jobs jsonb, p_parent bigint, p_lane_limit integer, p_claim_worker text DEFAULT NULL::text, p_lease_ms integer DEFAULT NULL::integer, p_claim_kinds text[] DEFAULT NULL::text[], p_defer_notify boolean DEFAULT false) RETURNS SETOF mnemo.jobs
     LANGUAGE plpgsql
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 declare
   v record;
@@ -175,6 +176,11 @@ declare
   promoted_ids bigint[];
   announce text[];
   wake boolean;
+  v_id bigint;
+  v_parent bigint;
+  parent_ids bigint[];
+  v_row jsonb;
+  want_rows jsonb := '[]';
 begin
   -- Lane locks of every terminal move, in one global order (no deadlock between lockers).
   perform pg_advisory_xact_lock(k) from (
@@ -185,10 +191,22 @@ begin
     order by 1) as keys;
 
   -- Batch parents in id order, so two completions of children of the same parents queue
-  -- instead of deadlocking.
-  perform 1 from jobs p
-  where p.id in (select c.parent_id from jobs c where c.id = any(ids) and c.parent_id is not null)
-  order by p.id for update;
+  -- instead of deadlocking. A few jobs' parents are read one primary-key lookup at a time.
+  if cardinality(ids) <= 16 then
+    foreach v_id in array ids loop
+      select j.parent_id into v_parent from jobs j where j.id = v_id;
+      if v_parent is not null then
+        parent_ids := parent_ids || v_parent;
+      end if;
+    end loop;
+    if parent_ids is not null then
+      perform 1 from jobs p where p.id = any(parent_ids) order by p.id for update;
+    end if;
+  else
+    perform 1 from jobs p
+    where p.id in (select c.parent_id from jobs c where c.id = any(ids) and c.parent_id is not null)
+    order by p.id for update;
+  end if;
 
   with o as (
     select * from jsonb_to_recordset(transitions) as o(id bigint, token bigint, from_status text,
@@ -287,10 +305,15 @@ begin
     end if;
     perform pg_notify(done_channel, a) from unnest(announce) as a;
   end if;
+  foreach v_id in array coalesce(want, '{}') loop
+    select to_jsonb(w) into v_row from jobs w
+    where w.id = v_id and w.status in ('succeeded', 'failed', 'cancelled');
+    if found then
+      want_rows := want_rows || jsonb_build_array(v_row);
+    end if;
+  end loop;
   return result || jsonb_build_object('claimed', claimed, 'wake', wake,
-    'announce', to_jsonb(announce),
-    'rows', (select coalesce(jsonb_agg(to_jsonb(w)), '[]') from jobs w
-             where w.id = any(want) and w.status in ('succeeded', 'failed', 'cancelled')));
+    'announce', to_jsonb(announce), 'rows', want_rows);
 end
 $$;
 
