@@ -315,8 +315,9 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
     job: Job,
     opts: WriteOptions,
     durable = true,
+    woken = false,
   ): Promise<WriteOutcome> {
-    if (job.status === 'pending') {
+    if (job.status === 'pending' && !woken) {
       engine.wakeWorkers(); // a claimed job runs already; a finished one needs nobody
     }
     let current = job;
@@ -370,7 +371,8 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
         syncCommit: !opts.wait,
       });
       // A replay may find a job another request enqueued without waiting for the disk.
-      return finish(tenantId, job, opts, created && !opts.wait);
+      // The enqueue, in autocommit, woke this process's workers if its job was claimable.
+      return finish(tenantId, job, opts, created && !opts.wait, true);
     },
     async batchIngest(tenantId, userId, items, opts) {
       if (items.length > config.batchMaxItems) {
@@ -411,7 +413,7 @@ export async function createMnemo(config: Config, options: MnemoOptions = {}): P
         idempotencyKey: clientKey(opts.idempotencyKey),
         waiter: waiterOf(opts),
       });
-      return finish(tenantId, job, opts);
+      return finish(tenantId, job, opts, true, true);
     },
     appendMessages: (tenantId, sessionId, userId, messages, idempotencyKey) =>
       appendMessages(store, tenantId, sessionId, userId, messages, idempotencyKey),

@@ -143,6 +143,8 @@ export interface Engine {
   /**
    * Optional: tells this process's workers that a transaction which enqueued work has just
    * committed, so they claim without waiting for the NOTIFY to come back from the database.
+   * An {@link enqueue} outside a transaction does it itself, for a job it did not claim
+   * that is claimable now.
    */
   wakeWorkers(): void;
   /** Starts a worker in this process. */
@@ -334,6 +336,14 @@ export function createEngine(deps: {
         worker.adopt(out.claimed, early);
       } else {
         worker?.unreserve(early, out.laneBusy === true ? out.job.lane : null, out.job.tenantId);
+        if (out.job.status === 'pending' && out.laneBusy !== true) {
+          // Claimable and not claimed: committed, so this process's workers may claim it.
+          // A job behind a busy lane is not claimable until that lane's job finishes, whose
+          // completion hands the lane on; waking for it would claim nothing.
+          for (const w of workers) {
+            w.wake();
+          }
+        }
       }
       if (out.created) {
         metrics.enqueued.inc({ kind: spec.kind });

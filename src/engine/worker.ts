@@ -443,7 +443,11 @@ export class Worker {
       }
     }
     this.#dropEarly(early);
-    this.#newWork();
+    // The slot is free again. The enqueue wakes the workers if its job is claimable; the
+    // claim loop, if it waited for a slot while work may be pending, claims into this one.
+    if (!this.#drained) {
+      this.#wake.notify();
+    }
   }
 
   /** An early compute's enqueue has answered: its lane has one fewer in flight. */

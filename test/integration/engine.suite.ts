@@ -518,6 +518,45 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       }, 15_000);
     });
 
+    it('claims nothing for jobs enqueued behind a busy lane, and runs them in order once it is free', async () => {
+      let open: () => void = () => undefined;
+      const gate = new Promise<void>((resolve) => (open = resolve));
+      const ran: number[] = [];
+      engine.register<{ n: number }, void>('step', {
+        compute: async (ctx) => {
+          if (ctx.payload.n === 0) {
+            await gate;
+          }
+          ran.push(ctx.payload.n);
+        },
+      });
+      const worker = await engine.startWorker({ concurrency: 2, pollIntervalMs: 60_000 });
+      // In autocommit, as the HTTP ingest enqueues.
+      const head = await engine.enqueue(store, { kind: 'step', lane: 'L', payload: { n: 0 } });
+      expect(head.job.status).toBe('running'); // claimed by its enqueue; the gate holds it
+      const query = store.query.bind(store);
+      let claims = 0;
+      store.query = (async (sql: string, params?: unknown[]) => {
+        if (sql.includes('claim_jobs(') && params?.[2] === worker.id) {
+          claims += 1;
+        }
+        return query(sql, params);
+      }) as Store['query'];
+      const behind = [];
+      for (let n = 1; n <= 10; n++) {
+        behind.push((await engine.enqueue(store, { kind: 'step', lane: 'L', payload: { n } })).job);
+        await new Promise((resolve) => setTimeout(resolve, 5)); // room for a claim to go out
+      }
+      // None of them is claimable while the lane's head runs: a claim for each finds nothing.
+      // (At most one, for the free slot the worker may not yet know is idle.)
+      expect(claims).toBeLessThanOrEqual(1);
+      open();
+      for (const job of behind) {
+        expect((await waitDone(job.id)).status).toBe('succeeded');
+      }
+      expect(ran).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    });
+
     it('claims ahead while its slots compute, and gives claimed-ahead jobs back on shutdown without counting the attempt', async () => {
       const started: number[] = [];
       engine.register<{ n: number }, void>('long', {
