@@ -7,7 +7,8 @@
  * each step in ms: the client's request reaching the server, HTTP and validation up to the
  * extractor's start (and the enqueue, when the extractor does not start early), its timer's
  * lateness, the rules, up to the completion, the completion, up to the response's last
- * write, and the client getting it; then the enqueue on its own.
+ * write, and the client getting it; then the enqueue on its own. Last, three requests each
+ * after 12 s without traffic: their overheads as they came.
  *
  * What PostgreSQL spends inside each statement needs `pg_stat_statements` loaded in the
  * server (docs/benchmarks.md, "One request's time").
@@ -24,6 +25,9 @@ const url = process.env['MNEMO_BENCH_DATABASE_URL'] ?? 'postgres://root@127.0.0.
 const L = 50;
 const WARM_UP = 10;
 const REQUESTS = 100;
+/** Longer than a pool's default idle timeout (pg-pool: 10 s). */
+const IDLE_MS = 12_000;
+const IDLE_ROUNDS = 3;
 
 type Mark = { at: number; what: string };
 let marks: Mark[] = [];
@@ -167,6 +171,7 @@ export async function runTraceBench(): Promise<void> {
       req.end(body);
     });
   const samples = new Map<string, number[]>();
+  const afterIdle: number[] = [];
   let complete = 0;
   try {
     for (let n = 0; n < WARM_UP + REQUESTS; n++) {
@@ -182,6 +187,13 @@ export async function runTraceBench(): Promise<void> {
           samples.set(name, [...(samples.get(name) ?? []), ms]);
         }
       }
+    }
+    // A quiet spell: the same request after IDLE_MS without traffic, IDLE_ROUNDS times.
+    for (let n = 0; n < IDLE_ROUNDS; n++) {
+      await sleep(IDLE_MS);
+      const start = performance.now();
+      await post(WARM_UP + REQUESTS + n);
+      afterIdle.push(performance.now() - start - L);
     }
   } finally {
     agent.destroy();
@@ -208,6 +220,10 @@ export async function runTraceBench(): Promise<void> {
     requests: REQUESTS,
     traced: complete,
     ...medians,
+    idle_ms: IDLE_MS,
+    // Each request's overhead after the quiet spell (the first one may also meet the
+    // fresh tables' first autovacuum, which makes every plan again).
+    after_idle_overhead_ms: afterIdle.map((ms) => Number(ms.toFixed(3))),
   });
   process.stderr.write(`results: ${save()}\n`);
 }

@@ -61,3 +61,21 @@ describePg('the PostgreSQL store when a connection drops', () => {
     }
   });
 });
+
+describePg('the PostgreSQL store when it sits idle', () => {
+  const schema = testSchemaName('postgres-idle');
+  const store = createPostgresStore({ url: testDatabaseUrl, schema, maxConnections: 1 });
+  afterAll(async () => {
+    await store.close();
+    await dropSchema(schema);
+  });
+
+  it('keeps its connection past a quiet spell longer than the pool’s default idle timeout (10 s)', async () => {
+    // A new connection compiles the PL/pgSQL functions and plans their statements again:
+    // the first ingest after every quiet spell paid for it (docs/benchmarks.md).
+    const [before] = await store.query<{ pid: number }>('select pg_backend_pid() as pid');
+    await new Promise((resolve) => setTimeout(resolve, 10_500));
+    const [after] = await store.query<{ pid: number }>('select pg_backend_pid() as pid');
+    expect(after?.pid).toBe(before?.pid);
+  }, 20_000);
+});
