@@ -15,8 +15,9 @@ alter function enqueue_jobs(text, jsonb, bigint, integer, text, integer, text[],
 --    jobs by primary key one at a time (a scalar parameter keeps a generic plan, and an
 --    equality on the primary key is planned as an index scan, even on a fresh table). As
 --    `id = any(ids)` they were planned on every call (0.39 and 0.3 ms), and a generic plan
---    made before the table had statistics would have read all of it. More than 16 ids
---    (a reaper's or a cancel's sweep) still take one statement.
+--    made before the table had statistics would have read all of it. The parents are
+--    still locked in id order. More than 16 ids (a reaper's or a cancel's sweep, a large
+--    completion batch) still take one statement each.
 create or replace function finish_jobs(transitions jsonb, ids bigint[], jobs_channel text, done_channel text,
   claim_limit integer, lease_ms integer, worker text, kinds text[], announcer text,
   defer_notify boolean, want bigint[])
@@ -52,9 +53,9 @@ begin
         parent_ids := parent_ids || v_parent;
       end if;
     end loop;
-    if parent_ids is not null then
-      perform 1 from jobs p where p.id = any(parent_ids) order by p.id for update;
-    end if;
+    for v_parent in select distinct u from unnest(parent_ids) as u order by u loop
+      perform 1 from jobs p where p.id = v_parent for update;
+    end loop;
   else
     perform 1 from jobs p
     where p.id in (select c.parent_id from jobs c where c.id = any(ids) and c.parent_id is not null)
@@ -158,13 +159,18 @@ begin
     end if;
     perform pg_notify(done_channel, a) from unnest(announce) as a;
   end if;
-  foreach v_id in array coalesce(want, '{}') loop
-    select to_jsonb(w) into v_row from jobs w
-    where w.id = v_id and w.status in ('succeeded', 'failed', 'cancelled');
-    if found then
-      want_rows := want_rows || jsonb_build_array(v_row);
-    end if;
-  end loop;
+  if cardinality(want) <= 16 then
+    foreach v_id in array want loop
+      select to_jsonb(w) into v_row from jobs w
+      where w.id = v_id and w.status in ('succeeded', 'failed', 'cancelled');
+      if found then
+        want_rows := want_rows || jsonb_build_array(v_row);
+      end if;
+    end loop;
+  else
+    select coalesce(jsonb_agg(to_jsonb(w)), '[]') into want_rows from jobs w
+    where w.id = any(want) and w.status in ('succeeded', 'failed', 'cancelled');
+  end if;
   return result || jsonb_build_object('claimed', claimed, 'wake', wake,
     'announce', to_jsonb(announce), 'rows', want_rows);
 end

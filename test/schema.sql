@@ -199,9 +199,9 @@ begin
         parent_ids := parent_ids || v_parent;
       end if;
     end loop;
-    if parent_ids is not null then
-      perform 1 from jobs p where p.id = any(parent_ids) order by p.id for update;
-    end if;
+    for v_parent in select distinct u from unnest(parent_ids) as u order by u loop
+      perform 1 from jobs p where p.id = v_parent for update;
+    end loop;
   else
     perform 1 from jobs p
     where p.id in (select c.parent_id from jobs c where c.id = any(ids) and c.parent_id is not null)
@@ -305,13 +305,18 @@ begin
     end if;
     perform pg_notify(done_channel, a) from unnest(announce) as a;
   end if;
-  foreach v_id in array coalesce(want, '{}') loop
-    select to_jsonb(w) into v_row from jobs w
-    where w.id = v_id and w.status in ('succeeded', 'failed', 'cancelled');
-    if found then
-      want_rows := want_rows || jsonb_build_array(v_row);
-    end if;
-  end loop;
+  if cardinality(want) <= 16 then
+    foreach v_id in array want loop
+      select to_jsonb(w) into v_row from jobs w
+      where w.id = v_id and w.status in ('succeeded', 'failed', 'cancelled');
+      if found then
+        want_rows := want_rows || jsonb_build_array(v_row);
+      end if;
+    end loop;
+  else
+    select coalesce(jsonb_agg(to_jsonb(w)), '[]') into want_rows from jobs w
+    where w.id = any(want) and w.status in ('succeeded', 'failed', 'cancelled');
+  end if;
   return result || jsonb_build_object('claimed', claimed, 'wake', wake,
     'announce', to_jsonb(announce), 'rows', want_rows);
 end

@@ -124,14 +124,17 @@ export function createPostgresStore(options: PostgresStoreOptions): Store {
   const schema = options.schema ?? 'mnemo';
   assertSchemaName(schema);
   const server = splitServerOptions(options.url);
+  const max = options.maxConnections ?? 10;
   const connectionConfig: pg.PoolConfig = {
     connectionString: server.url,
-    max: options.maxConnections ?? 10,
-    // Connections are kept however long they sit idle (pg-pool closes them after 10 s by
-    // default). A new one compiles the PL/pgSQL functions again and plans each of their
-    // statements afresh for its first five calls: an ingest after a quiet spell of 12 s
-    // took 29–30 ms more than one right after another (`npm run bench -- trace`).
-    idleTimeoutMillis: 0,
+    max,
+    // Two connections are kept however long they sit idle, the rest of a burst's for a
+    // minute (pg-pool closes every idle one after 10 s by default). A new connection
+    // compiles the PL/pgSQL functions again and plans each of their statements afresh for
+    // its first five calls: an ingest after a quiet spell of 12 s took 29–30 ms more than
+    // one right after another (`npm run bench -- trace`).
+    min: Math.min(2, max),
+    idleTimeoutMillis: 60_000,
     connectionTimeoutMillis: options.connectTimeoutMs ?? 5000,
     // TCP keepalives from 30 s of silence on: a connection a NAT or proxy dropped silently
     // (the LISTEN one is idle for long) is noticed within minutes, and made again, instead of
