@@ -21,7 +21,6 @@ const postgresUrl = z
     message: 'must be a postgres:// or postgresql:// URL',
   });
 
-/** Each setting: its variable, its schema (parsing the raw string) and its default. */
 /** `true` or `false`. */
 const flag = (byDefault: boolean) =>
   z
@@ -35,6 +34,7 @@ const httpUrl = z
   .trim()
   .refine((v) => /^https?:\/\//.test(v) && URL.canParse(v), { message: 'must be an http(s) URL' });
 
+/** Each setting: its variable, its schema (parsing the raw string) and its default. */
 const settings = {
   databaseUrl: { env: 'MNEMO_DATABASE_URL', schema: postgresUrl.optional() },
   dataDir: { env: 'MNEMO_DATA_DIR', schema: z.string().trim().min(1).default('./.mnemo') },

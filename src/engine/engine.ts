@@ -174,6 +174,11 @@ export function createEngine(deps: {
   };
   const waiter = new CompletionWaiter(store, channels.done, logger);
   const workers = new Set<Worker>();
+  const wakeWorkers = () => {
+    for (const worker of workers) {
+      worker.wake();
+    }
+  };
   const pendingCount = {
     value: 0,
     /** When the kept count finished (its TTL runs from there). */
@@ -340,9 +345,7 @@ export function createEngine(deps: {
           // Claimable and not claimed: committed, so this process's workers may claim it.
           // A job behind a busy lane is not claimable until that lane's job finishes, whose
           // completion hands the lane on; waking for it would claim nothing.
-          for (const w of workers) {
-            w.wake();
-          }
+          wakeWorkers();
         }
       }
       if (out.created) {
@@ -533,11 +536,7 @@ export function createEngine(deps: {
     prepareWait() {
       return waiter.listening();
     },
-    wakeWorkers() {
-      for (const worker of workers) {
-        worker.wake();
-      }
-    },
+    wakeWorkers,
     async startWorker(workerOptions) {
       const worker = new Worker(
         {

@@ -185,10 +185,10 @@ export function userDeletionLockKey(ctx: {
  * deletion sees (a sync upload sent later waits for it or is refused, and one in flight is
  * waited for and so comes before it, whatever its id). Finished jobs, and batch parents still
  * running (a parent has no handler to read its payload): a job still to run keeps the
- * payload its handler reads (ids, never the user's words). A redacted job keeps neither the user's words
- * nor the user's id (it is no longer listed as the user's), nor its idempotency key: the same
- * key after the deletion is a new request, so a client that re-imports what it had sent is
- * written again, not answered with the old, emptied operation.
+ * payload its handler reads (ids, never the user's words). A redacted job keeps neither the
+ * user's words nor the user's id (it is no longer listed as the user's), nor its idempotency
+ * key: the same key after the deletion is a new request, so a client that re-imports what
+ * it had sent is written again, not answered with the old, emptied operation.
  */
 export const REDACT_USER_JOBS = `with mine as (
     select j.id, j.is_parent, j.status from jobs j
