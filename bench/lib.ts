@@ -72,7 +72,10 @@ export function startChild(
   env: Record<string, string>,
   nodeArgs: string[] = [],
 ): Child {
-  const child = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', join(benchDir, script)], {
+  // BENCH_NODE_ARGS: extra Node flags for every child (e.g. `--cpu-prof --cpu-prof-dir=/tmp/p`).
+  const extra = (process.env['BENCH_NODE_ARGS'] ?? '').split(' ').filter((a) => a !== '');
+  const args = [...extra, ...nodeArgs, '--import', 'tsx', join(benchDir, script)];
+  const child = spawn(process.execPath, args, {
     cwd: repoRoot,
     env: { ...process.env, ...env },
     stdio: ['pipe', 'pipe', 'inherit'],

@@ -293,9 +293,9 @@ begin
     (select coalesce(array_agg(ch.id_list), '{}') from chunks ch)
   into result, promoted_ids, announce;
 
-  if claim_limit > 0 then
+  if claim_limit > 0 or (claim_limit < 0 and promoted_ids is not null) then
     select coalesce(jsonb_agg(to_jsonb(c)), '[]') into claimed
-    from claim_jobs(claim_limit, lease_ms, worker, kinds) c;
+    from claim_jobs(abs(claim_limit), lease_ms, worker, kinds) c;
   end if;
   wake := promoted_ids is not null
     and exists (select 1 from jobs w where w.id = any(promoted_ids) and w.status = 'pending');

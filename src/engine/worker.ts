@@ -1045,6 +1045,10 @@ export class Worker {
       leaseMs: this.#leaseMs,
       workerId: this.id,
       kinds: this.#kinds,
+      // Drained: nothing was there to claim at the last look, and work that appeared since
+      // has woken the claim loop, which clears the flag. Only the lane heads this very
+      // completion hands on are news to nobody.
+      onlyIfPromoted: this.#drained,
     };
     // Completions with applies, in a transaction or fused into one statement, defer their
     // wake-ups and hand over the rows of watched jobs; plain ones notify themselves.

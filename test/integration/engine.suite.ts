@@ -557,6 +557,49 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       expect(ran).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
     });
 
+    it('claims nothing along with completions once drained, but the lane heads they hand on', async () => {
+      let open: () => void = () => undefined;
+      const gate = new Promise<void>((resolve) => (open = resolve));
+      const ran: number[] = [];
+      engine.register<{ n: number }, void>('step', {
+        compute: async (ctx) => {
+          if (ctx.payload.n === 0) {
+            await gate;
+          }
+          ran.push(ctx.payload.n);
+        },
+      });
+      const query = store.query.bind(store);
+      let loopClaims = 0;
+      const refillLimits: number[] = [];
+      store.query = (async (sql: string, params?: unknown[]) => {
+        const out = await query(sql, params);
+        if (sql.includes('claim_jobs(')) {
+          loopClaims += 1;
+        } else if (sql.includes('finish_jobs(')) {
+          refillLimits.push(params?.[4] as number);
+        }
+        return out;
+      }) as Store['query'];
+      await engine.startWorker({ concurrency: 2, pollIntervalMs: 60_000 });
+      // Its first look finds nothing: drained.
+      await eventually(() => loopClaims === 1);
+      // In autocommit, as the HTTP ingest enqueues: the head is claimed by its enqueue, the
+      // second waits behind it (no wake-up: it is not claimable).
+      const head = await engine.enqueue(store, { kind: 'step', lane: 'L', payload: { n: 0 } });
+      expect(head.job.status).toBe('running');
+      const behind = await engine.enqueue(store, { kind: 'step', lane: 'L', payload: { n: 1 } });
+      expect(behind.job.status).toBe('pending');
+      open();
+      expect((await waitDone(behind.job.id)).status).toBe('succeeded');
+      expect(ran).toEqual([0, 1]);
+      // The head's completion took the job it handed on in the same statement (no claim of
+      // the loop, no wake-up), and neither completion asked for more than that.
+      expect(loopClaims).toBe(1);
+      expect(refillLimits).toHaveLength(2);
+      expect(refillLimits.every((limit) => limit < 0)).toBe(true);
+    });
+
     it('claims ahead while its slots compute, and gives claimed-ahead jobs back on shutdown without counting the attempt', async () => {
       const started: number[] = [];
       engine.register<{ n: number }, void>('long', {

@@ -54,6 +54,11 @@ export interface Refill {
   leaseMs: number;
   workerId: string;
   kinds: readonly string[];
+  /**
+   * Claim only if the transition made a lane head claimable: the worker found nothing to
+   * claim last time and has heard of no new work since (`finish_jobs`, migration 0026).
+   */
+  onlyIfPromoted?: boolean;
 }
 
 /** The jobs and batch parents a transition finished. */
@@ -138,7 +143,7 @@ export function finishStatement(
     records.map((r) => r.id),
     channels.jobs,
     channels.done,
-    refill?.limit ?? 0,
+    refill === undefined ? 0 : refill.onlyIfPromoted === true ? -refill.limit : refill.limit,
     refill?.leaseMs ?? 0,
     refill?.workerId ?? '',
     refill?.kinds ?? [],
