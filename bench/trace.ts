@@ -11,9 +11,12 @@
  * after 12 s without traffic: their overheads as they came.
  *
  * What PostgreSQL spends inside each statement needs `pg_stat_statements` loaded in the
- * server (docs/benchmarks.md, "One request's time").
+ * server (docs/benchmarks.md, "One request's time"). BENCH_TRACE_PROFILE=<file> writes a CPU
+ * profile of the traced requests.
  */
+import { writeFileSync } from 'node:fs';
 import { Agent, request, Server } from 'node:http';
+import { Session } from 'node:inspector';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import pg from 'pg';
@@ -109,6 +112,31 @@ function steps(start: number, end: number, list: readonly Mark[]): [string, numb
   ];
 }
 
+/**
+ * BENCH_TRACE_PROFILE=<file>: a CPU profile of this process (server, worker and client)
+ * over the traced requests alone, sampled every 50 µs, written as a `.cpuprofile`.
+ */
+function cpuProfiler(file: string): { start(): Promise<void>; stop(): Promise<void> } {
+  const session = new Session();
+  session.connect();
+  const post = (method: string, params?: object) =>
+    new Promise<unknown>((resolve, reject) =>
+      session.post(method, params, (err, result) => (err ? reject(err) : resolve(result))),
+    );
+  return {
+    async start() {
+      await post('Profiler.enable');
+      await post('Profiler.setSamplingInterval', { interval: 50 });
+      await post('Profiler.start');
+    },
+    async stop() {
+      const { profile } = (await post('Profiler.stop')) as { profile: unknown };
+      writeFileSync(file, JSON.stringify(profile));
+      session.disconnect();
+    },
+  };
+}
+
 export async function runTraceBench(): Promise<void> {
   traceQueries();
   traceServer();
@@ -170,11 +198,16 @@ export async function runTraceBench(): Promise<void> {
       req.on('error', reject);
       req.end(body);
     });
+  const profileFile = process.env['BENCH_TRACE_PROFILE'];
+  const profiler = profileFile === undefined ? undefined : cpuProfiler(profileFile);
   const samples = new Map<string, number[]>();
   const afterIdle: number[] = [];
   let complete = 0;
   try {
     for (let n = 0; n < WARM_UP + REQUESTS; n++) {
+      if (n === WARM_UP) {
+        await profiler?.start();
+      }
       marks = [];
       const start = performance.now();
       await post(n);
@@ -188,6 +221,7 @@ export async function runTraceBench(): Promise<void> {
         }
       }
     }
+    await profiler?.stop();
     // A quiet spell: the same request after IDLE_MS without traffic, IDLE_ROUNDS times.
     for (let n = 0; n < IDLE_ROUNDS; n++) {
       await sleep(IDLE_MS);
