@@ -163,6 +163,14 @@ interface Completed {
   rows: Map<number, Job>;
   /** Wake-ups left to send after the commit (none when finish_jobs sent them itself). */
   notifications: TransitionOutcome['notifications'];
+  /** Lane heads the completion made claimable. */
+  promoted: number;
+}
+
+/** The refill a completion asks for (see {@link Refill}). */
+interface RefillAsk {
+  limit: number;
+  onlyIfPromoted: boolean;
 }
 
 interface Running {
@@ -840,18 +848,22 @@ export class Worker {
         : Math.max(0, this.#freeSlots() + freed);
       this.#claiming += refill;
       const epoch = this.#workEpoch;
+      // Drained: nothing was there to claim at the last look, and no work was announced
+      // since (a wake-up clears the flag). Then the refill claims only the lane heads this
+      // completion hands on, which nobody else has heard of; unannounced work (a run_at
+      // coming due) waits for the next poll (docs/engine.md).
+      const ask = { limit: refill, onlyIfPromoted: this.#drained };
       let claimed: ClaimedRow[] = [];
       try {
         // Without applies the whole completion is one autocommit statement; with them, the
         // applies and the completion share one fenced statement or transaction.
         const done = applies
-          ? await this.#completeWithApplies(batch, refill)
-          : await runTransactionWithRetries(
-              () => this.#complete(this.#deps.store, batch, refill),
-              5,
-            );
+          ? await this.#completeWithApplies(batch, ask)
+          : await runTransactionWithRetries(() => this.#complete(this.#deps.store, batch, ask), 5);
         claimed = done.claimed;
-        if (refill > 0) {
+        // A refill that was skipped (nothing handed on) looked at nothing: it tells nothing
+        // about the backlog, and the flag stays as it is (a poll may have cleared it).
+        if (refill > 0 && (!ask.onlyIfPromoted || done.promoted > 0)) {
           this.#drained = claimed.length < refill && epoch === this.#workEpoch;
         }
         // Jobs the refill could not take, of lanes this batch handed on: a worker that has
@@ -914,7 +926,7 @@ export class Worker {
    * in a transaction with leases checked first; a failing apply (which aborted the
    * statement or transaction) with each apply in a savepoint of its own.
    */
-  async #completeWithApplies(batch: readonly Running[], refill: number): Promise<Completed> {
+  async #completeWithApplies(batch: readonly Running[], refill: RefillAsk): Promise<Completed> {
     // A job with a failure hook may still fail (its argument throws, its run timed out):
     // its batch takes a transaction from the start.
     let mode: CompletionMode = batch.some(
@@ -965,7 +977,7 @@ export class Worker {
   async #complete(
     q: Queryable,
     batch: readonly Running[],
-    refill: number,
+    refill: RefillAsk,
     mode: CompletionMode = 'fast',
   ): Promise<Completed> {
     const outcomes = new Map<number, Outcome>(
@@ -1041,14 +1053,11 @@ export class Worker {
       }
     }
     const refillSpec = {
-      limit: refill,
+      limit: refill.limit,
       leaseMs: this.#leaseMs,
       workerId: this.id,
       kinds: this.#kinds,
-      // Drained: nothing was there to claim at the last look, and work that appeared since
-      // has woken the claim loop, which clears the flag. Only the lane heads this very
-      // completion hands on are news to nobody.
-      onlyIfPromoted: this.#drained,
+      onlyIfPromoted: refill.onlyIfPromoted,
     };
     // Completions with applies, in a transaction or fused into one statement, defer their
     // wake-ups and hand over the rows of watched jobs; plain ones notify themselves.
@@ -1093,6 +1102,7 @@ export class Worker {
       rows: new Map(result.rows.map((job) => [job.id, job])),
       // Otherwise finish_jobs sent them itself.
       notifications: deferred ? result.notifications : { announce: [], wake: false },
+      promoted: result.promoted,
     };
   }
 

@@ -596,8 +596,42 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       // The head's completion took the job it handed on in the same statement (no claim of
       // the loop, no wake-up), and neither completion asked for more than that.
       expect(loopClaims).toBe(1);
+      // The waiter may hear of the job (a notification and a read) before the worker's
+      // statement returns.
+      await eventually(() => refillLimits.length === 2);
+      expect(loopClaims).toBe(1);
       expect(refillLimits).toHaveLength(2);
       expect(refillLimits.every((limit) => limit < 0)).toBe(true);
+    });
+
+    it('claims a job that comes due unannounced within a few polls while completions keep skipping their refill', async () => {
+      const started = new Map<number, number>();
+      engine.register<{ n: number }, void>('step', {
+        compute: (ctx) => {
+          started.set(ctx.payload.n, Date.now());
+          return Promise.resolve();
+        },
+      });
+      // Every completion statement takes 60 ms: one is nearly always in flight, and a poll
+      // that fires meanwhile finds no free place and waits again.
+      const query = store.query.bind(store);
+      store.query = (async (sql: string, params?: unknown[]) => {
+        if (sql.includes('finish_jobs(')) {
+          await new Promise((resolve) => setTimeout(resolve, 60));
+        }
+        return query(sql, params);
+      }) as Store['query'];
+      await engine.startWorker({ concurrency: 4, pollIntervalMs: 50 });
+      const due = Date.now() + 300;
+      await engine.enqueue(store, { kind: 'step', payload: { n: 0 }, runAt: new Date(due) });
+      // A steady stream of jobs each claimed by its own enqueue, for 2 s.
+      for (let n = 1; Date.now() < due + 1_700; n++) {
+        await engine.enqueue(store, { kind: 'step', lane: `s${n}`, payload: { n } });
+        await new Promise((resolve) => setTimeout(resolve, 30));
+      }
+      await eventually(() => started.has(0));
+      // Nothing announces it when it comes due: a poll must find it, not the stream's end.
+      expect(started.get(0)! - due).toBeLessThan(1_000);
     });
 
     it('claims ahead while its slots compute, and gives claimed-ahead jobs back on shutdown without counting the attempt', async () => {
