@@ -301,7 +301,7 @@ export function createEngine(deps: {
       if (tx.inTransaction) {
         const out = await enqueueJob(tx, enqueueContext, spec);
         if (out.created) {
-          metrics.enqueued.inc({ kind: spec.kind });
+          tx.afterCommit(() => metrics.enqueued.inc({ kind: spec.kind }));
         } else {
           await joinWaiters(tx, out.job, spec.waiter);
         }
@@ -362,17 +362,21 @@ export function createEngine(deps: {
             () => enqueueJobs(tx, enqueueContext, tenantId, specs),
             5,
           );
-      for (const job of jobs) {
-        metrics.enqueued.inc({ kind: job.kind });
-      }
+      tx.afterCommit(() => {
+        for (const job of jobs) {
+          metrics.enqueued.inc({ kind: job.kind });
+        }
+      });
       return jobs;
     },
     async enqueueBatch(tx, parent, children) {
       const out = await enqueueBatchJobs(tx, enqueueContext, parent, children);
       if (out.created) {
-        for (const child of out.children) {
-          metrics.enqueued.inc({ kind: child.kind });
-        }
+        tx.afterCommit(() => {
+          for (const child of out.children) {
+            metrics.enqueued.inc({ kind: child.kind });
+          }
+        });
       } else {
         await joinWaiters(tx, out.parent, parent.waiter);
       }
@@ -380,7 +384,7 @@ export function createEngine(deps: {
     },
     async addChild(tx, parentId, spec) {
       const job = await addChildJob(tx, enqueueContext, parentId, spec);
-      metrics.enqueued.inc({ kind: spec.kind });
+      tx.afterCommit(() => metrics.enqueued.inc({ kind: spec.kind }));
       return job;
     },
     async setParentResult(tx, tenantId, parentId, result) {

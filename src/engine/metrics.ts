@@ -27,7 +27,7 @@ export function createEngineMetrics(store: Queryable): EngineMetrics {
     registry,
     enqueued: new Counter({
       name: 'mnemo_jobs_enqueued_total',
-      help: 'Jobs created by this process (idempotent replays excluded).',
+      help: 'Jobs created by this process and committed (idempotent replays excluded).',
       labelNames: ['kind'],
       registers: [registry],
     }),

@@ -7,6 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { PGlite } from '@electric-sql/pglite';
 
 import { ErrorCode, MnemoError } from '../core/errors.ts';
+import { afterCommitInto, type CommitCallbacks, runAfterCommit } from './commit.ts';
 import { translateDatabaseError } from './errors.ts';
 import { quoteIdent } from './quote.ts';
 import { assertSchemaName, runTransactionWithRetries } from './retry.ts';
@@ -30,9 +31,14 @@ interface PgliteQueryable {
   exec(sql: string): Promise<unknown>;
 }
 
-function wrap(db: PgliteQueryable, inTransaction = false): Queryable {
+/**
+ * A handle on `db`. `committed` collects the handle's afterCommit callbacks inside a
+ * transaction (run by `transaction` after COMMIT); without it they run at once.
+ */
+function wrap(db: PgliteQueryable, committed?: CommitCallbacks): Queryable {
   return {
-    inTransaction,
+    inTransaction: committed !== undefined,
+    afterCommit: afterCommitInto(committed),
     async query<Row extends object>(sql: string, params: readonly unknown[] = []) {
       try {
         const result = await db.query<Row>(sql, params as unknown[]);
@@ -250,10 +256,12 @@ export async function createPgliteStore(options: PgliteStoreOptions): Promise<St
     transaction<T>(fn: (tx: Queryable) => Promise<T>, txOptions: TransactionOptions = {}) {
       // PGlite's transaction() issues BEGIN/COMMIT and ROLLBACK on failure, so a failed
       // statement never leaves the single connection in an aborted transaction.
-      return runTransactionWithRetries(
-        () => db.transaction((tx) => fn(wrap(tx, true))),
-        txOptions.maxAttempts ?? 5,
-      );
+      return runTransactionWithRetries(async () => {
+        const committed: CommitCallbacks = [];
+        const result = await db.transaction((tx) => fn(wrap(tx, committed)));
+        runAfterCommit(committed);
+        return result;
+      }, txOptions.maxAttempts ?? 5);
     },
     async listen(channel: string, handler: NotificationHandler) {
       try {

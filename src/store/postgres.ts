@@ -3,6 +3,7 @@ import { createHash } from 'node:crypto';
 import pg from 'pg';
 
 import { ErrorCode, isMnemoError, MnemoError } from '../core/errors.ts';
+import { afterCommitInto, type CommitCallbacks, runAfterCommit } from './commit.ts';
 import { translateDatabaseError } from './errors.ts';
 import { quoteIdent } from './quote.ts';
 import { assertSchemaName, backoffDelay, runTransactionWithRetries } from './retry.ts';
@@ -55,9 +56,14 @@ function statementName(sql: string): string {
   return name;
 }
 
-function wrap(client: pg.Pool | pg.PoolClient, inTransaction = false): Queryable {
+/**
+ * A handle on `client`. `committed` collects the handle's afterCommit callbacks inside a
+ * transaction (run by `transaction` after COMMIT); without it they run at once.
+ */
+function wrap(client: pg.Pool | pg.PoolClient, committed?: CommitCallbacks): Queryable {
   return {
-    inTransaction,
+    inTransaction: committed !== undefined,
+    afterCommit: afterCommitInto(committed),
     async query<Row extends object>(
       sql: string,
       params: readonly unknown[] = [],
@@ -182,10 +188,12 @@ export function createPostgresStore(options: PostgresStoreOptions): Store {
           throw translateDatabaseError(err);
         }
         try {
-          const result = await fn(wrap(client, true));
+          const committed: CommitCallbacks = [];
+          const result = await fn(wrap(client, committed));
           await client.query('commit').catch((err: unknown) => {
             throw translateDatabaseError(err);
           });
+          runAfterCommit(committed);
           return result;
         } catch (err) {
           try {

@@ -19,6 +19,12 @@ export interface Queryable {
   ): Promise<Row[]>;
   /** Runs several statements without parameters (migrations, DDL). */
   exec(sql: string): Promise<void>;
+  /**
+   * Runs `fn` once the transaction of this handle has committed, or at once outside a
+   * transaction; never if it rolls back (nor for an attempt retried after a serialization
+   * failure). For what must not count work that did not happen, such as a metric.
+   */
+  afterCommit(fn: () => void): void;
 }
 
 /** Options of {@link Queryable.query}. */

@@ -1407,5 +1407,40 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       expect(text).not.toMatch(/mnemo_jobs\{[^}]*status="succeeded"/);
       expect(text).toMatch(/mnemo_job_wait_seconds_count\{kind="noop"\} 1/);
     });
+
+    it('counts enqueued jobs once their transaction commits, and never those rolled back', async () => {
+      engine.register('counted', {});
+      // The counter alone: a whole scrape reads the backlog from the store (not from inside
+      // a transaction on PGlite's one connection).
+      const counted = async () => {
+        const metric = engine.metrics.registry.getSingleMetric('mnemo_jobs_enqueued_total');
+        const values = (await metric?.get())?.values ?? [];
+        return values.find((v) => v.labels['kind'] === 'counted')?.value ?? 0;
+      };
+      const rollback = new Error('changed my mind');
+      await expect(
+        store.transaction(async (tx) => {
+          await engine.enqueue(tx, { kind: 'counted', payload: { n: 1 } });
+          await engine.enqueueMany(tx, 'default', [{ kind: 'counted', payload: { n: 2 } }]);
+          await engine.enqueueBatch(tx, { kind: 'counted', payload: {} }, [
+            { kind: 'counted', payload: { n: 3 } },
+          ]);
+          throw rollback;
+        }),
+      ).rejects.toBe(rollback);
+      expect(await counted()).toBe(0);
+      await store.transaction(async (tx) => {
+        await engine.enqueue(tx, { kind: 'counted', payload: { n: 4 } });
+        // Counted after the commit, not before.
+        expect(await counted()).toBe(0);
+        await engine.enqueueMany(tx, 'default', [
+          { kind: 'counted', payload: { n: 5 } },
+          { kind: 'counted', payload: { n: 6 } },
+        ]);
+      });
+      expect(await counted()).toBe(3);
+      await engine.enqueue(store, { kind: 'counted', payload: { n: 7 } });
+      expect(await counted()).toBe(4);
+    });
   });
 }

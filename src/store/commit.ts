@@ -1,0 +1,30 @@
+/** Callbacks a transaction runs once it has committed ({@link Queryable.afterCommit}). */
+export type CommitCallbacks = (() => void)[];
+
+/**
+ * `Queryable.afterCommit` over `committed`: the callback is kept for after the COMMIT inside
+ * a transaction (`committed` given), and runs at once outside one.
+ */
+export function afterCommitInto(committed: CommitCallbacks | undefined): (fn: () => void) => void {
+  return (fn) => {
+    if (committed === undefined) {
+      fn();
+    } else {
+      committed.push(fn);
+    }
+  };
+}
+
+/**
+ * Runs the callbacks of a transaction that has committed. The transaction stands whatever
+ * they do: one that throws is reported as a process warning and the others still run.
+ */
+export function runAfterCommit(committed: CommitCallbacks): void {
+  for (const fn of committed) {
+    try {
+      fn();
+    } catch (err) {
+      process.emitWarning(err instanceof Error ? err : String(err), 'MnemoAfterCommitWarning');
+    }
+  }
+}
