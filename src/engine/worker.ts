@@ -3,6 +3,7 @@ import { hostname } from 'node:os';
 import { coerceError, ErrorCode, isMnemoError, MnemoError } from '../core/errors.ts';
 import { createId } from '../core/ids.ts';
 import type { Logger } from '../core/logger.ts';
+import { savepointScope } from '../store/commit.ts';
 import { databaseStateOf, isRetryableDatabaseError } from '../store/errors.ts';
 import { quoteIdent } from '../store/quote.ts';
 import { runTransactionWithRetries } from '../store/retry.ts';
@@ -1237,10 +1238,13 @@ export class Worker {
         throw isRetryableDatabaseError(err) ? err : new ApplyFailed(err);
       }
     }
+    // What the apply asks to run after the commit goes with the savepoint's writes.
+    const scope = savepointScope(tx);
     await tx.query('savepoint job_apply');
     try {
-      const result = await this.#runApply(tx, running, computed);
+      const result = await this.#runApply(scope.handle, running, computed);
       await tx.query('release savepoint job_apply');
+      scope.keep();
       return { ok: true, computed: result };
     } catch (err) {
       if (isRetryableDatabaseError(err)) {
@@ -1257,10 +1261,12 @@ export class Worker {
     running: { row: { id: number; kind: string }; handler: JobHandler; ctx: JobContext },
     error: Error,
   ): Promise<void> {
+    const scope = savepointScope(q);
     await q.query('savepoint job_on_failure');
     try {
-      await running.handler.onFailure?.(q, error, running.ctx);
+      await running.handler.onFailure?.(scope.handle, error, running.ctx);
       await q.query('release savepoint job_on_failure');
+      scope.keep();
     } catch (err) {
       if (isRetryableDatabaseError(err)) {
         throw err;

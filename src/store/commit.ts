@@ -1,3 +1,5 @@
+import type { Queryable, QueryOptions } from './types.ts';
+
 /** Callbacks a transaction runs once it has committed ({@link Queryable.afterCommit}). */
 export type CommitCallbacks = (() => void)[];
 
@@ -27,4 +29,30 @@ export function runAfterCommit(committed: CommitCallbacks): void {
       process.emitWarning(err instanceof Error ? err : String(err), 'MnemoAfterCommitWarning');
     }
   }
+}
+
+/**
+ * A handle on `tx` for the work of a savepoint: its afterCommit callbacks are kept aside,
+ * handed on to `tx` by `keep()` once the savepoint is released, and dropped with its writes
+ * if it is rolled back (by not calling `keep`).
+ */
+export function savepointScope(tx: Queryable): { handle: Queryable; keep(): void } {
+  const pending: CommitCallbacks = [];
+  return {
+    handle: {
+      inTransaction: tx.inTransaction,
+      query: <Row extends object>(
+        sql: string,
+        params?: readonly unknown[],
+        options?: QueryOptions,
+      ) => tx.query<Row>(sql, params, options),
+      exec: (sql) => tx.exec(sql),
+      afterCommit: (fn) => pending.push(fn),
+    },
+    keep: () => {
+      for (const fn of pending.splice(0)) {
+        tx.afterCommit(fn);
+      }
+    },
+  };
 }

@@ -190,9 +190,18 @@ export function createPostgresStore(options: PostgresStoreOptions): Store {
         try {
           const committed: CommitCallbacks = [];
           const result = await fn(wrap(client, committed));
-          await client.query('commit').catch((err: unknown) => {
+          const commit = await client.query('commit').catch((err: unknown) => {
             throw translateDatabaseError(err);
           });
+          // A statement of `fn` failed and `fn` went on (it caught the error): PostgreSQL
+          // answers the COMMIT of the aborted transaction by rolling it back. Nothing of it
+          // was written, and the caller must not be told otherwise (PGlite rejects too).
+          if (commit.command === 'ROLLBACK') {
+            throw new MnemoError(
+              ErrorCode.Internal,
+              'the transaction was rolled back: one of its statements failed',
+            );
+          }
           runAfterCommit(committed);
           return result;
         } catch (err) {

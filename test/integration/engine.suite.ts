@@ -2,6 +2,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 import { ErrorCode, MnemoError } from '../../src/core/errors.ts';
 import { createEngine, type Engine, type Job, type JobSpec } from '../../src/engine/index.ts';
+import { savepointScope } from '../../src/store/commit.ts';
 import type { Queryable, Store } from '../../src/store/types.ts';
 import { eventually, openEngine } from '../helpers/engine.ts';
 
@@ -1406,6 +1407,36 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       expect(text).toMatch(/mnemo_jobs\{kind="noop",status="pending"\} 1/);
       expect(text).not.toMatch(/mnemo_jobs\{[^}]*status="succeeded"/);
       expect(text).toMatch(/mnemo_job_wait_seconds_count\{kind="noop"\} 1/);
+    });
+
+    it("runs afterCommit callbacks after the commit only, drops a rolled-back savepoint's, and refuses to commit a failed transaction", async () => {
+      const ran: string[] = [];
+      await store.transaction(async (tx) => {
+        tx.afterCommit(() => ran.push('outer'));
+        const kept = savepointScope(tx);
+        await tx.query('savepoint a');
+        kept.handle.afterCommit(() => ran.push('kept'));
+        await tx.query('release savepoint a');
+        kept.keep();
+        const dropped = savepointScope(tx);
+        await tx.query('savepoint b');
+        dropped.handle.afterCommit(() => ran.push('dropped'));
+        await tx.query('rollback to savepoint b');
+        expect(ran).toEqual([]);
+      });
+      expect(ran).toEqual(['outer', 'kept']);
+      store.afterCommit(() => ran.push('outside'));
+      expect(ran).toEqual(['outer', 'kept', 'outside']);
+      // A statement that failed and was caught inside: the COMMIT rolls back, and says so.
+      await expect(
+        store.transaction(async (tx) => {
+          tx.afterCommit(() => ran.push('rolled back'));
+          await tx.query(`insert into tenants (id) values ('after-commit')`);
+          await tx.query('select 1 / 0').catch(() => undefined);
+        }),
+      ).rejects.toThrow();
+      expect(ran).toEqual(['outer', 'kept', 'outside']);
+      expect(await store.query(`select id from tenants where id = 'after-commit'`)).toEqual([]);
     });
 
     it('counts enqueued jobs once their transaction commits, and never those rolled back', async () => {
