@@ -1,8 +1,10 @@
 -- finish_jobs as in 0025, but a negative claim_limit asks for a refill of -claim_limit jobs
 -- only if this call made a lane head claimable. A worker passes it when its last look found
--- nothing to claim and nothing has woken it since (src/engine/worker.ts, `#drained`): work
--- that appears afterwards is announced (an enqueue's NOTIFY, a wake-up after another
--- completion), except the lane heads this very call hands on, which it may as well take.
+-- nothing to claim and nothing has woken it since (src/engine/worker.ts, `#drained`). Most
+-- work that appears afterwards is announced (an enqueue's NOTIFY, a wake-up after another
+-- completion) and wakes its claim loop; the lane heads this very call hands on are not, so it
+-- takes them. Work nobody announces (a run_at coming due, a job another process's reaper put
+-- back) waits for the worker's poll (docs/engine.md).
 -- Under the ingest bench's overhead phases almost every completion found nothing to claim:
 -- 0.06–0.3 ms of each, and a plan, for no job.
 create or replace function finish_jobs(transitions jsonb, ids bigint[], jobs_channel text, done_channel text,

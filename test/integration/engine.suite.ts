@@ -519,7 +519,8 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       }, 15_000);
     });
 
-    it('claims nothing for jobs enqueued behind a busy lane, and runs them in order once it is free', async () => {
+    /** Kind `step`: records each job's `n` as it runs; job 0 waits until `open()`. */
+    const registerGatedSteps = () => {
       let open: () => void = () => undefined;
       const gate = new Promise<void>((resolve) => (open = resolve));
       const ran: number[] = [];
@@ -531,6 +532,11 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
           ran.push(ctx.payload.n);
         },
       });
+      return { open: () => open(), ran };
+    };
+
+    it('claims nothing for jobs enqueued behind a busy lane, and runs them in order once it is free', async () => {
+      const { open, ran } = registerGatedSteps();
       const worker = await engine.startWorker({ concurrency: 2, pollIntervalMs: 60_000 });
       // In autocommit, as the HTTP ingest enqueues.
       const head = await engine.enqueue(store, { kind: 'step', lane: 'L', payload: { n: 0 } });
@@ -559,17 +565,7 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
     });
 
     it('claims nothing along with completions once drained, but the lane heads they hand on', async () => {
-      let open: () => void = () => undefined;
-      const gate = new Promise<void>((resolve) => (open = resolve));
-      const ran: number[] = [];
-      engine.register<{ n: number }, void>('step', {
-        compute: async (ctx) => {
-          if (ctx.payload.n === 0) {
-            await gate;
-          }
-          ran.push(ctx.payload.n);
-        },
-      });
+      const { open, ran } = registerGatedSteps();
       const query = store.query.bind(store);
       let loopClaims = 0;
       const refillLimits: number[] = [];
