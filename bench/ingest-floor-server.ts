@@ -47,7 +47,7 @@ onParentMessage((message) => {
 const s = quoteIdent(schema);
 const pool = new pg.Pool({
   connectionString: url,
-  max: Number(process.env['MNEMO_DATABASE_POOL_SIZE'] ?? '20'),
+  max: Number(process.env['MNEMO_DATABASE_POOL_SIZE'] ?? '10'), // Mnemo's default
 });
 // An idle connection dropping must not end the process mid-run: the next query reconnects.
 pool.on('error', () => undefined);

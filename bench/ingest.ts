@@ -83,7 +83,9 @@ async function startProcesses(
     MNEMO_LOG_LEVEL: 'silent',
     ...(setup === 'pglite'
       ? { MNEMO_DATA_DIR: 'memory://' }
-      : { MNEMO_DATABASE_URL: url, MNEMO_DATABASE_SCHEMA: schema, MNEMO_DATABASE_POOL_SIZE: '20' }),
+      : // The pool at Mnemo's default (10) unless MNEMO_DATABASE_POOL_SIZE says otherwise; the
+        // floor takes the same (docs/benchmarks.md, "Connections per process").
+        { MNEMO_DATABASE_URL: url, MNEMO_DATABASE_SCHEMA: schema }),
   };
   if (setup !== 'postgres-split') {
     const script = setup === 'floor' ? 'ingest-floor-server.ts' : 'ingest-server.ts';

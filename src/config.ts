@@ -2,6 +2,8 @@
  * Mnemo's configuration: the only module that reads the environment. Every setting is
  * validated with zod; a bad value is an `invalid_config` error naming the variable.
  */
+import { availableParallelism } from 'node:os';
+
 import { z } from 'zod';
 
 import { ErrorCode, MnemoError } from './core/errors.ts';
@@ -34,6 +36,15 @@ const httpUrl = z
   .trim()
   .refine((v) => /^https?:\/\//.test(v) && URL.canParse(v), { message: 'must be an http(s) URL' });
 
+/**
+ * PostgreSQL connections per process by default: twice the CPUs Node may use, at least 4 and
+ * at most 10. More statements in flight than the cores can run make every one of them finish
+ * later (they share the cores) instead of the first ones sooner (docs/decisions/0011).
+ */
+export function defaultPoolSize(cpus = availableParallelism()): number {
+  return Math.min(10, Math.max(4, 2 * cpus));
+}
+
 /** Each setting: its variable, its schema (parsing the raw string) and its default. */
 const settings = {
   databaseUrl: { env: 'MNEMO_DATABASE_URL', schema: postgresUrl.optional() },
@@ -45,7 +56,10 @@ const settings = {
       .regex(/^[a-z_][a-z0-9_]{0,62}$/, 'must be a lower-case SQL identifier')
       .default('mnemo'),
   },
-  databasePoolSize: { env: 'MNEMO_DATABASE_POOL_SIZE', schema: intFrom(1, 1000).default(10) },
+  databasePoolSize: {
+    env: 'MNEMO_DATABASE_POOL_SIZE',
+    schema: intFrom(1, 1000).default(defaultPoolSize()),
+  },
   host: { env: 'MNEMO_HOST', schema: z.string().trim().min(1).default('127.0.0.1') },
   port: { env: 'MNEMO_PORT', schema: intFrom(0, 65535).default(8787) },
   extractor: { env: 'MNEMO_EXTRACTOR', schema: z.enum(['rules', 'openai']).default('rules') },

@@ -1,6 +1,8 @@
+import { availableParallelism } from 'node:os';
+
 import { describe, expect, it } from 'vitest';
 
-import { describeConfig, loadConfig, redactUrl } from '../../src/config.ts';
+import { defaultPoolSize, describeConfig, loadConfig, redactUrl } from '../../src/config.ts';
 import { ErrorCode } from '../../src/core/errors.ts';
 
 describe('loadConfig', () => {
@@ -16,6 +18,12 @@ describe('loadConfig', () => {
       workerEarlyCompute: true,
     });
     expect(Object.isFrozen(config)).toBe(true);
+  });
+
+  it('sizes the connection pool by the CPUs: twice as many, 4 to 10', () => {
+    expect([1, 2, 3, 4, 5, 64].map((cpus) => defaultPoolSize(cpus))).toEqual([4, 4, 6, 8, 10, 10]);
+    expect(loadConfig({}).databasePoolSize).toBe(defaultPoolSize(availableParallelism()));
+    expect(loadConfig({ MNEMO_DATABASE_POOL_SIZE: '25' }).databasePoolSize).toBe(25);
   });
 
   it('lets flags override the environment', () => {
