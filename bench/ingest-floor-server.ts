@@ -20,6 +20,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 import pg from 'pg';
 
+import { defaultPoolSize } from '../src/config.ts';
 import { rulesExtractor } from '../src/memory/extractors/rules.ts';
 import { quoteIdent } from '../src/store/quote.ts';
 import { onParentMessage, percentile, toParent } from './lib.ts';
@@ -47,7 +48,7 @@ onParentMessage((message) => {
 const s = quoteIdent(schema);
 const pool = new pg.Pool({
   connectionString: url,
-  max: Number(process.env['MNEMO_DATABASE_POOL_SIZE'] ?? '10'), // Mnemo's default
+  max: Number(process.env['MNEMO_DATABASE_POOL_SIZE'] ?? defaultPoolSize()), // as Mnemo's
 });
 // An idle connection dropping must not end the process mid-run: the next query reconnects.
 pool.on('error', () => undefined);

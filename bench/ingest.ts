@@ -83,7 +83,7 @@ async function startProcesses(
     MNEMO_LOG_LEVEL: 'silent',
     ...(setup === 'pglite'
       ? { MNEMO_DATA_DIR: 'memory://' }
-      : // The pool at Mnemo's default (10) unless MNEMO_DATABASE_POOL_SIZE says otherwise; the
+      : // The pool at Mnemo's default unless MNEMO_DATABASE_POOL_SIZE says otherwise; the
         // floor takes the same (docs/benchmarks.md, "Connections per process").
         { MNEMO_DATABASE_URL: url, MNEMO_DATABASE_SCHEMA: schema }),
   };

@@ -37,12 +37,13 @@ const httpUrl = z
   .refine((v) => /^https?:\/\//.test(v) && URL.canParse(v), { message: 'must be an http(s) URL' });
 
 /**
- * PostgreSQL connections per process by default: twice the CPUs Node may use, at least 4 and
- * at most 10. More statements in flight than the cores can run make every one of them finish
- * later (they share the cores) instead of the first ones sooner (docs/decisions/0011).
+ * PostgreSQL connections per process by default: twice the CPUs Node may use, plus two, at most
+ * 10 (6 on two CPUs). Beyond what the cores can run, more statements at once only share them and
+ * finish later together; the two spare ones cover statements waiting on a lock or the disk
+ * (docs/decisions/0011).
  */
 export function defaultPoolSize(cpus = availableParallelism()): number {
-  return Math.min(10, Math.max(4, 2 * cpus));
+  return Math.min(10, 2 * cpus + 2);
 }
 
 /** Each setting: its variable, its schema (parsing the raw string) and its default. */

@@ -20,8 +20,8 @@ describe('loadConfig', () => {
     expect(Object.isFrozen(config)).toBe(true);
   });
 
-  it('sizes the connection pool by the CPUs: twice as many, 4 to 10', () => {
-    expect([1, 2, 3, 4, 5, 64].map((cpus) => defaultPoolSize(cpus))).toEqual([4, 4, 6, 8, 10, 10]);
+  it('sizes the connection pool by the CPUs: twice as many plus two, at most 10', () => {
+    expect([1, 2, 3, 4, 64].map((cpus) => defaultPoolSize(cpus))).toEqual([4, 6, 8, 10, 10]);
     expect(loadConfig({}).databasePoolSize).toBe(defaultPoolSize(availableParallelism()));
     expect(loadConfig({ MNEMO_DATABASE_POOL_SIZE: '25' }).databasePoolSize).toBe(25);
   });
