@@ -132,6 +132,15 @@ type CompletionMode = 'fused' | 'fast' | 'checked' | 'isolated';
 type Outcome = { ok: true; computed: unknown } | { ok: false; error: Error; release?: boolean };
 
 /**
+ * A completion that fails with `unavailable` (a dropped connection, no free pool connection
+ * within its wait, too many connections, a transaction that kept deadlocking) is sent again
+ * this many times, the first after 0.05–0.1 s and each next after twice as long (0.8–1.6 s
+ * before the fifth), before its jobs are left to their leases. Each try may also wait for a
+ * connection (5 s at most).
+ */
+const COMPLETION_RETRIES = 5;
+const COMPLETION_BACKOFF = { baseMs: 100, maxMs: 2000 };
+/**
  * How long a lane an enqueue of this process found busy (its job queued behind another, or the
  * lane over its limit) gets no early compute, unless an enqueue finds it free again first.
  */
@@ -185,6 +194,8 @@ interface Running {
   early?: Promise<Outcome>;
   /** Counted in Worker.#held: its slot is freed when its completion ends. */
   holdsSlot?: boolean;
+  /** Completions of this run the database could not be reached for (#flush tries again). */
+  unreachable?: number;
 }
 
 /** Runs jobs: claims into free slots, computes, completes in batched fenced transactions. */
@@ -855,6 +866,7 @@ export class Worker {
       // coming due) waits for the next poll (docs/engine.md).
       const ask = { limit: refill, onlyIfPromoted: this.#drained };
       let claimed: ClaimedRow[] = [];
+      const retried: Running[] = [];
       try {
         // Without applies the whole completion is one autocommit statement; with them, the
         // applies and the completion share one fenced statement or transaction.
@@ -890,17 +902,34 @@ export class Worker {
         // Waiters in this process learn at once; others through the `done` notification.
         this.#deps.onFinished?.(done.finished, done.rows);
       } catch (err) {
-        // The database refused the whole batch (e.g. it is unreachable). The jobs stay
-        // `running`; their leases expire and the reaper re-runs them. Nothing was applied.
+        // The database refused the whole batch: nothing of it was applied, unless the
+        // connection was lost after the commit (sent again, no job moves twice: finish_jobs
+        // moves only `running` jobs of the same lease token). On `unavailable`, unless the
+        // worker is stopping, the jobs keep their slots, and so their leases while heartbeats
+        // get through, and their completion is sent again shortly with what their computes
+        // returned (COMPLETION_RETRIES). Otherwise they stay `running` until their leases
+        // expire and the reaper runs them again.
+        if (isMnemoError(err, ErrorCode.Unavailable) && !this.#stopController.signal.aborted) {
+          for (const running of batch) {
+            running.unreachable = (running.unreachable ?? 0) + 1;
+            if (running.unreachable <= COMPLETION_RETRIES) {
+              retried.push(running);
+            }
+          }
+        }
         this.#deps.logger.error(
-          { err, jobs: batch.map((r) => r.row.id) },
-          'completing jobs failed',
+          { err, jobs: batch.map((r) => r.row.id), retried: retried.map((r) => r.row.id) },
+          retried.length > 0 ? 'completing jobs failed; trying again' : 'completing jobs failed',
         );
+        this.#retryCompletion(retried);
         this.#newWork();
       } finally {
         this.#claiming -= refill;
       }
       for (const running of batch) {
+        if (retried.includes(running)) {
+          continue; // still this worker's, and still to complete
+        }
         if (running.holdsSlot === true) {
           running.holdsSlot = false;
           this.#held -= 1;
@@ -919,6 +948,23 @@ export class Worker {
         this.#wake.notify(); // places held by these completions are free: claim more
       }
     }
+  }
+
+  /** Queues `batch` for another completion after a delay (see COMPLETION_RETRIES). */
+  #retryCompletion(batch: readonly Running[]): void {
+    if (batch.length === 0) {
+      return;
+    }
+    const tries = Math.max(...batch.map((r) => r.unreachable ?? 1));
+    const timer = setTimeout(
+      () => {
+        this.#timers = this.#timers.filter((t) => t !== timer);
+        this.#toComplete.push(...batch);
+        this.#flushSoon();
+      },
+      retryDelayMs(tries, COMPLETION_BACKOFF),
+    );
+    this.#timers.push(timer);
   }
 
   /**

@@ -146,44 +146,54 @@ describe('mnemo CLI', () => {
     expect(r.stdout).toMatch(/create table tenants/);
   });
 
-  it('creates, lists and revokes API keys, and will not serve beyond loopback without one', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'mnemo-keys-'));
-    try {
-      const refused = await runMnemo([
-        'serve',
-        '--host',
-        '0.0.0.0',
-        '--port',
-        '0',
-        '--data-dir',
-        dir,
-      ]);
-      expect(refused.code).toBe(2);
-      expect(refused.stderr).toContain('refusing to listen on 0.0.0.0 without API keys');
-      expect((await runMnemo(['keys', 'create', '--data-dir', dir])).code).toBe(2);
-      const created = await runMnemo([
-        'keys',
-        'create',
-        '--tenant',
-        'acme',
-        '--name',
-        'ci',
-        '--data-dir',
-        dir,
-      ]);
-      expect(created.code).toBe(0);
-      const key = created.stdout.trim();
-      expect(key).toMatch(/^mnemo_[0-9a-f]{12}_[A-Za-z0-9_-]{43}$/);
-      expect(created.stderr).toContain('shown only once');
-      const listed = await runMnemo(['keys', 'list', '--data-dir', dir]);
-      const id = /^(key_[0-9a-f]{12})\ttenant=acme\tname=ci\t.*\tactive$/m.exec(listed.stdout)?.[1];
-      expect(id).toBeDefined();
-      expect(listed.stdout).not.toContain(keySecret(key));
-      expect((await runMnemo(['keys', 'revoke', id ?? '', '--data-dir', dir])).code).toBe(0);
-      expect((await runMnemo(['keys', 'list', '--data-dir', dir])).stdout).toContain('revoked=');
-      expect((await runMnemo(['keys', 'revoke', 'key_nope', '--data-dir', dir])).code).toBe(1);
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-    }
-  });
+  // Seven runs of the CLI, each opening the embedded database: 20 s alone, over 60 s once
+  // beside the rest of the suite on two cores.
+  it(
+    'creates, lists and revokes API keys, and will not serve beyond loopback without one',
+    {
+      timeout: 180_000,
+    },
+    async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'mnemo-keys-'));
+      try {
+        const refused = await runMnemo([
+          'serve',
+          '--host',
+          '0.0.0.0',
+          '--port',
+          '0',
+          '--data-dir',
+          dir,
+        ]);
+        expect(refused.code).toBe(2);
+        expect(refused.stderr).toContain('refusing to listen on 0.0.0.0 without API keys');
+        expect((await runMnemo(['keys', 'create', '--data-dir', dir])).code).toBe(2);
+        const created = await runMnemo([
+          'keys',
+          'create',
+          '--tenant',
+          'acme',
+          '--name',
+          'ci',
+          '--data-dir',
+          dir,
+        ]);
+        expect(created.code).toBe(0);
+        const key = created.stdout.trim();
+        expect(key).toMatch(/^mnemo_[0-9a-f]{12}_[A-Za-z0-9_-]{43}$/);
+        expect(created.stderr).toContain('shown only once');
+        const listed = await runMnemo(['keys', 'list', '--data-dir', dir]);
+        const id = /^(key_[0-9a-f]{12})\ttenant=acme\tname=ci\t.*\tactive$/m.exec(
+          listed.stdout,
+        )?.[1];
+        expect(id).toBeDefined();
+        expect(listed.stdout).not.toContain(keySecret(key));
+        expect((await runMnemo(['keys', 'revoke', id ?? '', '--data-dir', dir])).code).toBe(0);
+        expect((await runMnemo(['keys', 'list', '--data-dir', dir])).stdout).toContain('revoked=');
+        expect((await runMnemo(['keys', 'revoke', 'key_nope', '--data-dir', dir])).code).toBe(1);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+  );
 });

@@ -3,7 +3,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ErrorCode, MnemoError } from '../../src/core/errors.ts';
 import { createEngine, type Engine, type Job, type JobSpec } from '../../src/engine/index.ts';
 import { savepointScope } from '../../src/store/commit.ts';
-import type { Queryable, Store } from '../../src/store/types.ts';
+import type { Queryable, QueryOptions, Store } from '../../src/store/types.ts';
 import { eventually, openEngine } from '../helpers/engine.ts';
 
 const fast = { baseMs: 5, maxMs: 20 };
@@ -30,6 +30,11 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
       store.transaction((tx) => engine.enqueue(tx, spec));
     const waitDone = (id: number, timeoutMs = 20_000) =>
       engine.waitFor('default', id, { timeoutMs });
+    /** An apply function recording its job's number in `effects`. */
+    const createStoreEffect = () =>
+      store.exec(`create function store_effect(p jsonb) returns jsonb language sql as $$
+        insert into effects (job_id, n) values ((p->>'job_id')::bigint, (p->>'n')::int)
+        returning jsonb_build_object('stored', n) $$`);
     /** What `count()` said each time an enqueue statement was sent (how many computes had begun). */
     const countAtEnqueue = (count: () => number): number[] => {
       const seen: number[] = [];
@@ -381,6 +386,80 @@ export function engineSuite(kind: 'pglite' | 'postgres'): void {
         { job_id: marker.job.id, n: 7 },
       ]);
       expect(slowApplies).toBe(0);
+    });
+
+    it('sends a completion again when the database could not be reached for it, and never runs the job twice', async () => {
+      await createStoreEffect();
+      const computes = new Map<string, number>();
+      const count = (kind: string) => computes.set(kind, (computes.get(kind) ?? 0) + 1);
+      engine.register<{ x: number }, number>('plain', {
+        compute: (ctx) => Promise.resolve(count('plain') && ctx.payload.x),
+      });
+      engine.register<{ x: number }, number>('with_function', {
+        compute: (ctx) => Promise.resolve(count('with_function') && ctx.payload.x),
+        applyFunction: { name: 'store_effect', argument: (n, ctx) => ({ job_id: ctx.id, n }) },
+      });
+      // The first three completion statements fail as a lost connection does.
+      let failures = 3;
+      const query = store.query.bind(store);
+      store.query = ((sql: string, params?: unknown[], options?: QueryOptions) => {
+        if (sql.includes('finish_jobs(') && failures > 0) {
+          failures -= 1;
+          return Promise.reject(new MnemoError(ErrorCode.Unavailable, 'injected: connection lost'));
+        }
+        return query(sql, params, options);
+      }) as Store['query'];
+      // A lease far longer than the wait: only a completion sent again can finish in time.
+      await engine.startWorker({ concurrency: 2, leaseMs: 120_000 });
+      const plain = await enqueue({ kind: 'plain', payload: { x: 3 } });
+      const withFunction = await enqueue({ kind: 'with_function', payload: { x: 4 } });
+      expect(await waitDone(plain.job.id, 10_000)).toMatchObject({
+        status: 'succeeded',
+        attempts: 1,
+        result: 3,
+      });
+      expect(await waitDone(withFunction.job.id, 10_000)).toMatchObject({
+        status: 'succeeded',
+        attempts: 1,
+        result: { stored: 4 },
+      });
+      expect(failures).toBe(0);
+      expect(Object.fromEntries(computes)).toEqual({ plain: 1, with_function: 1 });
+      expect(await store.query('select job_id::int as job_id, n from effects')).toEqual([
+        { job_id: withFunction.job.id, n: 4 },
+      ]);
+    });
+
+    it('completes once a completion whose reply was lost after its commit, sent again', async () => {
+      await createStoreEffect();
+      let computes = 0;
+      engine.register<{ x: number }, number>('with_function', {
+        compute: (ctx) => Promise.resolve(++computes && ctx.payload.x),
+        applyFunction: { name: 'store_effect', argument: (n, ctx) => ({ job_id: ctx.id, n }) },
+      });
+      // The first completion statement commits, and its answer is lost on the way back.
+      let lost = 1;
+      const query = store.query.bind(store);
+      store.query = (async (sql: string, params?: unknown[], options?: QueryOptions) => {
+        const rows = await query(sql, params, options);
+        if (sql.includes('finish_jobs(') && lost > 0) {
+          lost -= 1;
+          throw new MnemoError(ErrorCode.Unavailable, 'injected: connection lost after commit');
+        }
+        return rows;
+      }) as Store['query'];
+      await engine.startWorker({ concurrency: 1, leaseMs: 120_000 });
+      const { job } = await enqueue({ kind: 'with_function', payload: { x: 5 } });
+      expect(await waitDone(job.id, 10_000)).toMatchObject({
+        status: 'succeeded',
+        attempts: 1,
+        result: { stored: 5 },
+      });
+      expect(lost).toBe(0);
+      expect(computes).toBe(1);
+      expect(await store.query('select job_id::int as job_id, n from effects')).toEqual([
+        { job_id: job.id, n: 5 },
+      ]);
     });
 
     it('fails only the job whose apply throws, committing the writes of the others in its batch', async () => {
